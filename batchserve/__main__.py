@@ -1,0 +1,5 @@
+"""``python -m batchserve`` runs the CLI (handy where the console script is not on PATH)."""
+
+from batchserve.cli import main
+
+main()

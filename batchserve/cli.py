@@ -1,0 +1,231 @@
+"""The ``batchserve`` command: parse, resolve config, make one library call, print.
+
+Owns the exit codes (one table, below) and how things look: a progress bar on
+a terminal, plain timestamped log lines under cron or Airflow, and exactly one
+``error: ...`` line on stderr for anything a user can fix. Anything else is a
+bug and keeps its traceback; ``--debug`` shows tracebacks always.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from batchserve import pipeline
+from batchserve.config import parse_storage_options, resolve_score_config
+from batchserve.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    BatchserveError,
+    ConfigError,
+)
+
+__all__ = ["app", "main", "EXIT_CODES"]
+
+#: The exit-code contract that cron lines and Airflow tasks depend on.
+EXIT_CODES = {
+    "ok": EXIT_OK,
+    "failed": EXIT_FAILED,
+    "usage": 2,  # Typer/Click's own code for bad flags
+    "drift": 3,  # reserved for --fail-on-drift
+    "interrupted": 130,
+}
+
+app = typer.Typer(
+    name="batchserve",
+    help="Score Parquet datasets with ONNX models on Dask. See `batchserve COMMAND --help`.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+_err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    # One line, no markup interpretation: paths may contain [brackets].
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def _guard(debug: bool, fn: Callable[[], T]) -> T:
+    """Run a library call, turning user errors into the one-line contract."""
+    try:
+        return fn()
+    except BatchserveError as exc:
+        if debug:
+            traceback.print_exc()
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_CODES["interrupted"])
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger("batchserve")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _columns(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+class _BarProgress:
+    """A rich progress bar (files and rows, rows/s) for people at a terminal."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]scoring"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files  {task.fields[rows]} rows  {task.fields[rate]} rows/s"),
+            TimeElapsedColumn(),
+            console=_err,
+            transient=True,
+        )
+        self.task: Any = None
+
+    def __call__(self, ev: pipeline.ProgressEvent) -> None:
+        if ev.phase == "planned":
+            self.progress.start()
+            self.task = self.progress.add_task("score", total=ev.files_total, rows="0", rate="-")
+            return
+        rate = f"{ev.rows_done / ev.elapsed_s:,.0f}" if ev.elapsed_s > 0 else "-"
+        self.progress.update(self.task, completed=ev.files_done, rows=f"{ev.rows_done:,}/{ev.rows_total:,}", rate=rate)
+        if ev.phase == "done":
+            self.progress.stop()
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+@app.command(
+    epilog=(
+        "Example: batchserve score --model models/churn --input s3://lake/events/ "
+        "--output s3://lake/scored/2026-11-21/ --storage-option anon=false --overwrite"
+    ),
+)
+def score(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="ONNX file or model repository folder (<root>/<version>/model.onnx); any fsspec URL.")] = None,
+    input: Annotated[str | None, typer.Option("--input", "-i", help="Parquet file, folder/prefix (recursive) or glob; any fsspec URL.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Output folder/prefix; mirrors the input layout.")] = None,
+    features: Annotated[str | None, typer.Option(help="Feature columns in model input order, comma-separated. Default: the model's feature_names metadata.")] = None,
+    keep: Annotated[str | None, typer.Option(help="Input columns to carry to the output, comma-separated (default: all).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Rows per inference batch [default: 65536].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local cluster size (default: one per GPU, else cores/4).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N [default: auto].")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite/--no-overwrite", help="Replace a non-empty output.")] = None,
+    model_version: Annotated[int | None, typer.Option(help="Version folder to use in a model repository (default: highest).")] = None,
+    prefix: Annotated[str | None, typer.Option(help="Prefix for prediction column names, e.g. pred_.")] = None,
+    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.")] = None,
+    split_rows: Annotated[int | None, typer.Option(help="Split files above about this many rows by row groups (default: automatic).")] = None,
+    job: Annotated[str | None, typer.Option(help="TOML job file; flags and BATCHSERVE_* variables override it.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    """Score a Parquet dataset with an ONNX model into scored Parquet plus _manifest.json.
+
+    Exit codes: 0 done, 1 failed (one `error:` line on stderr), 2 usage error.
+    """
+    _setup_logging(debug, quiet)
+    flags: dict[str, Any] = {
+        "model": model, "input": input, "output": output, "features": _columns(features),
+        "keep": _columns(keep), "batch_size": batch_size, "workers": workers, "scheduler": scheduler,
+        "device": device, "overwrite": overwrite, "model_version": model_version, "prefix": prefix,
+        "split_rows": split_rows,
+        "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
+    }
+    cfg = _guard(debug, lambda: resolve_score_config(flags, job_file=job))
+    bar = _BarProgress() if _err.is_terminal and not quiet else None
+    try:
+        result = _guard(debug, lambda: pipeline.score(cfg, on_progress=bar))
+    finally:
+        if bar is not None:
+            bar.stop()
+    t = result.manifest.totals
+    typer.echo(
+        f"scored {t.files} file(s), {t.rows:,} rows in {t.seconds:.1f}s ({t.rows_per_second:,.0f} rows/s) "
+        f"-> {result.output}  manifest: {result.manifest_url}"
+    )
+
+
+@app.command(epilog="Example: batchserve inspect sample_data/model --json")
+def inspect(
+    model: Annotated[str, typer.Argument(help="ONNX file or model repository folder; any fsspec URL.")],
+    model_version: Annotated[int | None, typer.Option(help="Version folder in a model repository.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Show a model's inputs, outputs, ONNX metadata and sha256."""
+    opts = _guard(debug, lambda: dict(parse_storage_options(storage_option or [])))
+    info = _guard(debug, lambda: pipeline.inspect_model(model, model_version=model_version, storage_options=opts))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    out = Console()
+    out.print(f"[bold]{info['resolved_uri']}[/bold]  version={info['version']}  sha256={info['sha256']}")
+    out.print(
+        f"producer={info['producer_name']} {info['producer_version']}  ir={info['ir_version']}  "
+        f"opset={info['opset']}  bytes={info['bytes']:,}"
+    )
+    table = Table("kind", "name", "type", "shape")
+    for kind in ("inputs", "outputs"):
+        for t in info[kind]:
+            table.add_row(kind[:-1], t["name"], t["type"], str(t["shape"]))
+    out.print(table)
+    if info["metadata_props"]:
+        meta = Table("metadata key", "value")
+        for k, v in info["metadata_props"].items():
+            meta.add_row(k, v if len(v) < 200 else v[:197] + "...")
+        out.print(meta)
+
+
+@app.command(epilog="Example: batchserve validate --model sample_data/model --input sample_data/transactions")
+def validate(
+    model: Annotated[str, typer.Option("--model", "-m", help="ONNX file or model repository folder.")],
+    input: Annotated[str, typer.Option("--input", "-i", help="Parquet file, folder/prefix or glob.")],
+    features: Annotated[str | None, typer.Option(help="Feature columns in model input order, comma-separated.")] = None,
+    keep: Annotated[str | None, typer.Option(help="Input columns to carry to the output.")] = None,
+    model_version: Annotated[int | None, typer.Option(help="Version folder in a model repository.")] = None,
+    prefix: Annotated[str | None, typer.Option(help="Prefix for prediction column names.")] = None,
+    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Check the feature mapping and every file's schema without scoring (exit 0 or 1)."""
+    flags: dict[str, Any] = {
+        "model": model, "input": input, "output": "", "features": _columns(features), "keep": _columns(keep),
+        "model_version": model_version, "prefix": prefix,
+        "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
+    }
+    cfg = _guard(debug, lambda: resolve_score_config(flags, env={}))
+    plan = _guard(debug, lambda: pipeline.validate(cfg))
+    typer.echo(
+        f"ok: {len(plan.partitions)} file(s), {plan.rows:,} rows; features ({plan.features.source}): "
+        f"{', '.join(plan.features.features)}"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except ConfigError as exc:  # pragma: no cover - config errors are guarded per command
+        _fail(str(exc))

@@ -1,0 +1,250 @@
+"""Resolve a run's configuration once, at the edge, into a frozen value.
+
+Precedence, highest first: explicit arguments (CLI flags or keyword arguments to
+:func:`batchserve.score`) > ``BATCHSERVE_*`` environment variables > a TOML job
+file > defaults. This is the only module that reads the environment, so a run
+is fully described by its :class:`ScoreConfig` (which the manifest records).
+
+Example::
+
+    >>> cfg = resolve_score_config({"model": "m.onnx", "input": "in/", "output": "out/"}, env={})
+    >>> cfg.batch_size
+    65536
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from batchserve.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "ScoreConfig",
+    "resolve_score_config",
+    "parse_storage_options",
+    "storage_dict",
+    "redact",
+    "load_job_file",
+]
+
+DEFAULT_BATCH_SIZE = 65_536
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_SECRET_RE = re.compile(r"(secret|password|passwd|token|credential|session|private|key)", re.I)
+# Keys that match _SECRET_RE but hold no secret: keep them readable in manifests.
+_NOT_SECRET = {"key_id", "anon", "endpoint_url", "region_name"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """Everything that decides what a scoring run does; immutable once resolved."""
+
+    model: str
+    input: str
+    output: str
+    features: tuple[str, ...] | None = None
+    keep: tuple[str, ...] | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int | None = None
+    scheduler: str | None = None
+    device: str = "auto"
+    overwrite: bool = False
+    model_version: int | None = None
+    prefix: str = ""
+    storage_options: tuple[tuple[str, str], ...] = ()
+    #: Split files above about this many rows into row-group pieces (None: automatic).
+    split_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if not _DEVICE_RE.match(self.device):
+            raise ConfigError(
+                f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+            )
+        if self.split_rows is not None and self.split_rows < 1:
+            raise ConfigError(f"--split-rows must be at least 1, got {self.split_rows}")
+        if self.model_version is not None and self.model_version < 0:
+            raise ConfigError(f"--model-version must be >= 0, got {self.model_version}")
+        for name in ("features", "keep"):
+            cols = getattr(self, name)
+            if cols is not None and len(set(cols)) != len(cols):
+                dup = sorted({c for c in cols if cols.count(c) > 1})
+                raise ConfigError(f"--{name} lists a column twice: {', '.join(dup)}")
+            if cols is not None and name == "features" and not cols:
+                raise ConfigError("--features is empty; name at least one column")
+
+    @property
+    def storage(self) -> dict[str, Any]:
+        """Storage options as fsspec wants them (``true``/``false``/numbers decoded)."""
+        return storage_dict(self.storage_options)
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as JSON-able data with secrets in storage options masked."""
+        data = dataclasses.asdict(self)
+        data["features"] = list(self.features) if self.features is not None else None
+        data["keep"] = list(self.keep) if self.keep is not None else None
+        data["storage_options"] = redact(dict(self.storage_options))
+        return data
+
+
+def redact(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Mask values whose key looks like a credential; manifests and logs are shared."""
+    return {
+        k: ("***" if _SECRET_RE.search(k) and k not in _NOT_SECRET else v)
+        for k, v in options.items()
+    }
+
+
+def storage_dict(pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """Storage options kept as text pairs (hashable, picklable) decoded for fsspec."""
+    return {k: _decode_scalar(v) for k, v in pairs}
+
+
+def _decode_scalar(value: str) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if re.fullmatch(r"-?\d+", value):
+        return int(value)
+    return value
+
+
+def parse_storage_options(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Parse repeated ``key=value`` flags; a bare key is a usage mistake worth naming."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--storage-option takes key=value, got {item!r}")
+        pairs[key.strip()] = value.strip()
+    return tuple(sorted(pairs.items()))
+
+
+def _split_columns(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(c.strip() for c in value.split(",") if c.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(c, str) for c in value):
+        return tuple(value)
+    raise ConfigError(f"expected a list of column names, got {value!r}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ConfigError(f"expected true or false, got {value!r}")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"expected a whole number, got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"expected a whole number, got {value!r}") from None
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"expected text, got {value!r}")
+    return value
+
+
+def _to_options(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()))
+    if isinstance(value, str):
+        return parse_storage_options([v for v in value.split(",") if v])
+    if isinstance(value, (list, tuple)):
+        return parse_storage_options(list(value))
+    raise ConfigError(f"storage_options must be a table of key = value, got {value!r}")
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "model": _to_str,
+    "input": _to_str,
+    "output": _to_str,
+    "features": _split_columns,
+    "keep": _split_columns,
+    "batch_size": _to_int,
+    "workers": _to_int,
+    "scheduler": _to_str,
+    "device": _to_str,
+    "overwrite": _to_bool,
+    "model_version": _to_int,
+    "prefix": _to_str,
+    "storage_options": _to_options,
+    "split_rows": _to_int,
+}
+
+
+def load_job_file(path: str) -> dict[str, Any]:
+    """Read the ``[score]`` table of a TOML job file (top-level keys also accepted)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("job file not found", path=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"job file is not valid TOML: {exc}", path=path) from None
+    table = data.get("score", data)
+    if not isinstance(table, dict):
+        raise ConfigError("job file [score] must be a table", path=path)
+    unknown = sorted(set(table) - set(_CONVERTERS))
+    if unknown:
+        raise ConfigError(
+            f"job file has unknown keys {', '.join(unknown)}; valid keys: {', '.join(sorted(_CONVERTERS))}",
+            path=path,
+        )
+    return table
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name in _CONVERTERS:
+        key = f"BATCHSERVE_{name.upper()}"
+        if key in env and env[key] != "":
+            found[name] = env[key]
+    return found
+
+
+def resolve_score_config(
+    flags: Mapping[str, Any],
+    *,
+    job_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ScoreConfig:
+    """Merge the four sources into one frozen config.
+
+    ``flags`` holds only what the caller set explicitly (``None`` means unset).
+    """
+    env = os.environ if env is None else env
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if job_file:
+        layers.append((f"job file {job_file}", load_job_file(job_file)))
+    layers.append(("environment", _from_env(env)))
+    layers.append(("arguments", {k: v for k, v in flags.items() if v is not None}))
+    merged: dict[str, Any] = {}
+    for source, layer in layers:
+        for name, value in layer.items():
+            if name not in _CONVERTERS:
+                raise ConfigError(f"unknown setting {name!r} from {source}")
+            try:
+                merged[name] = _CONVERTERS[name](value)
+            except ConfigError as exc:
+                raise ConfigError(f"setting {name!r} from {source}: {exc.message}") from None
+    missing = [n for n in ("model", "input", "output") if n not in merged]
+    if missing:
+        raise ConfigError(
+            f"missing required setting(s): {', '.join(missing)}; pass --{missing[0]} or set it in the job file"
+        )
+    return ScoreConfig(**merged)

@@ -1,0 +1,144 @@
+"""The one exception tree of batchserve.
+
+Every failure a user can fix is a :class:`BatchserveError`: it carries typed
+attributes (``path``, ``column``, ``expected``, ``found``) so callers can react
+programmatically, and its ``str()`` is the single line the CLI prints::
+
+    >>> str(SchemaError("feature column is missing", path="in/a.parquet", column="amount"))
+    "feature column is missing (in/a.parquet, column 'amount')"
+
+Errors are raised on Dask workers and re-raised on the client, so every class
+must survive a pickle round trip with its attributes intact; ``__reduce__``
+rebuilds from keyword state rather than ``args`` for that reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BatchserveError",
+    "ConfigError",
+    "InputError",
+    "SchemaError",
+    "DataError",
+    "ModelError",
+    "DeviceError",
+    "OutputError",
+    "WorkerStateError",
+    "ClusterError",
+    "StorageError",
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "EXIT_DRIFT",
+]
+
+# The exit-code contract; cli.py owns the mapping, these names keep it in one place.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_DRIFT = 3
+
+
+def _rebuild(cls: type[BatchserveError], message: str, state: dict[str, Any]) -> BatchserveError:
+    return cls(message, **state)
+
+
+class BatchserveError(Exception):
+    """Base of every error a user can act on; anything else is a bug."""
+
+    #: Whether retrying the same task could succeed (I/O hiccups yes, bad data no).
+    transient: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        column: str | None = None,
+        expected: str | None = None,
+        found: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.column = column
+        self.expected = expected
+        self.found = found
+        self.hint = hint
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "column": self.column,
+            "expected": self.expected,
+            "found": self.found,
+            "hint": self.hint,
+        }
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self._state()))
+
+    def where(self) -> str:
+        """The "(file, column)" suffix that tells the user where to look."""
+        parts = []
+        if self.path:
+            parts.append(self.path)
+        if self.column:
+            parts.append(f"column {self.column!r}")
+        return f" ({', '.join(parts)})" if parts else ""
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.expected is not None or self.found is not None:
+            text += f": expected {self.expected}, found {self.found}"
+        if self.hint:
+            text += f"; {self.hint}"
+        # One line, always: the CLI contract promises a single stderr line.
+        return (text + self.where()).replace("\n", " ")
+
+
+class ConfigError(BatchserveError):
+    """Options that contradict each other or a job file that does not parse."""
+
+
+class InputError(BatchserveError):
+    """The input cannot be found or listed (wrong path, no Parquet, no access)."""
+
+
+class SchemaError(BatchserveError):
+    """A Parquet file's schema does not fit the features or the other files."""
+
+
+class DataError(BatchserveError):
+    """Values that cannot be scored safely: a corrupt file, a lossy cast, nulls in ints."""
+
+
+class ModelError(BatchserveError):
+    """The model cannot be found, parsed, or does not fit the features."""
+
+
+class DeviceError(BatchserveError):
+    """The requested execution device is not available (no silent fallback)."""
+
+
+class OutputError(BatchserveError):
+    """The output location is not safe to write (exists, unwritable, inside the input)."""
+
+
+class WorkerStateError(BatchserveError):
+    """A task ran on a worker that lacks the state the pipeline should have installed."""
+
+
+class ClusterError(BatchserveError):
+    """The Dask cluster cannot be reached or lost the work."""
+
+    transient = True
+
+
+class StorageError(BatchserveError):
+    """A read or write against storage failed in a way that may pass (network, 5xx)."""
+
+    transient = True

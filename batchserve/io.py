@@ -1,0 +1,441 @@
+"""Storage at the edge: list Parquet partitions, stream row groups, stage and commit.
+
+The only module that talks to fsspec and ``pyarrow.parquet``. Everything is
+addressed by URL plus storage options so that a task can be shipped to any
+worker and reopen the same data there (fsspec's pickled-recipe idea).
+
+Commit protocol: a file is written under ``OUTPUT/_temporary/<run id>/<rel>``
+and moved to ``OUTPUT/<rel>`` only once it is complete (an atomic rename on
+local disks, a copy to the final key on object stores, which is atomic per
+object). Readers never see a truncated file under a final name, and the
+``_``-prefixed staging folder is ignored by Spark, pyarrow and by our own
+listing.
+
+Example::
+
+    >>> root, parts = list_partitions("sample_data/transactions", {})  # doctest: +SKIP
+    >>> parts[0].relpath  # doctest: +SKIP
+    'date=2026-11-01/part-0.parquet'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from batchserve.errors import BatchserveError, DataError, InputError, OutputError, StorageError
+
+__all__ = [
+    "Partition",
+    "Footer",
+    "list_partitions",
+    "read_footer",
+    "read_footers",
+    "iter_batches",
+    "StagedWriter",
+    "read_bytes",
+    "file_size",
+    "exists",
+    "output_entries",
+    "prepare_output",
+    "write_text_atomic",
+    "read_text",
+    "remove",
+    "remove_staging",
+    "join_url",
+    "to_url",
+    "same_location_or_inside",
+    "STAGING_DIR",
+]
+
+STAGING_DIR = "_temporary"
+_GLOB_CHARS = set("*?[")
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """One input Parquet file: where it is, where its output goes, and its version."""
+
+    url: str
+    relpath: str
+    size: int
+    #: mtime or etag: lets a later run tell whether the input changed.
+    version: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Footer:
+    """What a Parquet footer says, read without touching any data page."""
+
+    schema: pa.Schema
+    num_rows: int
+    row_group_rows: tuple[int, ...]
+
+
+def _fs(url: str, storage: Mapping[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    try:
+        return url_to_fs(url, **storage)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"cannot open this location: {exc}", path=url) from None
+
+
+def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A full URL for ``path`` on ``fs``, so a worker can reopen it."""
+    if isinstance(fs, LocalFileSystem):
+        return path  # plain paths keep manifests readable and tests simple
+    return str(fs.unstrip_protocol(path))
+
+
+def join_url(root: str, *parts: str) -> str:
+    """Join URL parts with '/', whatever the protocol (os.path would break s3://)."""
+    return posixpath.join(root.rstrip("/"), *[p.strip("/") for p in parts if p])
+
+
+def _hidden(relpath: str) -> bool:
+    # Spark/pyarrow convention: `_x` and `.x` are metadata or staging, never data.
+    return any(part.startswith(("_", ".")) for part in relpath.split("/"))
+
+
+def _version(info: Mapping[str, Any]) -> str | None:
+    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(key) is not None:
+            return str(info[key]).strip('"')
+    return None
+
+
+def _storage_failure(exc: BaseException, url: str, action: str) -> BatchserveError:
+    if isinstance(exc, BatchserveError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"cannot {action}: not found", path=url)
+    if isinstance(exc, PermissionError):
+        return InputError(
+            f"cannot {action}: permission denied; check credentials (--storage-option) or file permissions",
+            path=url,
+        )
+    return StorageError(f"cannot {action}: {type(exc).__name__}: {exc}", path=url)
+
+
+def list_partitions(url: str, storage: Mapping[str, Any]) -> tuple[str, list[Partition]]:
+    """Every ``*.parquet`` at ``url`` (file, folder/prefix, or glob), sorted by path.
+
+    Returns the root that relative output paths are computed from.
+    """
+    fs, path = _fs(url, storage)
+    try:
+        if any(c in _GLOB_CHARS for c in path):
+            head = []
+            for part in path.split("/"):
+                if any(c in _GLOB_CHARS for c in part):
+                    break
+                head.append(part)
+            root = "/".join(head) or "/"
+            found = {p: fs.info(p) for p in fs.glob(path) if p.endswith(".parquet")}
+            found = {p: i for p, i in found.items() if i.get("type") == "file"}
+        elif fs.isfile(path):
+            root = posixpath.dirname(path)
+            found = {path: fs.info(path)}
+        elif fs.isdir(path):
+            root = path.rstrip("/")
+            found = {
+                p: i
+                for p, i in fs.find(path, detail=True).items()
+                if p.endswith(".parquet") and i.get("type", "file") == "file"
+            }
+        else:
+            raise InputError("input not found: no such file, folder or prefix", path=url)
+    except Exception as exc:  # noqa: BLE001 - every storage failure becomes a one-liner
+        raise _storage_failure(exc, url, "list the input") from None
+    parts = []
+    for p in sorted(found):
+        rel = posixpath.relpath(p, root) if root != "/" else p.lstrip("/")
+        if _hidden(rel):
+            continue
+        info = found[p]
+        parts.append(Partition(to_url(fs, p), rel, int(info.get("size") or 0), _version(info)))
+    if not parts:
+        raise InputError(
+            "no Parquet files found (looked for *.parquet recursively, skipping _ and . names)",
+            path=url,
+        )
+    return to_url(fs, root), parts
+
+
+def _open_parquet(url: str, storage: Mapping[str, Any]) -> pq.ParquetFile:
+    fs, path = _fs(url, storage)
+    try:
+        if isinstance(fs, LocalFileSystem):
+            return pq.ParquetFile(path, memory_map=True)
+        # pre_buffer coalesces column-chunk reads into few large range requests,
+        # which is what object stores want.
+        return pq.ParquetFile(fs.open(path, "rb"), pre_buffer=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, EOFError) as exc:
+        if isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise _storage_failure(exc, url, "open the input file") from None
+        if isinstance(exc, (pa.ArrowInvalid, pa.ArrowNotImplementedError)) or "Parquet" in str(exc):
+            raise DataError(
+                f"not a readable Parquet file (corrupt or truncated?): {exc}", path=url
+            ) from None
+        raise _storage_failure(exc, url, "open the input file") from None
+
+
+def read_footer(url: str, storage: Mapping[str, Any]) -> Footer:
+    """Schema and row counts from the footer only: cheap enough to check every file up front."""
+    pf = _open_parquet(url, storage)
+    md = pf.metadata
+    return Footer(
+        schema=pf.schema_arrow,
+        num_rows=md.num_rows,
+        row_group_rows=tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)),
+    )
+
+
+def read_footers(urls: Sequence[str], storage: Mapping[str, Any], threads: int = 16) -> list[Footer]:
+    """Footers of many files in parallel: listing 10k objects must not take 10k round trips in a row."""
+    if len(urls) <= 1:
+        return [read_footer(u, storage) for u in urls]
+    with ThreadPoolExecutor(max_workers=min(threads, len(urls))) as pool:
+        return list(pool.map(lambda u: read_footer(u, storage), urls))
+
+
+def iter_batches(
+    url: str,
+    storage: Mapping[str, Any],
+    *,
+    columns: Sequence[str] | None,
+    batch_size: int,
+    row_groups: Sequence[int] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Stream record batches of at most ``batch_size`` rows, one row group at a time."""
+    pf = _open_parquet(url, storage)
+    groups = list(range(pf.metadata.num_row_groups)) if row_groups is None else list(row_groups)
+    try:
+        yield from pf.iter_batches(
+            batch_size=batch_size, row_groups=groups, columns=list(columns) if columns is not None else None,
+            use_threads=True,
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, EOFError) as exc:
+        raise DataError(f"cannot decode Parquet data (corrupt or truncated?): {exc}", path=url) from None
+    except OSError as exc:
+        raise _storage_failure(exc, url, "read the input file") from None
+    finally:
+        pf.close()
+
+
+class StagedWriter:
+    """Write one Parquet file under a staging name; :meth:`commit` moves it into place.
+
+    Used as a context manager: leaving the block with an exception removes the
+    staging file, so nothing half-written ever sits under a final name.
+    """
+
+    def __init__(
+        self, final_url: str, staging_url: str, schema: pa.Schema, storage: Mapping[str, Any]
+    ) -> None:
+        self.final_url = final_url
+        self.staging_url = staging_url
+        self.schema = schema
+        self._storage = storage
+        self._fs, self._staging = _fs(staging_url, storage)
+        self._final = _fs(final_url, storage)[1]
+        self._sink: Any = None
+        self.rows = 0
+        try:
+            self._fs.makedirs(posixpath.dirname(self._staging), exist_ok=True)
+            if isinstance(self._fs, LocalFileSystem):
+                self._writer = pq.ParquetWriter(self._staging, schema)
+            else:
+                self._sink = self._fs.open(self._staging, "wb")
+                self._writer = pq.ParquetWriter(self._sink, schema)
+        except Exception as exc:  # noqa: BLE001
+            raise OutputError(f"cannot write the output: {type(exc).__name__}: {exc}", path=final_url) from None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def close_staged(self) -> int:
+        """Finish the file but leave it staged (a piece awaiting its merge); returns bytes."""
+        self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
+        return int(self._fs.size(self._staging))
+
+    def commit(self) -> int:
+        """Finish the file and move it to its final name; returns its size in bytes."""
+        self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
+        try:
+            size = int(self._fs.size(self._staging))
+            if isinstance(self._fs, LocalFileSystem):
+                os.makedirs(os.path.dirname(self._final) or ".", exist_ok=True)
+                os.replace(self._staging, self._final)  # atomic on POSIX
+            else:
+                self._fs.mv(self._staging, self._final)
+        except Exception as exc:  # noqa: BLE001
+            raise _storage_failure(exc, self.final_url, "commit the output file") from None
+        return size
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+            if self._sink is not None:
+                self._sink.close()
+        except Exception:  # noqa: BLE001,S110 - we are already failing; keep the first error
+            pass
+        try:
+            self._fs.rm(self._staging)
+        except Exception:  # noqa: BLE001,S110
+            pass
+
+    def __enter__(self) -> StagedWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def read_bytes(url: str, storage: Mapping[str, Any]) -> bytes:
+    fs, path = _fs(url, storage)
+    try:
+        with fs.open(path, "rb") as fh:
+            return bytes(fh.read())
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_failure(exc, url, "read") from None
+
+
+def read_text(url: str, storage: Mapping[str, Any]) -> str:
+    return read_bytes(url, storage).decode("utf-8")
+
+
+def file_size(url: str, storage: Mapping[str, Any]) -> int:
+    fs, path = _fs(url, storage)
+    try:
+        return int(fs.size(path))
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_failure(exc, url, "stat") from None
+
+
+def exists(url: str, storage: Mapping[str, Any]) -> bool:
+    fs, path = _fs(url, storage)
+    try:
+        return bool(fs.exists(path))
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_failure(exc, url, "check") from None
+
+
+def isdir(url: str, storage: Mapping[str, Any]) -> bool:
+    fs, path = _fs(url, storage)
+    try:
+        return bool(fs.isdir(path))
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_failure(exc, url, "check") from None
+
+
+def list_dir(url: str, storage: Mapping[str, Any]) -> list[str]:
+    """Names directly under a folder/prefix (empty when it does not exist)."""
+    fs, path = _fs(url, storage)
+    try:
+        if not fs.isdir(path):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_failure(exc, url, "list") from None
+
+
+def output_entries(url: str, storage: Mapping[str, Any]) -> list[str]:
+    """Every file below the output root, relative to it (staging included)."""
+    fs, path = _fs(url, storage)
+    try:
+        if not fs.isdir(path):
+            if fs.isfile(path):
+                raise OutputError("output must be a folder or prefix, but a file is there", path=url)
+            return []
+        root = path.rstrip("/")
+        return sorted(posixpath.relpath(p, root) for p in fs.find(root))
+    except BatchserveError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_failure(exc, url, "list the output") from None
+
+
+def prepare_output(url: str, storage: Mapping[str, Any]) -> None:
+    """Create the output root and prove we can write there, before any scoring."""
+    fs, path = _fs(url, storage)
+    probe = join_url(path, STAGING_DIR, ".write-probe")
+    try:
+        fs.makedirs(path, exist_ok=True)
+        fs.makedirs(posixpath.dirname(probe), exist_ok=True)
+        with fs.open(probe, "wb") as fh:
+            fh.write(b"ok")
+        fs.rm(probe)
+    except Exception as exc:  # noqa: BLE001
+        raise OutputError(
+            f"output is not writable: {type(exc).__name__}: {exc}; check the path and credentials",
+            path=url,
+        ) from None
+
+
+def write_text_atomic(url: str, text: str, storage: Mapping[str, Any]) -> None:
+    """Write a small text file so that readers see the old or the new content, never half."""
+    fs, path = _fs(url, storage)
+    tmp = join_url(posixpath.dirname(path), STAGING_DIR, "." + posixpath.basename(path) + ".tmp")
+    try:
+        fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
+        with fs.open(tmp, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+        if isinstance(fs, LocalFileSystem):
+            os.replace(tmp, path)
+        else:
+            fs.mv(tmp, path)
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_failure(exc, url, "write") from None
+
+
+def remove(url: str, storage: Mapping[str, Any], *, recursive: bool = False) -> None:
+    fs, path = _fs(url, storage)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_failure(exc, url, "remove") from None
+
+
+def remove_staging(output_url: str, storage: Mapping[str, Any], run_id: str | None = None) -> None:
+    """Drop staging files of one run (or all runs), e.g. after a success or a SIGKILL."""
+    target = join_url(output_url, STAGING_DIR, run_id or "")
+    try:
+        remove(target, storage, recursive=True)
+    except BatchserveError:
+        pass  # leftover staging is harmless: it is hidden and cleaned by the next run
+
+
+def same_location_or_inside(child: str, parent: str, storage: Mapping[str, Any]) -> bool:
+    """Whether ``child`` is ``parent`` or below it (same filesystem)."""
+    fs_c, pc = _fs(child, storage)
+    fs_p, pp = _fs(parent, storage)
+    if type(fs_c) is not type(fs_p):
+        return False
+    if isinstance(fs_c, LocalFileSystem):
+        pc, pp = os.path.realpath(pc), os.path.realpath(pp)
+    if any(c in _GLOB_CHARS for c in pp):  # a glob: its literal head is the folder read
+        head = []
+        for part in pp.split("/"):
+            if any(c in _GLOB_CHARS for c in part):
+                break
+            head.append(part)
+        pp = "/".join(head)
+    pc, pp = pc.rstrip("/"), pp.rstrip("/")
+    return pc == pp or pc.startswith(pp + "/")

@@ -1,0 +1,222 @@
+"""The run manifest: a typed, versioned record of what a run did (dbt's run results idea).
+
+``OUTPUT/_manifest.json`` is a contract that other tools read (Airflow sensors,
+the next night's ``--reference``), so it carries ``schema`` and
+``schema_version``; older versions are read through :data:`UPGRADES`, and
+``schemas/run-manifest.v1.json`` is kept in step with these dataclasses by a test.
+Secrets never get here: the config is recorded through ``ScoreConfig.redacted``.
+
+Example::
+
+    >>> m = loads(dumps(example_manifest()))
+    >>> m.schema_version
+    1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+from batchserve.errors import ConfigError
+
+__all__ = [
+    "SCHEMA_NAME",
+    "SCHEMA_VERSION",
+    "FileEntry",
+    "WorkerInfo",
+    "EngineInfo",
+    "RunInfo",
+    "ModelSection",
+    "Totals",
+    "Manifest",
+    "dumps",
+    "loads",
+    "json_schema",
+    "example_manifest",
+    "UPGRADES",
+]
+
+SCHEMA_NAME = "batchserve.run-manifest"
+SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass
+class FileEntry:
+    path: str
+    relpath: str
+    rows: int
+    bytes: int
+
+
+@dataclasses.dataclass
+class WorkerInfo:
+    address: str
+    name: str
+    provider: str
+    device: str
+    gpu_id: int | None
+    intra_op_threads: int
+    fallback_reason: str | None
+    setup_seconds: float
+    cuda_visible_devices: str | None
+
+
+@dataclasses.dataclass
+class EngineInfo:
+    #: "local" (we started a cluster) or "scheduler" (an existing one).
+    kind: str
+    address: str
+    workers: int
+    device: str
+    per_worker: list[WorkerInfo]
+
+
+@dataclasses.dataclass
+class RunInfo:
+    id: str
+    started_at: str
+    finished_at: str | None
+    #: "succeeded", "failed" or "running".
+    status: str
+    batchserve_version: str
+    config: dict[str, Any]
+    engine: EngineInfo | None
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class ModelSection:
+    uri: str
+    resolved_uri: str
+    version: str | None
+    sha256: str
+    bytes: int
+    producer_name: str
+    producer_version: str
+    ir_version: int
+    opset: dict[str, int]
+    graph_name: str
+    metadata_props: dict[str, str]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    features: list[str]
+    feature_source: str
+
+
+@dataclasses.dataclass
+class Totals:
+    files: int
+    rows: int
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    rows_per_second: float
+    #: Summed over tasks; they overlap, so their sum can exceed wall time.
+    read_seconds: float
+    infer_seconds: float
+    write_seconds: float
+
+
+@dataclasses.dataclass
+class Manifest:
+    run: RunInfo
+    model: ModelSection
+    inputs: list[FileEntry]
+    outputs: list[FileEntry]
+    totals: Totals
+    #: Filled by the drift issue; ``None`` until then.
+    drift: dict[str, Any] | None = None
+    schema: str = SCHEMA_NAME
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        # Schema identity first: someone opening the file should see what it is.
+        return {"schema": data.pop("schema"), "schema_version": data.pop("schema_version"), **data}
+
+
+def dumps(manifest: Manifest) -> str:
+    return json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
+
+
+def _files(items: list[dict[str, Any]]) -> list[FileEntry]:
+    return [FileEntry(**i) for i in items]
+
+
+def _from_v1(data: dict[str, Any]) -> Manifest:
+    run = dict(data["run"])
+    engine = run.get("engine")
+    if engine is not None:
+        engine = EngineInfo(**{**engine, "per_worker": [WorkerInfo(**w) for w in engine["per_worker"]]})
+    run["engine"] = engine
+    return Manifest(
+        run=RunInfo(**run),
+        model=ModelSection(**data["model"]),
+        inputs=_files(data["inputs"]),
+        outputs=_files(data["outputs"]),
+        totals=Totals(**data["totals"]),
+        drift=data.get("drift"),
+    )
+
+
+#: schema_version -> function lifting a dict of that version to the next one.
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def loads(text: str, *, source: str | None = None) -> Manifest:
+    """Parse a manifest of this or an older schema version."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"manifest is not valid JSON: {exc}", path=source) from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA_NAME:
+        raise ConfigError(f"not a batchserve run manifest (schema is not {SCHEMA_NAME!r})", path=source)
+    version = data.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION or (
+        version < SCHEMA_VERSION and version not in UPGRADES
+    ):
+        raise ConfigError(
+            f"unsupported manifest schema_version {version!r}; this batchserve reads up to {SCHEMA_VERSION}",
+            path=source,
+        )
+    while version < SCHEMA_VERSION:
+        data = UPGRADES[version](data)
+        version = data["schema_version"]
+    try:
+        return _from_v1(data)
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"manifest is missing or has unexpected fields: {exc}", path=source) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """The committed JSON Schema for the current version."""
+    text = resources.files("batchserve").joinpath("schemas/run-manifest.v1.json").read_text("utf-8")
+    return dict(json.loads(text))
+
+
+def example_manifest() -> Manifest:
+    """A small valid manifest, for docs and tests of readers."""
+    return Manifest(
+        run=RunInfo(
+            id="20261121T000000Z-abcdef", started_at="2026-11-21T00:00:00Z",
+            finished_at="2026-11-21T00:00:01Z", status="succeeded", batchserve_version="0.1.0",
+            config={"model": "m.onnx"},
+            engine=EngineInfo("local", "tcp://127.0.0.1:1", 1, "auto", [
+                WorkerInfo("tcp://127.0.0.1:2", "0", "CPUExecutionProvider", "cpu", None, 2,
+                           "no GPU visible to this worker", 0.1, None)
+            ]),
+        ),
+        model=ModelSection(
+            uri="m.onnx", resolved_uri="m.onnx", version=None, sha256="0" * 64, bytes=1,
+            producer_name="skl2onnx", producer_version="1.0", ir_version=8, opset={"ai.onnx": 17},
+            graph_name="g", metadata_props={}, inputs=[], outputs=[], features=["a"],
+            feature_source="flag",
+        ),
+        inputs=[FileEntry("in/a.parquet", "a.parquet", 1, 10)],
+        outputs=[FileEntry("out/a.parquet", "a.parquet", 1, 12)],
+        totals=Totals(1, 1, 10, 12, 1.0, 1.0, 0.1, 0.1, 0.1),
+    )

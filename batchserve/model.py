@@ -1,0 +1,312 @@
+"""ONNX models: version resolution, description, and one inference session per worker.
+
+The only module that imports onnxruntime (and onnx, for metadata ORT does not
+expose). Sessions are built where they live, on the worker, from bytes; this
+module never touches storage, so the caller decides how bytes are fetched.
+
+Device policy (no silent fallback): ``cpu`` uses the CPU provider; ``cuda`` or
+``cuda:N`` must get the CUDA provider or fail with :class:`DeviceError`;
+``auto`` tries CUDA when a GPU is visible and records why it fell back if not.
+
+Example::
+
+    >>> info = describe(open("sample_data/model/1/model.onnx", "rb").read())  # doctest: +SKIP
+    >>> [i.name for i in info.inputs]  # doctest: +SKIP
+    ['input']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from google.protobuf.message import DecodeError
+
+from batchserve.errors import DeviceError, ModelError
+
+__all__ = [
+    "TensorInfo",
+    "ModelInfo",
+    "LoadedModel",
+    "ModelRunner",
+    "describe",
+    "sha256_hex",
+    "choose_version",
+    "visible_gpu_count",
+    "pick_gpu",
+    "build_session",
+    "ONNX_NUMPY_TYPES",
+]
+
+# ONNX tensor element types we can feed from numeric Arrow columns.
+ONNX_NUMPY_TYPES: dict[str, np.dtype[Any]] = {
+    "float": np.dtype(np.float32),
+    "double": np.dtype(np.float64),
+    "float16": np.dtype(np.float16),
+    "int64": np.dtype(np.int64),
+    "int32": np.dtype(np.int32),
+    "int16": np.dtype(np.int16),
+    "int8": np.dtype(np.int8),
+    "uint8": np.dtype(np.uint8),
+    "uint16": np.dtype(np.uint16),
+    "uint32": np.dtype(np.uint32),
+    "uint64": np.dtype(np.uint64),
+    "bool": np.dtype(np.bool_),
+}
+_ELEM_NAMES = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """One model input or output as the graph declares it."""
+
+    name: str
+    #: ORT-style type string: ``tensor(float)``, ``seq(map(int64,tensor(float)))``.
+    type: str
+    #: Dimensions; ``None`` or a symbolic name for dynamic axes.
+    shape: tuple[int | str | None, ...] | None
+
+    @property
+    def elem_type(self) -> str | None:
+        m = re.fullmatch(r"tensor\((\w+)\)", self.type)
+        return m.group(1) if m else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "shape": list(self.shape) if self.shape is not None else None}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """Everything the manifest records about a model, read without running it."""
+
+    sha256: str
+    bytes: int
+    producer_name: str
+    producer_version: str
+    ir_version: int
+    opset: dict[str, int]
+    graph_name: str
+    doc_string: str
+    metadata_props: dict[str, str]
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    @property
+    def feature_names(self) -> list[str] | None:
+        """``metadata_props["feature_names"]`` (a JSON list), the convention we document."""
+        raw = self.metadata_props.get("feature_names")
+        if raw is None:
+            return None
+        try:
+            names = json.loads(raw)
+        except json.JSONDecodeError:
+            names = None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ModelError(
+                'metadata_props["feature_names"] must be a JSON list of strings',
+                found=repr(raw[:80]),
+            )
+        return names
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "producer_name": self.producer_name,
+            "producer_version": self.producer_version,
+            "ir_version": self.ir_version,
+            "opset": dict(self.opset),
+            "graph_name": self.graph_name,
+            "metadata_props": dict(self.metadata_props),
+            "inputs": [t.as_dict() for t in self.inputs],
+            "outputs": [t.as_dict() for t in self.outputs],
+        }
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _type_string(tp: onnx.TypeProto) -> str:
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        return f"tensor({_ELEM_NAMES.get(tp.tensor_type.elem_type, 'undefined')})"
+    if kind == "sequence_type":
+        return f"seq({_type_string(tp.sequence_type.elem_type)})"
+    if kind == "map_type":
+        key = _ELEM_NAMES.get(tp.map_type.key_type, "undefined")
+        return f"map({key},{_type_string(tp.map_type.value_type)})"
+    return kind or "undefined"
+
+
+def _shape(tp: onnx.TypeProto) -> tuple[int | str | None, ...] | None:
+    if tp.WhichOneof("value") != "tensor_type" or not tp.tensor_type.HasField("shape"):
+        return None
+    dims: list[int | str | None] = []
+    for d in tp.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def describe(data: bytes) -> ModelInfo:
+    """Parse an ONNX model's header: I/O signature, opsets, producer, metadata."""
+    try:
+        proto = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"not an ONNX model ({type(exc).__name__})") from None
+    if not proto.graph.output:
+        raise ModelError("not an ONNX model (the graph has no outputs)")
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = tuple(
+        TensorInfo(i.name, _type_string(i.type), _shape(i.type))
+        for i in proto.graph.input
+        if i.name not in initializers
+    )
+    outputs = tuple(TensorInfo(o.name, _type_string(o.type), _shape(o.type)) for o in proto.graph.output)
+    return ModelInfo(
+        sha256=sha256_hex(data),
+        bytes=len(data),
+        producer_name=proto.producer_name,
+        producer_version=proto.producer_version,
+        ir_version=int(proto.ir_version),
+        opset={(o.domain or "ai.onnx"): int(o.version) for o in proto.opset_import},
+        graph_name=proto.graph.name,
+        doc_string=proto.doc_string,
+        metadata_props={p.key: p.value for p in proto.metadata_props},
+        inputs=inputs,
+        outputs=outputs,
+    )
+
+
+def choose_version(entries: Sequence[str], requested: int | None, root: str) -> str:
+    """Pick ``<root>/<version>`` the way Triton and TF Serving do: highest integer wins."""
+    versions = sorted(int(e) for e in entries if e.isdigit())
+    if not versions:
+        raise ModelError(
+            "model folder has no integer version folders; expected <root>/<version>/model.onnx",
+            path=root,
+        )
+    if requested is None:
+        return str(versions[-1])
+    if requested not in versions:
+        raise ModelError(
+            f"model version {requested} not found; available: {', '.join(map(str, versions))}",
+            path=root,
+        )
+    return str(requested)
+
+
+def visible_gpu_count(env: Mapping[str, str] | None = None) -> int:
+    """How many NVIDIA GPUs this process may use, without initialising CUDA."""
+    env = os.environ if env is None else env
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [v for v in visible.split(",") if v.strip() and not v.strip().startswith("-")]
+        return len(ids)
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+
+
+def pick_gpu(device: str, worker_index: int, env: Mapping[str, str] | None = None) -> int | None:
+    """The CUDA device id a worker should use, or ``None`` for CPU.
+
+    ``cuda:N`` is explicit. Otherwise a worker whose ``CUDA_VISIBLE_DEVICES`` was
+    set for it (dask-cuda's convention, and our local cluster's) owns device 0;
+    without it, worker *i* takes GPU *i mod n*.
+    """
+    if device == "cpu":
+        return None
+    n = visible_gpu_count(env)
+    if device.startswith("cuda:"):
+        return int(device.split(":", 1)[1])
+    if n == 0:
+        return 0 if device == "cuda" else None
+    env = os.environ if env is None else env
+    if env.get("CUDA_VISIBLE_DEVICES"):
+        return 0
+    return worker_index % n
+
+
+class ModelRunner(Protocol):
+    """What scoring needs from a model: named arrays in, named outputs out."""
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """An ORT session plus the facts the manifest needs about where it runs."""
+
+    session: ort.InferenceSession
+    provider: str
+    device: str
+    gpu_id: int | None
+    intra_op_threads: int
+    fallback_reason: str | None
+    output_names: list[str]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        values = self.session.run(self.output_names, dict(feeds))
+        return dict(zip(self.output_names, values, strict=True))
+
+
+def _session(data: bytes, providers: list[Any], threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, threads)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only: a failed CUDA load is reported by us, once
+    try:
+        return ort.InferenceSession(data, sess_options=opts, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"onnxruntime cannot load the model: {text}") from None
+
+
+def build_session(
+    data: bytes, *, device: str, intra_op_threads: int, gpu_id: int | None
+) -> LoadedModel:
+    """One session for this process, honouring the device policy."""
+    cpu = ["CPUExecutionProvider"]
+    wants_cuda = device != "cpu" and gpu_id is not None
+    fallback: str | None = None
+    if device != "cpu" and gpu_id is None:
+        fallback = "no GPU visible to this worker"
+    if wants_cuda:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            reason = "this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)"
+            if device.startswith("cuda"):
+                raise DeviceError(f"--device {device} requested but {reason}")
+            fallback = reason
+        else:
+            providers: list[Any] = [("CUDAExecutionProvider", {"device_id": gpu_id}), *cpu]
+            sess = _session(data, providers, intra_op_threads)
+            if sess.get_providers()[0] == "CUDAExecutionProvider":
+                return LoadedModel(
+                    sess, "CUDAExecutionProvider", f"cuda:{gpu_id}", gpu_id, intra_op_threads, None,
+                    [o.name for o in sess.get_outputs()],
+                )
+            reason = "the CUDA provider failed to load (CUDA/cuDNN libraries missing or no GPU)"
+            if device.startswith("cuda"):
+                raise DeviceError(f"--device {device} requested but {reason}; use --device cpu or auto")
+            fallback = reason
+    sess = _session(data, cpu, intra_op_threads)
+    return LoadedModel(
+        sess, "CPUExecutionProvider", "cpu", None, intra_op_threads, fallback,
+        [o.name for o in sess.get_outputs()],
+    )

@@ -1,0 +1,467 @@
+"""Client side of a run: plan, check, attach a cluster, submit, merge receipts, commit.
+
+Everything that can be checked without scoring is checked before the first
+task: the model resolves and parses, every file's footer has every feature as
+a numeric column, the output is empty (or ``overwrite``) and writable. Then one
+task per input file goes to Dask (large files split by row groups and merged
+back in order); tasks return receipts, and the manifest and ``_SUCCESS`` are
+written last, so a reader that sees ``_SUCCESS`` sees a complete output.
+
+Example::
+
+    >>> result = score(model="sample_data/model", input="sample_data/transactions",
+    ...                output="out/", overwrite=True)  # doctest: +SKIP
+    >>> result.manifest.totals.rows  # doctest: +SKIP
+    100000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import os
+import posixpath
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from distributed import Client, Nanny, Scheduler, SpecCluster, as_completed
+
+from batchserve import io, manifest, model, scoring
+from batchserve.config import ScoreConfig, resolve_score_config
+from batchserve.errors import (
+    BatchserveError,
+    ClusterError,
+    ModelError,
+    OutputError,
+    SchemaError,
+)
+from batchserve.worker import FileTask, ModelPlugin, ModelSpec, Receipt, merge_pieces, score_file, worker_report
+
+__all__ = [
+    "ProgressEvent",
+    "RunPlan",
+    "RunResult",
+    "resolve_model",
+    "inspect_model",
+    "plan_run",
+    "validate",
+    "score",
+    "default_workers",
+]
+
+log = logging.getLogger("batchserve")
+MANIFEST_NAME = "_manifest.json"
+SUCCESS_NAME = "_SUCCESS"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressEvent:
+    """Sent to the progress callback after planning and after every committed file."""
+
+    phase: str  # "planned" | "file" | "done"
+    files_done: int
+    files_total: int
+    rows_done: int
+    rows_total: int
+    elapsed_s: float
+    path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a run will do, decided and checked on the client before any scoring."""
+
+    model_uri: str
+    model_url: str
+    model_version: str | None
+    info: model.ModelInfo
+    features: scoring.FeaturePlan
+    input_root: str
+    partitions: tuple[io.Partition, ...]
+    footers: tuple[io.Footer, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.num_rows for f in self.footers)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    manifest: manifest.Manifest
+    output: str
+    manifest_url: str
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchserve")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+def resolve_model(uri: str, version: int | None, storage: Mapping[str, Any]) -> tuple[str, str | None, bytes]:
+    """A model file, or ``<root>/<version>/model.onnx`` from a model repository."""
+    if io.isdir(uri, storage):
+        chosen = model.choose_version(io.list_dir(uri, storage), version, uri)
+        url = io.join_url(uri, chosen, "model.onnx")
+        if not io.exists(url, storage):
+            raise ModelError(f"model version {chosen} has no model.onnx", path=url)
+        return url, chosen, io.read_bytes(url, storage)
+    if version is not None:
+        raise ModelError("--model-version needs a model repository folder, not a file", path=uri)
+    if not io.exists(uri, storage):
+        raise ModelError("model not found", path=uri)
+    return uri, None, io.read_bytes(uri, storage)
+
+
+def inspect_model(
+    uri: str, *, model_version: int | None = None, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The model's signature and provenance, as ``batchserve inspect`` shows it."""
+    url, version, data = resolve_model(uri, model_version, storage_options or {})
+    try:
+        info = model.describe(data)
+    except BatchserveError as exc:
+        exc.path = exc.path or url
+        raise
+    return {"uri": uri, "resolved_uri": url, "version": version, **info.as_dict(),
+            "feature_names": info.feature_names}
+
+
+def plan_run(cfg: ScoreConfig) -> RunPlan:
+    """Resolve the model and inputs and check every footer; raises before any scoring."""
+    storage = cfg.storage
+    url, version, data = resolve_model(cfg.model, cfg.model_version, storage)
+    try:
+        info = model.describe(data)
+    except BatchserveError as exc:
+        exc.path = exc.path or url
+        raise
+    root, parts = io.list_partitions(cfg.input, storage)
+    footers = io.read_footers([p.url for p in parts], storage)
+    try:
+        fplan = scoring.plan_features(info, cfg.features, footers[0].schema.names)
+    except BatchserveError as exc:
+        exc.path = exc.path or url
+        raise
+    out_names = [cfg.prefix + o.name for o in info.outputs]
+    for part, footer in zip(parts, footers, strict=True):
+        scoring.check_schema(fplan, footer.schema, part.url)
+        kept = footer.schema.names if cfg.keep is None else list(cfg.keep)
+        for col in kept:
+            if footer.schema.get_field_index(col) < 0:
+                raise SchemaError("column named in --keep is missing", path=part.url, column=col)
+        for col in out_names:
+            if col in kept:
+                raise SchemaError(
+                    "prediction column would overwrite an input column",
+                    path=part.url, column=col,
+                    hint="pass --prefix (e.g. --prefix pred_) or drop the column with --keep",
+                )
+    return RunPlan(cfg.model, url, version, info, fplan, root, tuple(parts), tuple(footers))
+
+
+def validate(config: ScoreConfig | None = None, /, **settings: Any) -> RunPlan:
+    """Check the model-to-data mapping and every file's schema without scoring."""
+    cfg = config or _config_from(settings, need_output=False)
+    return plan_run(cfg)
+
+
+def default_workers() -> int:
+    """One worker per GPU; on CPU, a worker per 4 cores (ORT threads do the rest)."""
+    gpus = model.visible_gpu_count()
+    if gpus:
+        return gpus
+    cores = os.cpu_count() or 1
+    return max(1, cores // 4)
+
+
+def _gpu_env(i: int) -> dict[str, str]:
+    """Rotate the visible GPUs so worker i sees its own first (dask-cuda's convention)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = (
+        [v.strip() for v in visible.split(",") if v.strip()]
+        if visible is not None
+        else [str(g) for g in range(model.visible_gpu_count())]
+    )
+    if not ids:
+        return {}
+    k = i % len(ids)
+    return {"CUDA_VISIBLE_DEVICES": ",".join(ids[k:] + ids[:k])}
+
+
+@contextmanager
+def _cluster(cfg: ScoreConfig) -> Iterator[tuple[Client, str, str]]:
+    if cfg.scheduler:
+        try:
+            client = Client(cfg.scheduler, timeout="15s")
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(
+                f"cannot reach the Dask scheduler: {exc}; check --scheduler and that the scheduler is up",
+                path=cfg.scheduler,
+            ) from None
+        try:
+            try:
+                client.wait_for_workers(1, timeout=60)
+            except TimeoutError:
+                raise ClusterError("the Dask cluster has no workers", path=cfg.scheduler) from None
+            yield client, "scheduler", cfg.scheduler
+        finally:
+            client.close()
+        return
+    n = cfg.workers or default_workers()
+    workers = {
+        i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": _gpu_env(i), "name": i,
+                                   "silence_logs": logging.ERROR}}
+        for i in range(n)
+    }
+    cluster = SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False,
+                                                  "dashboard_address": None}},
+        workers=workers,
+        silence_logs=logging.ERROR,
+        name="batchserve-local",
+    )
+    try:
+        client = Client(cluster)
+        try:
+            client.wait_for_workers(n, timeout=120)
+            yield client, "local", str(cluster.scheduler_address)
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def _pieces(footer: io.Footer, target_rows: int) -> list[tuple[int, ...]] | None:
+    """Row-group ranges of about ``target_rows`` rows, or None to keep the file whole."""
+    if footer.num_rows <= 2 * target_rows or len(footer.row_group_rows) < 2:
+        return None
+    ranges: list[tuple[int, ...]] = []
+    current: list[int] = []
+    rows = 0
+    for i, n in enumerate(footer.row_group_rows):
+        current.append(i)
+        rows += n
+        if rows >= target_rows:
+            ranges.append(tuple(current))
+            current, rows = [], 0
+    if current:
+        ranges.append(tuple(current))
+    return ranges if len(ranges) > 1 else None
+
+
+def _check_output(cfg: ScoreConfig) -> None:
+    storage = cfg.storage
+    if io.same_location_or_inside(cfg.output, cfg.input, storage):
+        raise OutputError(
+            "output is inside the input folder; its files would be read back as input next run",
+            path=cfg.output,
+        )
+    entries = [e for e in io.output_entries(cfg.output, storage) if not e.startswith(io.STAGING_DIR + "/")]
+    if entries and not cfg.overwrite:
+        raise OutputError(
+            f"output folder is not empty ({len(entries)} files); pass --overwrite to replace it",
+            path=cfg.output,
+        )
+    io.prepare_output(cfg.output, storage)
+
+
+def _config_from(settings: Mapping[str, Any], *, need_output: bool = True) -> ScoreConfig:
+    flags = dict(settings)
+    if not need_output:
+        flags.setdefault("output", "")
+    if "storage_options" in flags and isinstance(flags["storage_options"], Mapping):
+        flags["storage_options"] = {k: str(v) for k, v in flags["storage_options"].items()}
+    return resolve_score_config(flags, env={})
+
+
+def _file_entries(receipts: list[Receipt]) -> list[manifest.FileEntry]:
+    return [manifest.FileEntry(r.output_url, r.relpath, r.rows, r.bytes) for r in receipts]
+
+
+def _build_manifest(
+    cfg: ScoreConfig,
+    plan: RunPlan,
+    run_id: str,
+    started_at: str,
+    t0: float,
+    receipts: list[Receipt],
+    engine: manifest.EngineInfo | None,
+    status: str,
+    error: str | None,
+) -> manifest.Manifest:
+    seconds = time.perf_counter() - t0
+    rows = sum(r.rows for r in receipts)
+    info = plan.info
+    return manifest.Manifest(
+        run=manifest.RunInfo(
+            id=run_id, started_at=started_at, finished_at=_now(), status=status,
+            batchserve_version=_version(), config=cfg.redacted(), engine=engine, error=error,
+        ),
+        model=manifest.ModelSection(
+            uri=plan.model_uri, resolved_uri=plan.model_url, version=plan.model_version,
+            sha256=info.sha256, bytes=info.bytes, producer_name=info.producer_name,
+            producer_version=info.producer_version, ir_version=info.ir_version, opset=dict(info.opset),
+            graph_name=info.graph_name, metadata_props=dict(info.metadata_props),
+            inputs=[t.as_dict() for t in info.inputs], outputs=[t.as_dict() for t in info.outputs],
+            features=list(plan.features.features), feature_source=plan.features.source,
+        ),
+        inputs=[
+            manifest.FileEntry(p.url, p.relpath, f.num_rows, p.size)
+            for p, f in zip(plan.partitions, plan.footers, strict=True)
+        ],
+        outputs=_file_entries(sorted(receipts, key=lambda r: r.relpath)),
+        totals=manifest.Totals(
+            files=len(receipts), rows=rows,
+            bytes_in=sum(p.size for p in plan.partitions), bytes_out=sum(r.bytes for r in receipts),
+            seconds=round(seconds, 4), rows_per_second=round(rows / seconds, 1) if seconds > 0 else 0.0,
+            read_seconds=round(sum(r.read_s for r in receipts), 4),
+            infer_seconds=round(sum(r.infer_s for r in receipts), 4),
+            write_seconds=round(sum(r.write_s for r in receipts), 4),
+        ),
+    )
+
+
+def _submit_all(
+    client: Client, cfg: ScoreConfig, plan: RunPlan, spec: ModelSpec, run_id: str, n_workers: int
+) -> list[Any]:
+    storage_pairs = cfg.storage_options
+    target = cfg.split_rows or max(4 * cfg.batch_size, math.ceil(plan.rows / max(1, 2 * n_workers)))
+    futures = []
+    for part, footer in zip(plan.partitions, plan.footers, strict=True):
+        final = io.join_url(cfg.output, part.relpath)
+        staging = io.join_url(cfg.output, io.STAGING_DIR, run_id, part.relpath)
+        base = FileTask(
+            run_id=run_id, input_url=part.url, relpath=part.relpath, output_url=final,
+            staging_url=staging, keep=cfg.keep, batch_size=cfg.batch_size,
+            plugin_name=spec.plugin_name, plan=plan.features, prefix=cfg.prefix,
+            storage_options=storage_pairs,
+        )
+        ranges = _pieces(footer, target)
+        if ranges is None:
+            futures.append(client.submit(score_file, base, key=f"score-{run_id}-{part.relpath}", pure=False))
+            continue
+        piece_futures = []
+        for k, groups in enumerate(ranges):
+            piece_staging = f"{staging}.piece-{k:05d}"
+            task = dataclasses.replace(base, staging_url=piece_staging, row_groups=groups, piece=k)
+            piece_futures.append(
+                client.submit(score_file, task, key=f"score-{run_id}-{part.relpath}-p{k}", pure=False)
+            )
+        futures.append(
+            client.submit(
+                merge_pieces, final, staging, storage_pairs, *piece_futures,
+                key=f"merge-{run_id}-{part.relpath}", pure=False,
+            )
+        )
+    return futures
+
+
+def score(
+    config: ScoreConfig | None = None,
+    /,
+    *,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    **settings: Any,
+) -> RunResult:
+    """Score a dataset; returns the manifest. Raises :class:`BatchserveError` on user errors.
+
+    Pass a resolved :class:`ScoreConfig`, or the same settings as keyword arguments.
+    """
+    cfg = config or _config_from(settings)
+    started_at = _now()
+    t0 = time.perf_counter()
+    storage = cfg.storage
+    plan = plan_run(cfg)
+    _check_output(cfg)
+    run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    manifest_url = io.join_url(cfg.output, MANIFEST_NAME)
+    success_url = io.join_url(cfg.output, SUCCESS_NAME)
+    # From here the output is being replaced: first make sure nothing marks it complete.
+    io.remove(success_url, storage)
+    io.remove(manifest_url, storage)
+    total_rows = plan.rows
+    log.info(
+        "planned %d file(s), %d rows; model %s (sha256 %s)",
+        len(plan.partitions), total_rows, plan.model_url, plan.info.sha256[:12],
+    )
+    if on_progress:
+        on_progress(ProgressEvent("planned", 0, len(plan.partitions), 0, total_rows, 0.0))
+    receipts: list[Receipt] = []
+    engine: manifest.EngineInfo | None = None
+    try:
+        with _cluster(cfg) as (client, kind, address):
+            workers_info = client.scheduler_info(n_workers=-1)["workers"]
+            hosts: dict[str, list[str]] = {}
+            for addr, w in sorted(workers_info.items()):
+                hosts.setdefault(w.get("host", addr), []).append(addr)
+            spec = ModelSpec(
+                url=plan.model_url, sha256=plan.info.sha256, device=cfg.device, plan=plan.features,
+                prefix=cfg.prefix, storage_options=cfg.storage_options,
+                workers_per_host=tuple((h, len(a)) for h, a in hosts.items()),
+                worker_slots=tuple((a, i) for addrs in hosts.values() for i, a in enumerate(addrs)),
+            )
+            client.register_plugin(ModelPlugin(spec), name=spec.plugin_name)
+            reports = client.run(worker_report, spec.plugin_name)
+            per_worker = [manifest.WorkerInfo(**r) for _, r in sorted(reports.items())]
+            for w in per_worker:
+                if w.fallback_reason:
+                    log.warning("worker %s runs on CPU: %s", w.address, w.fallback_reason)
+            engine = manifest.EngineInfo(kind, address, len(per_worker), cfg.device, per_worker)
+            futures = _submit_all(client, cfg, plan, spec, run_id, len(per_worker))
+            rows_done = 0
+            try:
+                for fut in as_completed(futures):
+                    receipt: Receipt = fut.result()
+                    receipts.append(receipt)
+                    rows_done += receipt.rows
+                    log.info("committed %s (%d rows)", receipt.output_url, receipt.rows)
+                    if on_progress:
+                        on_progress(ProgressEvent(
+                            "file", len(receipts), len(futures), rows_done, total_rows,
+                            time.perf_counter() - t0, receipt.output_url,
+                        ))
+            except BaseException:
+                client.cancel(futures)
+                raise
+    except BaseException as exc:
+        error = str(exc) if isinstance(exc, BatchserveError) else f"{type(exc).__name__}: {exc}"
+        failed = _build_manifest(cfg, plan, run_id, started_at, t0, receipts, engine, "failed", error)
+        try:
+            io.write_text_atomic(manifest_url, manifest.dumps(failed), storage)
+        finally:
+            io.remove_staging(cfg.output, storage, run_id)
+        raise
+    _remove_stale_outputs(cfg, receipts)
+    result = _build_manifest(cfg, plan, run_id, started_at, t0, receipts, engine, "succeeded", None)
+    io.write_text_atomic(manifest_url, manifest.dumps(result), storage)
+    io.write_text_atomic(success_url, "", storage)
+    io.remove_staging(cfg.output, storage)
+    if on_progress:
+        on_progress(ProgressEvent(
+            "done", len(receipts), len(receipts), result.totals.rows, total_rows, result.totals.seconds
+        ))
+    return RunResult(result, cfg.output, manifest_url)
+
+
+def _remove_stale_outputs(cfg: ScoreConfig, receipts: list[Receipt]) -> None:
+    """With --overwrite, drop files of an earlier run that this run did not produce."""
+    if not cfg.overwrite:
+        return
+    produced = {r.relpath for r in receipts}
+    for rel in io.output_entries(cfg.output, cfg.storage):
+        if rel.startswith(io.STAGING_DIR + "/") or rel in produced or posixpath.basename(rel).startswith("_"):
+            continue
+        io.remove(io.join_url(cfg.output, rel), cfg.storage)

@@ -1,0 +1,300 @@
+"""Pure scoring core: Arrow batch -> model feeds -> model outputs -> Arrow columns.
+
+Never sees a path or a session: it is handed a schema, a batch and a
+:class:`~batchserve.model.ModelRunner`, so it is tested with plain arrays.
+
+Conversion rules (documented in the README):
+
+* features are numeric columns (bool, int, float); strings/binary/nested are refused;
+* nulls in a float model input become NaN (what scikit-learn and LightGBM treat as missing);
+* an integer model input refuses nulls, non-integral or out-of-range values rather than
+  silently rounding or wrapping;
+* ints and bools feed float inputs exactly as ``numpy.astype`` does.
+
+Example::
+
+    >>> plan = FeaturePlan(("a", "b"), (InputBinding("x", "float32", ("a", "b"), 2),))
+    >>> batch = pa.record_batch({"a": [1.0, None], "b": [3, 4]})
+    >>> batch_to_feeds(batch, plan)["x"].tolist()
+    [[1.0, 3.0], [nan, 4.0]]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchserve.errors import DataError, ModelError, SchemaError
+from batchserve.model import ONNX_NUMPY_TYPES, ModelInfo, ModelRunner, TensorInfo
+
+__all__ = [
+    "InputBinding",
+    "FeaturePlan",
+    "plan_features",
+    "check_schema",
+    "batch_to_feeds",
+    "outputs_to_columns",
+    "score_batch",
+    "output_schema",
+    "is_numeric_type",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputBinding:
+    """Which columns feed one model input, and how it wants them."""
+
+    input_name: str
+    dtype: str
+    columns: tuple[str, ...]
+    #: 2 for ``[N, k]`` inputs, 1 for ``[N]`` inputs.
+    rank: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturePlan:
+    """The feature-to-input mapping, decided once on the client and shipped to workers."""
+
+    features: tuple[str, ...]
+    bindings: tuple[InputBinding, ...]
+    #: How the mapping was chosen, for the manifest: flag, metadata, or input names.
+    source: str = "flag"
+
+
+def is_numeric_type(t: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))
+
+
+def _width(info: TensorInfo) -> int | None:
+    """Declared feature width of an input (``None`` when dynamic)."""
+    shape = info.shape
+    if shape is None or len(shape) == 0:
+        return None
+    if len(shape) == 1:
+        return 1
+    last = shape[-1]
+    return last if isinstance(last, int) else None
+
+
+def _tensor_inputs(info: ModelInfo) -> list[tuple[TensorInfo, str]]:
+    out = []
+    for inp in info.inputs:
+        elem = inp.elem_type
+        if elem is None or elem not in ONNX_NUMPY_TYPES:
+            raise ModelError(
+                f"model input {inp.name!r} has type {inp.type}, which batchserve cannot feed from "
+                f"numeric columns (supported: {', '.join('tensor(' + k + ')' for k in ONNX_NUMPY_TYPES)})"
+            )
+        if inp.shape is not None and len(inp.shape) > 2:
+            raise ModelError(
+                f"model input {inp.name!r} has rank {len(inp.shape)}; only [N] and [N, k] inputs take tabular features"
+            )
+        out.append((inp, ONNX_NUMPY_TYPES[elem].name))
+    if not out:
+        raise ModelError("model has no tensor inputs to feed")
+    return out
+
+
+def _describe_inputs(info: ModelInfo) -> str:
+    return ", ".join(
+        f"{i.name}{list(i.shape) if i.shape is not None else '[?]'} {i.type}" for i in info.inputs
+    )
+
+
+def plan_features(
+    info: ModelInfo, features: Sequence[str] | None, schema_names: Sequence[str]
+) -> FeaturePlan:
+    """Map columns to model inputs: ``--features``, else metadata, else input names."""
+    inputs = _tensor_inputs(info)
+    source = "flag"
+    if features is None:
+        features = info.feature_names
+        source = "metadata"
+    if features is None:
+        names = set(schema_names)
+        if all(inp.name in names and _width(inp) in (1, None) for inp, _ in inputs) and (
+            len(inputs) > 1 or (inputs[0][0].shape is not None and _width(inputs[0][0]) == 1)
+        ):
+            bindings = tuple(
+                InputBinding(inp.name, dt, (inp.name,), len(inp.shape) if inp.shape else 2) for inp, dt in inputs
+            )
+            return FeaturePlan(tuple(inp.name for inp, _ in inputs), bindings, "input-names")
+        raise ModelError(
+            "cannot tell which columns feed the model: it has no feature_names metadata and its "
+            f"inputs are not one per column; pass --features (model inputs: {_describe_inputs(info)})"
+        )
+    features = tuple(features)
+    if len(inputs) == 1:
+        inp, dt = inputs[0]
+        width = _width(inp)
+        rank = len(inp.shape) if inp.shape else 2
+        if rank == 1 and len(features) != 1:
+            raise ModelError(
+                f"model input {inp.name!r} is one-dimensional but {len(features)} features were given",
+                expected="1 feature", found=f"{len(features)}",
+            )
+        if width is not None and width != len(features):
+            raise ModelError(
+                f"model input {inp.name!r} takes {width} features but {len(features)} were given",
+                expected=str(width), found=str(len(features)),
+                hint="check --features against `batchserve inspect`",
+            )
+        return FeaturePlan(features, (InputBinding(inp.name, dt, features, rank),), source)
+    widths = [_width(inp) for inp, _ in inputs]
+    if any(w is None for w in widths) or sum(w or 0 for w in widths) != len(features):
+        raise ModelError(
+            f"model has {len(inputs)} inputs ({_describe_inputs(info)}) that do not add up to the "
+            f"{len(features)} features given; list one column per input width, in input order"
+        )
+    bindings_list = []
+    pos = 0
+    for (inp, dt), w in zip(inputs, widths, strict=True):
+        assert w is not None
+        cols = features[pos : pos + w]
+        pos += w
+        bindings_list.append(InputBinding(inp.name, dt, cols, len(inp.shape) if inp.shape else 2))
+    return FeaturePlan(features, tuple(bindings_list), source)
+
+
+def check_schema(plan: FeaturePlan, schema: pa.Schema, path: str) -> None:
+    """Every feature exists and is numeric in this file; fail naming file and column."""
+    for col in plan.features:
+        idx = schema.get_field_index(col)
+        if idx < 0:
+            raise SchemaError(
+                "feature column is missing",
+                path=path, column=col,
+                hint="check --features or the model's feature_names (batchserve inspect)",
+            )
+        t = schema.field(idx).type
+        if not is_numeric_type(t):
+            raise SchemaError(
+                "feature column is not numeric",
+                path=path, column=col, expected="bool, int or float", found=str(t),
+            )
+
+
+def _column_values(arr: pa.Array, dtype: np.dtype[Any], column: str) -> np.ndarray:
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_boolean(arr.type):
+        arr = pc.cast(arr, pa.int8())
+    if dtype.kind == "f":
+        # Nulls become NaN: pyarrow yields float64 NaN for null ints/floats.
+        return arr.to_numpy(zero_copy_only=False)
+    if arr.null_count:
+        raise DataError(
+            f"column has {arr.null_count} null(s) but the model input is {dtype.name}, which has no null",
+            column=column, hint="fill the nulls upstream or use a float model input",
+        )
+    values = arr.to_numpy(zero_copy_only=False)
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values) | (values != np.trunc(values))
+        if bad.any():
+            raise DataError(
+                f"column holds non-integral values (e.g. {values[bad][0]!r}) but the model input is {dtype.name}",
+                column=column,
+            )
+    if dtype.kind in "iu" and values.size:
+        info = np.iinfo(dtype)
+        lo, hi = values.min(), values.max()
+        if lo < info.min or hi > info.max:
+            raise DataError(
+                f"column values [{lo}, {hi}] overflow the model input type {dtype.name}", column=column
+            )
+    if dtype.kind == "b" and values.size and not np.isin(values, (0, 1)).all():
+        raise DataError("column holds values other than 0/1 for a bool model input", column=column)
+    return values
+
+
+def batch_to_feeds(batch: pa.RecordBatch, plan: FeaturePlan) -> dict[str, np.ndarray]:
+    """One C-contiguous array per model input, filled column by column (no pandas)."""
+    n = batch.num_rows
+    feeds: dict[str, np.ndarray] = {}
+    for b in plan.bindings:
+        dtype = np.dtype(b.dtype)
+        out = np.empty((n, len(b.columns)), dtype=dtype, order="C")
+        for j, col in enumerate(b.columns):
+            out[:, j] = _column_values(batch.column(col), dtype, col)
+        feeds[b.input_name] = out.reshape(n) if b.rank == 1 else out
+    return feeds
+
+
+def _tensor_to_arrow(value: np.ndarray, name: str, n: int) -> pa.Array:
+    if value.ndim == 0 or value.shape[0] != n:
+        raise ModelError(
+            f"model output {name!r} has shape {list(value.shape)} for a batch of {n} rows; "
+            "batchserve needs the batch on the first axis"
+        )
+    if value.ndim == 2 and value.shape[1] == 1:
+        value = value.reshape(n)
+    if value.ndim == 1:
+        if value.dtype.kind in "OUS":
+            return pa.array(value.tolist(), type=pa.string())
+        return pa.array(value)
+    flat = np.ascontiguousarray(value).reshape(-1)
+    arr: pa.Array = pa.array(flat.tolist(), type=pa.string()) if flat.dtype.kind in "OUS" else pa.array(flat)
+    for size in reversed(value.shape[1:]):
+        arr = pa.FixedSizeListArray.from_arrays(arr, int(size))
+    return arr
+
+
+def _zipmap_to_arrow(value: Sequence[Mapping[Any, float]], name: str, n: int) -> pa.Array:
+    if len(value) != n:
+        raise ModelError(f"model output {name!r} has {len(value)} rows for a batch of {n}")
+    if n == 0:
+        return pa.array([], type=pa.struct([]))
+    labels = list(value[0].keys())
+    fields = []
+    arrays = []
+    for label in labels:
+        arrays.append(pa.array(np.fromiter((row[label] for row in value), dtype=np.float32, count=n)))
+        fields.append(pa.field(str(label), pa.float32()))
+    return pa.StructArray.from_arrays(arrays, fields=fields)
+
+
+def outputs_to_columns(outputs: Mapping[str, Any], n: int, prefix: str = "") -> dict[str, pa.Array]:
+    """Model outputs as Arrow columns named after the ONNX outputs (plus ``prefix``).
+
+    ``[N]``/``[N,1]`` become plain columns, ``[N,K]`` a ``fixed_size_list<K>``,
+    and a ZipMap (a list of ``{label: probability}``) a struct with one field per class.
+    """
+    cols: dict[str, pa.Array] = {}
+    for name, value in outputs.items():
+        if isinstance(value, np.ndarray):
+            cols[prefix + name] = _tensor_to_arrow(value, name, n)
+        elif isinstance(value, list) and (not value or isinstance(value[0], dict)):
+            cols[prefix + name] = _zipmap_to_arrow(value, name, n)
+        else:
+            raise ModelError(
+                f"model output {name!r} is a {type(value).__name__}, which batchserve cannot store "
+                "(supported: tensors and ZipMap sequences of maps)"
+            )
+    return cols
+
+
+def score_batch(
+    batch: pa.RecordBatch,
+    plan: FeaturePlan,
+    model: ModelRunner,
+    keep: Sequence[str],
+    prefix: str = "",
+) -> pa.RecordBatch:
+    """Kept input columns, untouched and in order, followed by the prediction columns."""
+    feeds = batch_to_feeds(batch, plan)
+    outputs = model.run(feeds)
+    preds = outputs_to_columns(outputs, batch.num_rows, prefix)
+    names = list(keep) + list(preds)
+    arrays = [batch.column(c) for c in keep] + list(preds.values())
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def output_schema(input_schema: pa.Schema, keep: Sequence[str], prediction_schema: pa.Schema) -> pa.Schema:
+    """The schema of a scored file: kept columns (input types), then predictions."""
+    fields = [input_schema.field(c) for c in keep] + list(prediction_schema)
+    return pa.schema(fields)

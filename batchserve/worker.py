@@ -1,0 +1,417 @@
+"""Dask worker side: one ONNX Runtime session per worker, and the per-file task.
+
+Heavy objects are built where they live. A task carries a picklable
+:class:`FileTask`; the session comes from :class:`ModelPlugin`, registered once
+per (model digest, device, feature plan) and built in ``setup()``: loaded,
+warmed up, and checked for the provider it really got. Tasks return a
+:class:`Receipt`, never data: scored rows go from the worker straight to storage.
+
+Inside a task, reading, inference and writing overlap in three threads joined
+by bounded queues (pyarrow and onnxruntime release the GIL), so memory stays at
+about ``batch_size x (2 * QUEUE_DEPTH + 3)`` rows whatever the file size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from distributed import WorkerPlugin, get_worker
+
+from batchserve import io, model, scoring
+from batchserve.config import storage_dict
+from batchserve.errors import BatchserveError, WorkerStateError
+
+__all__ = [
+    "ModelSpec",
+    "ModelPlugin",
+    "FileTask",
+    "Receipt",
+    "loaded_model",
+    "score_file",
+    "merge_pieces",
+    "worker_report",
+    "QUEUE_DEPTH",
+]
+
+QUEUE_DEPTH = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The recipe for a session: where the model is and how to run it (no session inside)."""
+
+    url: str
+    sha256: str
+    device: str
+    plan: scoring.FeaturePlan
+    prefix: str = ""
+    storage_options: tuple[tuple[str, str], ...] = ()
+    #: host -> number of our workers on it, to split that host's cores between them.
+    workers_per_host: tuple[tuple[str, int], ...] = ()
+    #: worker address -> index among workers on its host, for "worker i takes GPU i mod n".
+    worker_slots: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def plugin_name(self) -> str:
+        # The digest in the name makes re-registering the same model a no-op.
+        plan_digest = model.sha256_hex(repr((self.plan, self.prefix)).encode())[:8]
+        return f"batchserve-model-{self.sha256[:16]}-{self.device}-{plan_digest}"
+
+    @property
+    def storage(self) -> dict[str, Any]:
+        return storage_dict(self.storage_options)
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def _warmup_feeds(plan: scoring.FeaturePlan, rows: int = 2) -> dict[str, np.ndarray]:
+    feeds = {}
+    for b in plan.bindings:
+        shape = (rows,) if b.rank == 1 else (rows, len(b.columns))
+        feeds[b.input_name] = np.zeros(shape, dtype=np.dtype(b.dtype))
+    return feeds
+
+
+class ModelPlugin(WorkerPlugin):
+    """Builds and holds this worker's session; Dask runs ``setup`` on every (new) worker."""
+
+    idempotent = True
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.name = spec.plugin_name
+        self.model: model.LoadedModel | None = None
+        self.prediction_schema: pa.Schema | None = None
+        self.setup_seconds = 0.0
+
+    def setup(self, worker: Any) -> None:
+        start = time.perf_counter()
+        spec = self.spec
+        data = io.read_bytes(spec.url, spec.storage)
+        digest = model.sha256_hex(data)
+        if digest != spec.sha256:
+            raise WorkerStateError(
+                "model file changed since the run was planned (sha256 differs); re-run to pick up the new model",
+                path=spec.url, expected=spec.sha256[:12], found=digest[:12],
+            )
+        host = worker.address.rsplit(":", 1)[0].split("://")[-1]
+        per_host = dict(spec.workers_per_host).get(host, 1)
+        slot = dict(spec.worker_slots).get(worker.address)
+        if slot is None:  # a replacement worker that joined after planning
+            slot = int(worker.name) if str(worker.name).isdigit() else 0
+        task_threads = max(1, int(getattr(worker.state, "nthreads", 1)))
+        threads = max(1, _available_cores() // max(1, per_host) // task_threads)
+        gpu = model.pick_gpu(spec.device, slot)
+        loaded = model.build_session(data, device=spec.device, intra_op_threads=threads, gpu_id=gpu)
+        outputs = loaded.run(_warmup_feeds(spec.plan))
+        cols = scoring.outputs_to_columns(outputs, 2, spec.prefix)
+        self.prediction_schema = pa.schema([pa.field(k, v.type) for k, v in cols.items()])
+        self.model = loaded
+        self.setup_seconds = time.perf_counter() - start
+
+    def teardown(self, worker: Any) -> None:
+        self.model = None
+
+
+def loaded_model(worker: Any, plugin_name: str) -> ModelPlugin:
+    """The one accessor for worker state; says how to fix it when it is missing."""
+    plugin = worker.plugins.get(plugin_name)
+    if plugin is None or getattr(plugin, "model", None) is None:
+        raise WorkerStateError(
+            f"this worker has no session for plugin {plugin_name!r}; tasks must be submitted through "
+            "batchserve.score (which registers ModelPlugin) or after client.register_plugin(ModelPlugin(spec))"
+        )
+    return plugin  # type: ignore[no-any-return]
+
+
+def worker_report(plugin_name: str, dask_worker: Any = None) -> dict[str, Any]:
+    """Per-worker facts for the manifest (run with ``client.run``)."""
+    plugin = loaded_model(dask_worker, plugin_name)
+    m = plugin.model
+    assert m is not None
+    return {
+        "address": dask_worker.address,
+        "name": str(dask_worker.name),
+        "provider": m.provider,
+        "device": m.device,
+        "gpu_id": m.gpu_id,
+        "intra_op_threads": m.intra_op_threads,
+        "fallback_reason": m.fallback_reason,
+        "setup_seconds": round(plugin.setup_seconds, 4),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class FileTask:
+    """One unit of work: a whole input file, or one row-group range (a piece) of a large one."""
+
+    run_id: str
+    input_url: str
+    relpath: str
+    output_url: str
+    staging_url: str
+    keep: tuple[str, ...] | None
+    batch_size: int
+    plugin_name: str
+    plan: scoring.FeaturePlan
+    prefix: str
+    storage_options: tuple[tuple[str, str], ...]
+    row_groups: tuple[int, ...] | None = None
+    piece: int | None = None
+
+    @property
+    def storage(self) -> dict[str, Any]:
+        return storage_dict(self.storage_options)
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    """What a task reports back: where the output is, how much, and where time went."""
+
+    input_url: str
+    relpath: str
+    output_url: str
+    rows: int
+    bytes: int
+    read_s: float
+    infer_s: float
+    write_s: float
+    wall_s: float
+    worker: str
+    committed: bool
+    piece: int | None = None
+
+
+_DONE = object()
+
+
+class _Stage:
+    """A daemon thread pulling from a source into a bounded queue, keeping its own time."""
+
+    def __init__(self, source: Iterator[Any], stop: threading.Event) -> None:
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
+        self.seconds = 0.0
+        self.error: BaseException | None = None
+        self._source = source
+        self._stop = stop
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    item = next(self._source)
+                except StopIteration:
+                    break
+                finally:
+                    self.seconds += time.perf_counter() - t0
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self.error = exc
+        self._put(_DONE)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self.q.get()
+            if item is _DONE:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
+
+
+class _Writer:
+    """Consumes scored batches on its own thread so encoding overlaps the next inference."""
+
+    def __init__(self, open_writer: Callable[[pa.Schema], io.StagedWriter], stop: threading.Event) -> None:
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
+        self.seconds = 0.0
+        self.error: BaseException | None = None
+        self.writer: io.StagedWriter | None = None
+        self._open = open_writer
+        self._stop = stop
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self.q.get()
+                if item is _DONE:
+                    return
+                t0 = time.perf_counter()
+                if self.writer is None:
+                    self.writer = self._open(item.schema)
+                self.writer.write(item)
+                self.seconds += time.perf_counter() - t0
+        except BaseException as exc:  # noqa: BLE001
+            self.error = exc
+            self._stop.set()
+            while True:  # drain so the producer never blocks on a dead consumer
+                try:
+                    if self.q.get(timeout=0.1) is _DONE:
+                        return
+                except queue.Empty:
+                    return
+
+    def put(self, batch: pa.RecordBatch) -> None:
+        while self.error is None:
+            try:
+                self.q.put(batch, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise self.error
+
+    def finish(self) -> None:
+        self.q.put(_DONE)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _keep_columns(task: FileTask, schema: pa.Schema) -> list[str]:
+    return list(schema.names) if task.keep is None else list(task.keep)
+
+
+def score_file(task: FileTask) -> Receipt:
+    """Score one file (or piece), stage it, and commit it unless it is a piece."""
+    wall0 = time.perf_counter()
+    worker = get_worker()
+    plugin = loaded_model(worker, task.plugin_name)
+    session = plugin.model
+    assert session is not None and plugin.prediction_schema is not None
+    storage = task.storage
+    footer = io.read_footer(task.input_url, storage)
+    keep = _keep_columns(task, footer.schema)
+    needed = list(dict.fromkeys([*keep, *task.plan.features]))
+    out_schema = scoring.output_schema(footer.schema, keep, plugin.prediction_schema).remove_metadata()
+    infer_s = 0.0
+    stop = threading.Event()
+
+    def open_writer(schema: pa.Schema) -> io.StagedWriter:
+        return io.StagedWriter(task.output_url, task.staging_url, schema, storage)
+
+    reader = _Stage(
+        io.iter_batches(
+            task.input_url, storage, columns=needed, batch_size=task.batch_size, row_groups=task.row_groups
+        ),
+        stop,
+    )
+    writer = _Writer(open_writer, stop)
+    try:
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            t0 = time.perf_counter()
+            try:
+                scored = scoring.score_batch(batch, task.plan, session, keep, task.prefix)
+            except BatchserveError as exc:
+                exc.path = exc.path or task.input_url
+                raise
+            infer_s += time.perf_counter() - t0
+            writer.put(scored)
+        writer.finish()
+    except BaseException:
+        stop.set()
+        if writer.writer is not None:
+            writer.writer.abort()
+        raise
+    staged = writer.writer
+    if staged is None:  # 0 rows: still write a valid file with the output schema
+        staged = open_writer(out_schema)
+    t0 = time.perf_counter()
+    if task.piece is None:
+        size = staged.commit()
+        committed = True
+    else:
+        size = staged.close_staged()
+        committed = False
+    write_s = writer.seconds + time.perf_counter() - t0
+    return Receipt(
+        input_url=task.input_url,
+        relpath=task.relpath,
+        output_url=task.output_url if committed else task.staging_url,
+        rows=staged.rows,
+        bytes=size,
+        read_s=round(reader.seconds, 6),
+        infer_s=round(infer_s, 6),
+        write_s=round(write_s, 6),
+        wall_s=round(time.perf_counter() - wall0, 6),
+        worker=worker.address,
+        committed=committed,
+        piece=task.piece,
+    )
+
+
+def merge_pieces(
+    final_url: str, staging_url: str, storage_options: tuple[tuple[str, str], ...], *pieces: Receipt
+) -> Receipt:
+    """Concatenate a split file's pieces, in order, into one committed output file."""
+    wall0 = time.perf_counter()
+    storage = storage_dict(storage_options)
+    ordered = sorted(pieces, key=lambda r: r.piece or 0)
+    read_s = write_s = 0.0
+    writer: io.StagedWriter | None = None
+    try:
+        for piece in ordered:
+            footer = io.read_footer(piece.output_url, storage)
+            if writer is None:
+                writer = io.StagedWriter(final_url, staging_url, footer.schema.remove_metadata(), storage)
+            batches = io.iter_batches(piece.output_url, storage, columns=None, batch_size=65_536)
+            while True:  # streamed: a piece is never held whole in memory
+                t0 = time.perf_counter()
+                b = next(batches, None)
+                t1 = time.perf_counter()
+                read_s += t1 - t0
+                if b is None:
+                    break
+                writer.write(b)
+                write_s += time.perf_counter() - t1
+        assert writer is not None
+        size = writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    for piece in ordered:
+        io.remove(piece.output_url, storage)
+    return Receipt(
+        input_url=ordered[0].input_url,
+        relpath=ordered[0].relpath,
+        output_url=final_url,
+        rows=writer.rows,
+        bytes=size,
+        read_s=round(sum(p.read_s for p in ordered) + read_s, 6),
+        infer_s=round(sum(p.infer_s for p in ordered), 6),
+        write_s=round(sum(p.write_s for p in ordered) + write_s, 6),
+        wall_s=round(sum(p.wall_s for p in ordered) + time.perf_counter() - wall0, 6),
+        worker=get_worker().address,
+        committed=True,
+    )
