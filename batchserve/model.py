@@ -266,6 +266,8 @@ class LoadedModel:
 
 
 def _session(data: bytes, providers: list[Any], threads: int) -> ort.InferenceSession:
+    # ORT's own warnings (e.g. skl2onnx's declared [1] label shape) would flood cron logs.
+    ort.set_default_logger_severity(3)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, threads)
     opts.inter_op_num_threads = 1

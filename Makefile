@@ -1,0 +1,39 @@
+# Two commands matter on a fresh machine: `make demo` and `make test`.
+# Everything installs into .venv from pyproject.toml; nothing by hand.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+BENCH_ROWS ?= 4000000
+
+.PHONY: install demo test lint bench sample clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/batchserve score --model sample_data/model --input sample_data/transactions \
+		--output out/ --overwrite
+	@echo "--- out/ ---"; find out -maxdepth 2 | sort | head -20
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check batchserve tests sample_data
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: install
+	$(BIN)/python tests/bench.py --rows $(BENCH_ROWS)
+
+sample: install
+	$(BIN)/python sample_data/make_sample.py
+
+clean:
+	rm -rf out bench_out .pytest_cache .hypothesis
