@@ -289,6 +289,12 @@ def build_session(
     fallback: str | None = None
     if device != "cpu" and gpu_id is None:
         fallback = "no GPU visible to this worker"
+    if device.startswith("cuda") and visible_gpu_count() == 0:
+        # Checked before ORT tries (and logs) a doomed CUDA provider load.
+        raise DeviceError(
+            f"--device {device} requested but no GPU is visible to this worker "
+            "(no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them); use --device cpu or auto"
+        )
     if wants_cuda:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             reason = "this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)"

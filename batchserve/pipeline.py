@@ -221,16 +221,19 @@ def _cluster(cfg: ScoreConfig) -> Iterator[tuple[Client, str, str]]:
             client.close()
         return
     n = cfg.workers or default_workers()
+    # Worker-side logs would repeat, with tracebacks, errors we report once ourselves;
+    # --debug (DEBUG on our logger) lets them through.
+    quiet = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
     workers = {
         i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": _gpu_env(i), "name": i,
-                                   "silence_logs": logging.ERROR}}
+                                   "silence_logs": quiet}}
         for i in range(n)
     }
     cluster = SpecCluster(
         scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False,
-                                                  "dashboard_address": None}},
+                                                  "dashboard_address": "127.0.0.1:0"}},
         workers=workers,
-        silence_logs=logging.ERROR,
+        silence_logs=quiet,
         name="batchserve-local",
     )
     try:

@@ -101,9 +101,10 @@ def _tensor_inputs(info: ModelInfo) -> list[tuple[TensorInfo, str]]:
 
 
 def _describe_inputs(info: ModelInfo) -> str:
-    return ", ".join(
-        f"{i.name}{list(i.shape) if i.shape is not None else '[?]'} {i.type}" for i in info.inputs
-    )
+    def dims(shape: tuple[int | str | None, ...] | None) -> str:
+        return "[?]" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+    return ", ".join(f"{i.name}{dims(i.shape)} {i.type}" for i in info.inputs)
 
 
 def plan_features(

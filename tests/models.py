@@ -117,7 +117,9 @@ def per_column(names: Sequence[str], seed: int = 0) -> tuple[bytes, Callable[[di
     return data, oracle
 
 
-def mlp(n_features: int, hidden: Sequence[int] = (512, 512), seed: int = 0) -> tuple[bytes, Callable[[np.ndarray], np.ndarray]]:
+def mlp(
+    n_features: int, hidden: Sequence[int] = (512, 512), seed: int = 0
+) -> tuple[bytes, Callable[[np.ndarray], np.ndarray]]:
     """A dense ReLU MLP ``n_features -> hidden... -> 1`` with random weights."""
     rng = np.random.default_rng(seed)
     sizes = [n_features, *hidden, 1]

@@ -104,7 +104,7 @@ def test_one_input_per_column_is_mapped_by_name(tmp_path: Path, cluster: str, mo
 
 
 def test_hive_layout_many_and_empty_files(tmp_path: Path, cluster: str, model_dir: dict) -> None:
-    path, clf = model_dir["logreg"]
+    path, _ = model_dir["logreg"]
     tables = {
         f"country={c}/day={d}/part-{k}.parquet": make_table(97 * (k + 1), seed=hash((c, d, k)) % 1000)
         for c in ("de", "fr") for d in (1, 2) for k in range(3)
@@ -163,7 +163,7 @@ def test_rows_in_equal_rows_out_in_order(
 
 
 def test_nulls_in_float_features_become_nan(tmp_path: Path, cluster: str, model_dir: dict) -> None:
-    path, oracle = model_dir["multi"]
+    path, _ = model_dir["multi"]
     table = make_table(300, seed=3, null_every=7)
     write_dataset(tmp_path / "in", {"a.parquet": table})
     batchserve.score(model=str(path), input=str(tmp_path / "in"), output=str(tmp_path / "out"),

@@ -1,0 +1,45 @@
+"""The house plan, pinned: the public API, and which module may import which runtime."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import batchserve
+
+PKG = Path(batchserve.__file__).parent
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(batchserve.__all__) == sorted([
+        "score", "validate", "inspect_model", "resolve_score_config", "ScoreConfig", "RunResult", "RunPlan",
+        "ProgressEvent", "Manifest", "BatchserveError", "ConfigError", "InputError", "SchemaError", "DataError",
+        "ModelError", "DeviceError", "OutputError", "StorageError", "ClusterError", "WorkerStateError",
+    ])
+    for name in batchserve.__all__:
+        assert getattr(batchserve, name) is not None
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_only_io_imports_pyarrow_parquet_and_fsspec() -> None:
+    for path in PKG.glob("*.py"):
+        if path.stem == "io":
+            continue
+        bad = {m for m in _imports(path) if m.startswith(("pyarrow.parquet", "fsspec", "s3fs"))}
+        assert not bad, f"{path.name} imports {bad}; storage access belongs in io.py"
+
+
+def test_only_model_imports_onnxruntime() -> None:
+    for path in PKG.glob("*.py"):
+        if path.stem != "model":
+            assert not {m for m in _imports(path) if m.startswith("onnxruntime")}, path.name

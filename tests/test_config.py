@@ -1,0 +1,77 @@
+"""Config precedence (flags > env > job file > defaults), validation and redaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchserve.config import DEFAULT_BATCH_SIZE, parse_storage_options, resolve_score_config
+from batchserve.errors import ConfigError
+
+BASE = {"model": "m.onnx", "input": "in/", "output": "out/"}
+
+
+def test_defaults() -> None:
+    cfg = resolve_score_config(BASE, env={})
+    assert cfg.batch_size == DEFAULT_BATCH_SIZE and cfg.device == "auto" and not cfg.overwrite
+    assert cfg.features is None and cfg.keep is None and cfg.workers is None
+
+
+def test_precedence_flags_over_env_over_job_file(tmp_path: Path) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text('[score]\nmodel = "job.onnx"\ninput = "job/"\noutput = "jobout/"\nbatch_size = 10\n'
+                   'workers = 3\nfeatures = ["a", "b"]\n[score.storage_options]\nanon = true\n')
+    env = {"BATCHSERVE_BATCH_SIZE": "20", "BATCHSERVE_INPUT": "env/", "BATCHSERVE_FEATURES": "x,y,z"}
+    cfg = resolve_score_config({"input": "flag/"}, job_file=str(job), env=env)
+    assert cfg.model == "job.onnx"  # job file only
+    assert cfg.input == "flag/"  # flag beats env and job
+    assert cfg.batch_size == 20  # env beats job
+    assert cfg.workers == 3
+    assert cfg.features == ("x", "y", "z")
+    assert cfg.storage == {"anon": True}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"device": "gpu"}, "--device must be"),
+        ({"features": "a,b,a"}, "lists a column twice: a"),
+        ({"workers": 0}, "--workers must be at least 1"),
+        ({"batch_size": "many"}, "expected a whole number"),
+    ],
+)
+def test_invalid_values_are_named(flags: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_score_config({**BASE, **flags}, env={})
+
+
+def test_missing_required_and_unknown_job_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing required setting"):
+        resolve_score_config({"model": "m"}, env={})
+    job = tmp_path / "j.toml"
+    job.write_text('[score]\nmodle = "typo"\n')
+    with pytest.raises(ConfigError, match="unknown keys modle"):
+        resolve_score_config(BASE, job_file=str(job), env={})
+    job.write_text("not = [valid")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve_score_config(BASE, job_file=str(job), env={})
+
+
+def test_secrets_are_redacted_and_options_parsed() -> None:
+    opts = parse_storage_options(["key=AKIA123", "secret=shh", "endpoint_url=http://x", "anon=false"])
+    cfg = resolve_score_config({**BASE, "storage_options": dict(opts)}, env={})
+    red = cfg.redacted()["storage_options"]
+    assert red["secret"] == "***" and red["key"] == "***"
+    assert red["endpoint_url"] == "http://x"
+    assert cfg.storage["anon"] is False
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_storage_options(["novalue"])
+
+
+def test_config_is_frozen_and_hashable() -> None:
+    cfg = resolve_score_config(BASE, env={})
+    with pytest.raises(AttributeError):
+        cfg.batch_size = 5  # type: ignore[misc]
+    assert hash(cfg) == hash(resolve_score_config(BASE, env={}))

@@ -1,0 +1,39 @@
+"""Errors pickle with their attributes (Dask ships them home) and print as one line."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from batchserve import errors
+
+ALL = [
+    cls for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, errors.BatchserveError)
+]
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_round_trips_through_pickle_with_attributes(cls: type[errors.BatchserveError]) -> None:
+    exc = cls("bad thing\nsecond line", path="s3://b/k.parquet", column="amount", expected="float",
+              found="string", hint="fix it")
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is cls
+    assert (back.path, back.column, back.expected, back.found, back.hint) == (
+        "s3://b/k.parquet", "amount", "float", "string", "fix it")
+    assert str(back) == str(exc)
+    assert "\n" not in str(back)
+
+
+def test_message_names_where_to_look() -> None:
+    exc = errors.SchemaError("feature column is not numeric", path="in/a.parquet", column="amount",
+                             expected="bool, int or float", found="string")
+    assert str(exc) == (
+        "feature column is not numeric: expected bool, int or float, found string (in/a.parquet, column 'amount')"
+    )
+
+
+def test_transient_flags() -> None:
+    assert errors.StorageError("x").transient and errors.ClusterError("x").transient
+    assert not errors.DataError("x").transient and not errors.SchemaError("x").transient

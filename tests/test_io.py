@@ -1,0 +1,130 @@
+"""One suite for every storage backend: local files, memory://, and S3 via moto's server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batchserve import io
+from batchserve.errors import DataError, InputError
+from tests.conftest import make_table
+
+
+@pytest.fixture(params=["file", "memory", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict]]:
+    """(root URL, storage options) of an empty location on each backend."""
+    if request.param == "file":
+        yield str(tmp_path / "store"), {}
+    elif request.param == "memory":
+        root = f"memory://t-{uuid.uuid4().hex[:8]}"
+        yield root, {}
+    else:
+        s3 = request.getfixturevalue("s3")
+        yield f"s3://lake/t-{uuid.uuid4().hex[:8]}", dict(s3)
+
+
+def put(url: str, storage: dict, table: pa.Table, row_group_size: int = 100) -> None:
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(url, **storage)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as fh:
+        pq.write_table(table, fh, row_group_size=row_group_size)
+
+
+def test_lists_recursively_sorted_skipping_hidden(store: tuple[str, dict]) -> None:
+    root, opts = store
+    for rel in ["b=2/x.parquet", "a=1/y.parquet", "a=1/z.parquet", "_temporary/r/a.parquet", ".hidden/q.parquet"]:
+        put(io.join_url(root, rel), opts, make_table(5))
+    io.write_text_atomic(io.join_url(root, "notes.txt"), "not parquet", opts)
+    _, parts = io.list_partitions(root, opts)
+    assert [p.relpath for p in parts] == ["a=1/y.parquet", "a=1/z.parquet", "b=2/x.parquet"]
+    assert all(p.size > 0 for p in parts)
+    # A glob's outputs are relative to its literal head (here root/a=1).
+    _, globbed = io.list_partitions(io.join_url(root, "a=1/*.parquet"), opts)
+    assert [p.relpath for p in globbed] == ["y.parquet", "z.parquet"]
+    _, deep = io.list_partitions(io.join_url(root, "*/*.parquet"), opts)
+    assert [p.relpath for p in deep] == ["a=1/y.parquet", "a=1/z.parquet", "b=2/x.parquet"]
+    _, single = io.list_partitions(io.join_url(root, "b=2/x.parquet"), opts)
+    assert [p.relpath for p in single] == ["x.parquet"]
+
+
+def test_no_parquet_and_missing_input_are_input_errors(store: tuple[str, dict]) -> None:
+    root, opts = store
+    with pytest.raises(InputError, match="input not found"):
+        io.list_partitions(io.join_url(root, "missing"), opts)
+    io.write_text_atomic(io.join_url(root, "only.txt"), "x", opts)
+    with pytest.raises(InputError, match="no Parquet files found"):
+        io.list_partitions(root, opts)
+
+
+def test_footer_and_streamed_batches(store: tuple[str, dict]) -> None:
+    root, opts = store
+    table = make_table(1050)
+    url = io.join_url(root, "t.parquet")
+    put(url, opts, table, row_group_size=200)
+    footer = io.read_footer(url, opts)
+    assert footer.num_rows == 1050 and footer.row_group_rows == (200,) * 5 + (50,)
+    batches = list(io.iter_batches(url, opts, columns=["id", "f1"], batch_size=128))
+    assert max(b.num_rows for b in batches) <= 128
+    got = pa.Table.from_batches(batches)
+    assert got.column_names == ["id", "f1"] and got.column("id").equals(table.column("id"))
+    some = pa.Table.from_batches(list(io.iter_batches(url, opts, columns=["id"], batch_size=999, row_groups=[1, 2])))
+    assert some.column("id").to_pylist() == table.column("id").to_pylist()[200:600]
+
+
+def test_corrupt_file_is_a_data_error(store: tuple[str, dict]) -> None:
+    root, opts = store
+    url = io.join_url(root, "bad.parquet")
+    io.write_text_atomic(url, "PAR1garbage", opts)
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        io.read_footer(url, opts)
+
+
+def test_staged_writer_commits_atomically_or_leaves_nothing(store: tuple[str, dict]) -> None:
+    root, opts = store
+    table = make_table(300)
+    final = io.join_url(root, "k=1/out.parquet")
+    staging = io.join_url(root, io.STAGING_DIR, "run1", "k=1/out.parquet")
+    with io.StagedWriter(final, staging, table.schema, opts) as w:
+        for b in table.to_batches(max_chunksize=100):
+            w.write(b)
+        assert not io.exists(final, opts), "nothing under the final name before commit"
+        size = w.commit()
+    assert size == io.file_size(final, opts) and not io.exists(staging, opts)
+    from fsspec.core import url_to_fs
+
+    fs, p = url_to_fs(final, **opts)
+    with fs.open(p, "rb") as fh:
+        assert pq.read_table(fh).equals(table)
+    failed_final = io.join_url(root, "k=2/out.parquet")
+    failed_staging = io.join_url(root, io.STAGING_DIR, "run1", "k=2/out.parquet")
+    with pytest.raises(RuntimeError), io.StagedWriter(failed_final, failed_staging, table.schema, opts) as w:
+        w.write(table.to_batches()[0])
+        raise RuntimeError("worker died mid-file")
+    assert not io.exists(failed_final, opts) and not io.exists(failed_staging, opts)
+
+
+def test_text_files_and_output_listing(store: tuple[str, dict]) -> None:
+    root, opts = store
+    assert io.output_entries(root, opts) == []
+    io.write_text_atomic(io.join_url(root, "_manifest.json"), "{}", opts)
+    io.write_text_atomic(io.join_url(root, "_manifest.json"), '{"v": 2}', opts)
+    assert io.read_text(io.join_url(root, "_manifest.json"), opts) == '{"v": 2}'
+    io.prepare_output(root, opts)
+    entries = [e for e in io.output_entries(root, opts) if not e.startswith(io.STAGING_DIR)]
+    assert entries == ["_manifest.json"]
+    io.remove_staging(root, opts)
+    assert not io.exists(io.join_url(root, io.STAGING_DIR, ".write-probe"), opts)
+
+
+def test_output_inside_input_detection(tmp_path: Path) -> None:
+    assert io.same_location_or_inside(str(tmp_path / "in" / "out"), str(tmp_path / "in"), {})
+    assert io.same_location_or_inside(str(tmp_path / "in"), str(tmp_path / "in/"), {})
+    assert not io.same_location_or_inside(str(tmp_path / "input2"), str(tmp_path / "in"), {})
+    assert io.same_location_or_inside(str(tmp_path / "in" / "o"), str(tmp_path / "in" / "*.parquet"), {})

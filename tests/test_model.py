@@ -1,0 +1,91 @@
+"""Model description, version resolution, device policy, and the GPU path (skipped without one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batchserve import model
+from batchserve.errors import DeviceError, ModelError
+from tests import models
+
+HAS_GPU = model.visible_gpu_count() > 0
+
+
+def test_describe_reads_signature_and_metadata(model_dir: dict) -> None:
+    info = model.describe(Path(model_dir["zipmap"][0]).read_bytes())
+    assert info.producer_name == "skl2onnx"
+    assert [i.name for i in info.inputs] == ["X"] and info.inputs[0].shape == (None, 6)
+    assert info.outputs[1].type == "seq(map(int64,tensor(float)))"
+    assert info.feature_names == [f"f{i}" for i in range(6)]
+    assert info.opset["ai.onnx.ml"] >= 1 and len(info.sha256) == 64
+
+
+def test_describe_refuses_non_onnx_and_bad_metadata() -> None:
+    with pytest.raises(ModelError, match="not an ONNX model"):
+        model.describe(b"\x00\x01garbage")
+    data = models.set_feature_names(models.multi_output(2)[0], ["a", "b"])
+    import onnx
+
+    proto = onnx.load_model_from_string(data)
+    proto.metadata_props[0].value = "not json"
+    with pytest.raises(ModelError, match="JSON list of strings"):
+        _ = model.describe(proto.SerializeToString()).feature_names
+
+
+def test_choose_version_highest_integer_or_requested() -> None:
+    assert model.choose_version(["1", "10", "2", "latest", "README"], None, "r") == "10"
+    assert model.choose_version(["1", "2"], 1, "r") == "1"
+    with pytest.raises(ModelError, match="version 3 not found; available: 1, 2"):
+        model.choose_version(["1", "2"], 3, "r")
+    with pytest.raises(ModelError, match="no integer version folders"):
+        model.choose_version(["latest"], None, "r")
+
+
+@pytest.mark.parametrize(
+    ("device", "index", "env", "want"),
+    [
+        ("cpu", 3, {"CUDA_VISIBLE_DEVICES": "0,1"}, None),
+        ("auto", 3, {"CUDA_VISIBLE_DEVICES": ""}, None),  # GPUs hidden
+        ("auto", 1, {"CUDA_VISIBLE_DEVICES": "3,0,1,2"}, 0),  # dask-cuda: own GPU listed first
+        ("cuda", 5, {"CUDA_VISIBLE_DEVICES": "2"}, 0),
+        ("cuda:1", 0, {"CUDA_VISIBLE_DEVICES": "0,1"}, 1),
+    ],
+)
+def test_pick_gpu(device: str, index: int, env: dict, want: int | None) -> None:
+    assert model.pick_gpu(device, index, env) == want
+
+
+def test_pick_gpu_round_robin_without_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model, "visible_gpu_count", lambda env=None: 4)
+    assert [model.pick_gpu("auto", i, {}) for i in range(6)] == [0, 1, 2, 3, 0, 1]
+
+
+def test_cpu_session_runs_and_auto_records_fallback() -> None:
+    data, oracle = models.multi_output(4)
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    m = model.build_session(data, device="cpu", intra_op_threads=1, gpu_id=None)
+    assert m.provider == "CPUExecutionProvider" and m.fallback_reason is None
+    np.testing.assert_allclose(m.run({"X": x})["embedding"], oracle(x)["embedding"], rtol=1e-5)
+    if not HAS_GPU:
+        auto = model.build_session(data, device="auto", intra_op_threads=1, gpu_id=model.pick_gpu("auto", 0))
+        assert auto.provider == "CPUExecutionProvider" and auto.fallback_reason
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is visible")
+def test_cuda_without_gpu_is_an_error() -> None:
+    data, _ = models.multi_output(4)
+    with pytest.raises(DeviceError, match="--device cuda requested"):
+        model.build_session(data, device="cuda", intra_op_threads=1, gpu_id=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+def test_cuda_session_matches_cpu() -> None:
+    data, oracle = models.mlp(32, (256, 256))
+    x = np.random.default_rng(1).normal(size=(4096, 32)).astype(np.float32)
+    m = model.build_session(data, device="cuda", intra_op_threads=1, gpu_id=0)
+    assert m.provider == "CUDAExecutionProvider" and m.device == "cuda:0"
+    np.testing.assert_allclose(m.run({"X": x})["y"], oracle(x)[:, None], rtol=1e-3, atol=1e-3)
