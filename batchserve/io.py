@@ -43,6 +43,7 @@ __all__ = [
     "read_footers",
     "iter_batches",
     "StagedWriter",
+    "writer_options",
     "read_bytes",
     "file_size",
     "exists",
@@ -232,6 +233,26 @@ def iter_batches(
         pf.close()
 
 
+def writer_options(schema: pa.Schema) -> dict[str, Any]:
+    """Parquet writer settings for scored files.
+
+    Dictionary encoding only where it pays (strings, ints, bools): on
+    continuous floats pyarrow builds a dictionary, overflows it and falls back
+    to plain, which made writing 7x slower and files 1.5x larger in
+    ``make bench`` profiling.
+    """
+    def wants_dictionary(t: pa.DataType) -> bool:
+        return bool(
+            pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_dictionary(t)
+        )
+
+    return {
+        "use_dictionary": [f.name for f in schema if wants_dictionary(f.type)],
+        "compression": "snappy",
+    }
+
+
 class StagedWriter:
     """Write one Parquet file under a staging name; :meth:`commit` moves it into place.
 
@@ -252,11 +273,12 @@ class StagedWriter:
         self.rows = 0
         try:
             self._fs.makedirs(posixpath.dirname(self._staging), exist_ok=True)
+            options = writer_options(schema)
             if isinstance(self._fs, LocalFileSystem):
-                self._writer = pq.ParquetWriter(self._staging, schema)
+                self._writer = pq.ParquetWriter(self._staging, schema, **options)
             else:
                 self._sink = self._fs.open(self._staging, "wb")
-                self._writer = pq.ParquetWriter(self._sink, schema)
+                self._writer = pq.ParquetWriter(self._sink, schema, **options)
         except Exception as exc:  # noqa: BLE001
             raise OutputError(f"cannot write the output: {type(exc).__name__}: {exc}", path=final_url) from None
 

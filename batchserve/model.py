@@ -36,6 +36,7 @@ __all__ = [
     "TensorInfo",
     "ModelInfo",
     "LoadedModel",
+    "LabeledProbabilities",
     "ModelRunner",
     "describe",
     "sha256_hex",
@@ -242,6 +243,48 @@ def pick_gpu(device: str, worker_index: int, env: Mapping[str, str] | None = Non
     return worker_index % n
 
 
+@dataclasses.dataclass(frozen=True)
+class LabeledProbabilities:
+    """Class probabilities ``[N, K]`` with their labels: what a ZipMap output means.
+
+    Sessions strip a model's final ZipMap node and return this instead of a list
+    of N dicts; building those dicts cost ~16% of LightGBM inference time.
+    """
+
+    values: np.ndarray
+    labels: tuple[int | str, ...]
+
+
+def _strip_zipmap(data: bytes) -> tuple[bytes, dict[str, tuple[str, tuple[int | str, ...]]]]:
+    """Remove ZipMap nodes that only feed graph outputs; map each output to its tensor and labels."""
+    proto = onnx.load_model_from_string(data)
+    graph = proto.graph
+    output_names = [o.name for o in graph.output]
+    consumed = {i for node in graph.node for i in node.input}
+    mapping: dict[str, tuple[str, tuple[int | str, ...]]] = {}
+    for node in list(graph.node):
+        if node.op_type != "ZipMap" or node.output[0] not in output_names or node.output[0] in consumed:
+            continue
+        if node.input[0] in output_names:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "classlabels_int64s" in attrs:
+            labels: tuple[int | str, ...] = tuple(int(v) for v in attrs["classlabels_int64s"].ints)
+        elif "classlabels_strings" in attrs:
+            labels = tuple(v.decode("utf-8") for v in attrs["classlabels_strings"].strings)
+        else:
+            continue
+        position = output_names.index(node.output[0])
+        graph.node.remove(node)
+        del graph.output[position]
+        graph.output.insert(position, onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
+        output_names[position] = node.input[0]
+        mapping[node.output[0]] = (node.input[0], labels)
+    if not mapping:
+        return data, {}
+    return proto.SerializeToString(), mapping
+
+
 class ModelRunner(Protocol):
     """What scoring needs from a model: named arrays in, named outputs out."""
 
@@ -258,11 +301,21 @@ class LoadedModel:
     gpu_id: int | None
     intra_op_threads: int
     fallback_reason: str | None
+    #: The model's declared output names, in order (what columns are named after).
     output_names: list[str]
+    #: Output name -> (tensor fetched instead, class labels) for stripped ZipMaps.
+    zipmaps: dict[str, tuple[str, tuple[int | str, ...]]] = dataclasses.field(default_factory=dict)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        values = self.session.run(self.output_names, dict(feeds))
-        return dict(zip(self.output_names, values, strict=True))
+        fetch = [self.zipmaps[n][0] if n in self.zipmaps else n for n in self.output_names]
+        values = self.session.run(fetch, dict(feeds))
+        out: dict[str, Any] = {}
+        for name, value in zip(self.output_names, values, strict=True):
+            if name in self.zipmaps:
+                out[name] = LabeledProbabilities(value, self.zipmaps[name][1])
+            else:
+                out[name] = value
+        return out
 
 
 def _session(data: bytes, providers: list[Any], threads: int) -> ort.InferenceSession:
@@ -284,6 +337,8 @@ def build_session(
     data: bytes, *, device: str, intra_op_threads: int, gpu_id: int | None
 ) -> LoadedModel:
     """One session for this process, honouring the device policy."""
+    declared = [o.name for o in describe(data).outputs]
+    data, zipmaps = _strip_zipmap(data)
     cpu = ["CPUExecutionProvider"]
     wants_cuda = device != "cpu" and gpu_id is not None
     fallback: str | None = None
@@ -307,7 +362,7 @@ def build_session(
             if sess.get_providers()[0] == "CUDAExecutionProvider":
                 return LoadedModel(
                     sess, "CUDAExecutionProvider", f"cuda:{gpu_id}", gpu_id, intra_op_threads, None,
-                    [o.name for o in sess.get_outputs()],
+                    declared, zipmaps,
                 )
             reason = "the CUDA provider failed to load (CUDA/cuDNN libraries missing or no GPU)"
             if device.startswith("cuda"):
@@ -315,6 +370,5 @@ def build_session(
             fallback = reason
     sess = _session(data, cpu, intra_op_threads)
     return LoadedModel(
-        sess, "CPUExecutionProvider", "cpu", None, intra_op_threads, fallback,
-        [o.name for o in sess.get_outputs()],
+        sess, "CPUExecutionProvider", "cpu", None, intra_op_threads, fallback, declared, zipmaps,
     )

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchserve.errors import DataError, ModelError, SchemaError
-from batchserve.model import ONNX_NUMPY_TYPES, ModelInfo, ModelRunner, TensorInfo
+from batchserve.model import ONNX_NUMPY_TYPES, LabeledProbabilities, ModelInfo, ModelRunner, TensorInfo
 
 __all__ = [
     "InputBinding",
@@ -259,15 +259,31 @@ def _zipmap_to_arrow(value: Sequence[Mapping[Any, float]], name: str, n: int) ->
     return pa.StructArray.from_arrays(arrays, fields=fields)
 
 
+def _labeled_to_arrow(value: LabeledProbabilities, name: str, n: int) -> pa.Array:
+    values = value.values
+    if values.ndim != 2 or values.shape != (n, len(value.labels)):
+        raise ModelError(
+            f"model output {name!r} has shape {list(values.shape)}; expected [{n}, {len(value.labels)}] "
+            "(one probability per class label)"
+        )
+    arrays = [pa.array(np.ascontiguousarray(values[:, k], dtype=np.float32)) for k in range(values.shape[1])]
+    fields = [pa.field(str(label), pa.float32()) for label in value.labels]
+    return pa.StructArray.from_arrays(arrays, fields=fields)
+
+
 def outputs_to_columns(outputs: Mapping[str, Any], n: int, prefix: str = "") -> dict[str, pa.Array]:
     """Model outputs as Arrow columns named after the ONNX outputs (plus ``prefix``).
 
     ``[N]``/``[N,1]`` become plain columns, ``[N,K]`` a ``fixed_size_list<K>``,
-    and a ZipMap (a list of ``{label: probability}``) a struct with one field per class.
+    and a ZipMap (a list of ``{label: probability}``, or the faster
+    :class:`LabeledProbabilities` a session returns instead) a struct with one
+    float32 field per class, named by the label.
     """
     cols: dict[str, pa.Array] = {}
     for name, value in outputs.items():
-        if isinstance(value, np.ndarray):
+        if isinstance(value, LabeledProbabilities):
+            cols[prefix + name] = _labeled_to_arrow(value, name, n)
+        elif isinstance(value, np.ndarray):
             cols[prefix + name] = _tensor_to_arrow(value, name, n)
         elif isinstance(value, list) and (not value or isinstance(value[0], dict)):
             cols[prefix + name] = _zipmap_to_arrow(value, name, n)

@@ -136,11 +136,11 @@ def mlp(
         if i < len(sizes) - 2:
             nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
             prev = f"r{i}"
-    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    nodes.append(helper.make_node("Identity", [prev], ["score"]))
     data = _model(
         nodes,
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", n_features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
         inits,
         "mlp",
     )

@@ -75,3 +75,9 @@ def test_config_is_frozen_and_hashable() -> None:
     with pytest.raises(AttributeError):
         cfg.batch_size = 5  # type: ignore[misc]
     assert hash(cfg) == hash(resolve_score_config(BASE, env={}))
+
+
+def test_shipped_job_file_resolves() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    cfg = resolve_score_config({}, job_file=str(repo / "jobs" / "nightly.toml"), env={})
+    assert cfg.model == "sample_data/model" and cfg.overwrite and cfg.keep == ("transaction_id", "card_id", "amount")

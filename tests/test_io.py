@@ -128,3 +128,9 @@ def test_output_inside_input_detection(tmp_path: Path) -> None:
     assert io.same_location_or_inside(str(tmp_path / "in"), str(tmp_path / "in/"), {})
     assert not io.same_location_or_inside(str(tmp_path / "input2"), str(tmp_path / "in"), {})
     assert io.same_location_or_inside(str(tmp_path / "in" / "o"), str(tmp_path / "in" / "*.parquet"), {})
+
+
+def test_writer_dictionary_encodes_only_where_it_pays() -> None:
+    schema = pa.schema([("id", pa.string()), ("n", pa.int32()), ("x", pa.float64()), ("p", pa.float32()),
+                        ("flag", pa.bool_()), ("probs", pa.struct([("0", pa.float32())]))])
+    assert io.writer_options(schema)["use_dictionary"] == ["id", "n", "flag"]

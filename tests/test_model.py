@@ -88,4 +88,28 @@ def test_cuda_session_matches_cpu() -> None:
     x = np.random.default_rng(1).normal(size=(4096, 32)).astype(np.float32)
     m = model.build_session(data, device="cuda", intra_op_threads=1, gpu_id=0)
     assert m.provider == "CUDAExecutionProvider" and m.device == "cuda:0"
-    np.testing.assert_allclose(m.run({"X": x})["y"], oracle(x)[:, None], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(m.run({"X": x})["score"], oracle(x)[:, None], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("string_labels", [False, True])
+def test_zipmap_is_stripped_but_values_and_labels_match_ort(string_labels: bool, train_table) -> None:
+    import onnxruntime as ort
+
+    from tests.conftest import features_matrix
+
+    x = features_matrix(train_table)
+    y = train_table.column("target").to_numpy()
+    if string_labels:
+        y = np.where(y == 1, "fraud", "ok")
+    data, _ = models.logreg(x, y, zipmap=True)
+    m = model.build_session(data, device="cpu", intra_op_threads=1, gpu_id=None)
+    assert "output_probability" in m.zipmaps
+    got = m.run({"X": x[:500]})
+    raw = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    want_labels, want = raw.run(None, {"X": x[:500]})
+    probs = got["output_probability"]
+    assert isinstance(probs, model.LabeledProbabilities)
+    assert probs.labels == tuple(want[0].keys())
+    np.testing.assert_array_equal(probs.values, np.array([[d[k] for k in probs.labels] for d in want], np.float32))
+    np.testing.assert_array_equal(got["output_label"], want_labels)
+    assert m.output_names == ["output_label", "output_probability"]
