@@ -20,9 +20,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from batchserve import pipeline
-from batchserve.config import parse_storage_options, resolve_score_config
+from batchserve import pipeline, report
+from batchserve.config import DEFAULT_BATCH_SIZE, parse_storage_options, resolve_score_config
 from batchserve.errors import (
+    EXIT_DRIFT,
     EXIT_FAILED,
     EXIT_OK,
     BatchserveError,
@@ -136,20 +137,29 @@ def score(
     prefix: Annotated[str | None, typer.Option(help="Prefix for prediction column names, e.g. pred_.")] = None,
     storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.")] = None,
     split_rows: Annotated[int | None, typer.Option(help="Split files above about this many rows by row groups (default: automatic).")] = None,
+    reference: Annotated[str | None, typer.Option(help="Reference profile (batchserve profile) or an earlier run's _manifest.json to measure drift against.")] = None,
+    drift: Annotated[bool | None, typer.Option("--drift/--no-drift", help="Record drift statistics while scoring [default: on].")] = None,
+    drift_metric: Annotated[list[str] | None, typer.Option("--drift-metric", help="[COLUMN:]METRIC deciding drift: psi, js, wasserstein or ks (repeatable) [default: psi].")] = None,
+    drift_threshold: Annotated[list[str] | None, typer.Option("--drift-threshold", help="[COLUMN:]METRIC=VALUE, e.g. psi=0.25 or amount:js=0.05 (repeatable).")] = None,
+    fail_on_drift: Annotated[bool | None, typer.Option("--fail-on-drift", help="Exit 3 when features drift (outputs are still committed).")] = None,
+    max_drift_share: Annotated[float | None, typer.Option(help="With --fail-on-drift: exit 3 only when more than this share of features drift.")] = None,
     job: Annotated[str | None, typer.Option(help="TOML job file; flags and BATCHSERVE_* variables override it.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     """Score a Parquet dataset with an ONNX model into scored Parquet plus _manifest.json.
 
-    Exit codes: 0 done, 1 failed (one `error:` line on stderr), 2 usage error.
+    Exit codes: 0 done, 1 failed (one `error:` line on stderr), 2 usage error,
+    3 drift past the threshold with --fail-on-drift (outputs committed).
     """
     _setup_logging(debug, quiet)
     flags: dict[str, Any] = {
         "model": model, "input": input, "output": output, "features": _columns(features),
         "keep": _columns(keep), "batch_size": batch_size, "workers": workers, "scheduler": scheduler,
         "device": device, "overwrite": overwrite, "model_version": model_version, "prefix": prefix,
-        "split_rows": split_rows,
+        "split_rows": split_rows, "reference": reference, "drift": drift, "fail_on_drift": fail_on_drift,
+        "max_drift_share": max_drift_share, "drift_metric": drift_metric or None,
+        "drift_threshold": drift_threshold or None,
         "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
     }
     cfg = _guard(debug, lambda: resolve_score_config(flags, job_file=job))
@@ -164,6 +174,17 @@ def score(
         f"scored {t.files} file(s), {t.rows:,} rows in {t.seconds:.1f}s ({t.rows_per_second:,.0f} rows/s) "
         f"-> {result.output}  manifest: {result.manifest_url}"
     )
+    d = result.manifest.drift
+    if d and d.get("reference"):
+        typer.echo(
+            f"drift: {len(d['drifted_features'])} of {len(d['features'])} features drifted"
+            + (f" ({', '.join(d['drifted_features'])})" if d["drifted_features"] else "")
+            + f"; report: batchserve report {result.manifest_url} --output report.html"
+        )
+    if cfg.fail_on_drift:
+        reason = pipeline.drift_failure(result, cfg.max_drift_share)
+        if reason:
+            _fail(reason, EXIT_DRIFT)
 
 
 @app.command(epilog="Example: batchserve inspect sample_data/model --json")
@@ -221,6 +242,57 @@ def validate(
         f"ok: {len(plan.partitions)} file(s), {plan.rows:,} rows; features ({plan.features.source}): "
         f"{', '.join(plan.features.features)}"
     )
+
+
+@app.command(
+    epilog="Example: batchserve profile --input sample_data/transactions --model sample_data/model --output reference.json"
+)
+def profile(
+    input: Annotated[str, typer.Option("--input", "-i", help="Trusted data (e.g. training set): Parquet file, folder or glob.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the profile JSON (any fsspec URL).")],
+    features: Annotated[str | None, typer.Option(help="Columns to profile (default: the model's features, else every numeric column).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Also profile this model's predictions on the data.")] = None,
+    model_version: Annotated[int | None, typer.Option(help="Version folder in a model repository.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = DEFAULT_BATCH_SIZE,
+    workers: Annotated[int | None, typer.Option(help="Local cluster size.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    prefix: Annotated[str, typer.Option(help="Prediction column prefix, as used when scoring.")] = "",
+    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    """Build a reference profile (per-column statistics) to compare nightly runs against."""
+    _setup_logging(debug, quiet)
+    opts = _guard(debug, lambda: dict(parse_storage_options(storage_option or [])))
+    prof = _guard(debug, lambda: pipeline.profile(
+        input=input, output=output, features=_columns(features), model=model, model_version=model_version,
+        batch_size=batch_size, workers=workers, scheduler=scheduler, device=device, prefix=prefix,
+        storage_options=opts,
+    ))
+    typer.echo(
+        f"profiled {prof.source['rows']:,} rows in {prof.source['files']} file(s): {len(prof.features)} feature(s)"
+        f", {len(prof.predictions)} prediction column(s) -> {output}"
+    )
+
+
+@app.command(epilog="Example: batchserve report out/_manifest.json --output out/report.html")
+def report_cmd(
+    manifest_uri: Annotated[str, typer.Argument(metavar="MANIFEST", help="A run's _manifest.json (or its output folder).")],
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write a self-contained HTML report here.")] = None,
+    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Show a run's drift: a plain-text summary here, and an HTML page with --output."""
+    opts = _guard(debug, lambda: dict(parse_storage_options(storage_option or [])))
+    data = _guard(debug, lambda: pipeline.read_manifest(manifest_uri, opts))
+    typer.echo(report.render_text(data), nl=False)
+    if output:
+        _guard(debug, lambda: pipeline.write_text(output, report.render_html(data), opts))
+        typer.echo(f"report: {output}")
+
+
+app.registered_commands[-1].name = "report"
 
 
 def main() -> None:

@@ -59,6 +59,16 @@ class ScoreConfig:
     storage_options: tuple[tuple[str, str], ...] = ()
     #: Split files above about this many rows into row-group pieces (None: automatic).
     split_rows: int | None = None
+    #: A reference profile or an earlier run's _manifest.json to compare against.
+    reference: str | None = None
+    #: Record drift statistics while scoring (off only to measure their cost).
+    drift: bool = True
+    #: ``[COLUMN:]METRIC`` items: which metric decides, globally or per column.
+    drift_metric: tuple[str, ...] = ()
+    #: ``[COLUMN:]METRIC=VALUE`` items overriding the default thresholds.
+    drift_threshold: tuple[str, ...] = ()
+    fail_on_drift: bool = False
+    max_drift_share: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -71,6 +81,12 @@ class ScoreConfig:
             )
         if self.split_rows is not None and self.split_rows < 1:
             raise ConfigError(f"--split-rows must be at least 1, got {self.split_rows}")
+        if self.max_drift_share is not None and not 0 <= self.max_drift_share <= 1:
+            raise ConfigError(f"--max-drift-share must be between 0 and 1, got {self.max_drift_share}")
+        if self.fail_on_drift and not self.reference:
+            raise ConfigError("--fail-on-drift needs --reference (a profile or an earlier run's _manifest.json)")
+        if self.reference and not self.drift:
+            raise ConfigError("--reference needs drift statistics; drop --no-drift")
         if self.model_version is not None and self.model_version < 0:
             raise ConfigError(f"--model-version must be >= 0, got {self.model_version}")
         for name in ("features", "keep"):
@@ -91,6 +107,8 @@ class ScoreConfig:
         data = dataclasses.asdict(self)
         data["features"] = list(self.features) if self.features is not None else None
         data["keep"] = list(self.keep) if self.keep is not None else None
+        data["drift_metric"] = list(self.drift_metric)
+        data["drift_threshold"] = list(self.drift_threshold)
         data["storage_options"] = redact(dict(self.storage_options))
         return data
 
@@ -153,6 +171,24 @@ def _to_int(value: Any) -> int:
         raise ConfigError(f"expected a whole number, got {value!r}") from None
 
 
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"expected a number, got {value!r}") from None
+
+
+def _to_items(value: Any) -> tuple[str, ...]:
+    """A list of short strings; from the environment, comma-separated."""
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"expected a list of strings, got {value!r}")
+
+
 def _to_str(value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"expected text, got {value!r}")
@@ -184,6 +220,12 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "prefix": _to_str,
     "storage_options": _to_options,
     "split_rows": _to_int,
+    "reference": _to_str,
+    "drift": _to_bool,
+    "drift_metric": _to_items,
+    "drift_threshold": _to_items,
+    "fail_on_drift": _to_bool,
+    "max_drift_share": _to_float,
 }
 
 

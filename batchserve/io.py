@@ -420,6 +420,10 @@ def write_text_atomic(url: str, text: str, storage: Mapping[str, Any]) -> None:
             fh.write(text.encode("utf-8"))
         if isinstance(fs, LocalFileSystem):
             os.replace(tmp, path)
+            try:  # leave no empty staging folder beside a lone file (e.g. a profile)
+                os.rmdir(posixpath.dirname(tmp))
+            except OSError:
+                pass
         else:
             fs.mv(tmp, path)
     except Exception as exc:  # noqa: BLE001

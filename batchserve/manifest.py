@@ -21,7 +21,8 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from batchserve.errors import ConfigError
+from batchserve import drift as drift_mod
+from batchserve.errors import ConfigError, SchemaError
 
 __all__ = [
     "SCHEMA_NAME",
@@ -38,6 +39,14 @@ __all__ = [
     "json_schema",
     "example_manifest",
     "UPGRADES",
+    "PROFILE_SCHEMA_NAME",
+    "PROFILE_SCHEMA_VERSION",
+    "Profile",
+    "Reference",
+    "profile_dumps",
+    "load_reference",
+    "drift_section",
+    "column_record",
 ]
 
 SCHEMA_NAME = "batchserve.run-manifest"
@@ -220,3 +229,165 @@ def example_manifest() -> Manifest:
         outputs=[FileEntry("out/a.parquet", "a.parquet", 1, 12)],
         totals=Totals(1, 1, 10, 12, 1.0, 1.0, 0.1, 0.1, 0.1),
     )
+
+
+# --- reference profiles and the drift section ---------------------------------------------------
+
+PROFILE_SCHEMA_NAME = "batchserve.reference-profile"
+PROFILE_SCHEMA_VERSION = 1
+
+
+def column_record(summary: drift_mod.ColumnSummary, role: str) -> dict[str, Any]:
+    """What every profile and manifest stores per column: readable stats plus the mergeable summary."""
+    return {"role": role, **drift_mod.describe_column(summary), "summary": summary.to_dict()}
+
+
+@dataclasses.dataclass
+class Profile:
+    """A reference profile: statistics of trusted data, made once and reused every night."""
+
+    created_at: str
+    batchserve_version: str
+    source: dict[str, Any]
+    model: dict[str, Any] | None
+    features: list[str]
+    predictions: list[str]
+    columns: dict[str, dict[str, Any]]
+    schema: str = PROFILE_SCHEMA_NAME
+    schema_version: int = PROFILE_SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {"schema": data.pop("schema"), "schema_version": data.pop("schema_version"), **data}
+
+
+def profile_dumps(profile: Profile) -> str:
+    return json.dumps(profile.to_dict(), indent=1) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """Column summaries to compare against, from a profile or an earlier run's manifest."""
+
+    kind: str
+    uri: str
+    sha256: str
+    rows: int
+    summaries: dict[str, drift_mod.ColumnSummary]
+
+
+def load_reference(text: str, uri: str, sha256: str) -> Reference:
+    """Parse a reference profile or a run manifest (whose drift section holds the same summaries)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"reference is not valid JSON: {exc}", path=uri) from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema == PROFILE_SCHEMA_NAME:
+        version = data.get("schema_version")
+        if version != PROFILE_SCHEMA_VERSION:
+            raise ConfigError(
+                f"unsupported reference profile schema_version {version!r}; this batchserve reads "
+                f"{PROFILE_SCHEMA_VERSION}; rebuild it with `batchserve profile`",
+                path=uri,
+            )
+        columns = data.get("columns", {})
+        rows = int(data.get("source", {}).get("rows", 0))
+        kind = "profile"
+    elif schema == SCHEMA_NAME:
+        m = loads(text, source=uri)
+        if not m.drift:
+            raise ConfigError("that run manifest has no drift statistics (run was scored with --no-drift)", path=uri)
+        columns = {**m.drift.get("features", {}), **m.drift.get("predictions", {})}
+        rows = m.totals.rows
+        kind = "manifest"
+    else:
+        raise ConfigError(
+            f"reference must be a {PROFILE_SCHEMA_NAME} or a {SCHEMA_NAME} file, found schema {schema!r}", path=uri
+        )
+    try:
+        summaries = {name: drift_mod.ColumnSummary.from_dict(col["summary"]) for name, col in columns.items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"reference has malformed column statistics ({exc})", path=uri) from None
+    return Reference(kind, uri, sha256, rows, summaries)
+
+
+def check_reference_covers(reference: Reference, features: list[str]) -> None:
+    missing = [f for f in features if f not in reference.summaries]
+    if missing:
+        raise SchemaError(
+            f"reference has no statistics for feature(s) {', '.join(missing)}; rebuild it with "
+            "`batchserve profile` over the same features",
+            path=reference.uri,
+        )
+
+
+def _display_histogram(ref: drift_mod.ColumnSummary | None, cur: drift_mod.ColumnSummary, bins: int = 30) -> dict:
+    """Small, fixed-size histograms of both sides for the HTML report."""
+    sides = [s for s in (ref, cur) if s is not None and s.count]
+    if not sides:
+        return {}
+    if all(s.categories is not None for s in sides) and (ref is None or len(ref.categories or {}) <= 20):
+        cats = sorted({k for s in sides for k in (s.categories or {})})[:30]
+
+        def shares(s: drift_mod.ColumnSummary | None) -> list[float] | None:
+            if s is None or not s.count or s.categories is None:
+                return None
+            total = sum(s.categories.values()) or 1
+            return [round(s.categories.get(c, 0) / total, 6) for c in cats]
+
+        return {"categories": cats, "reference": shares(ref), "current": shares(cur)}
+    lo = min(q for s in sides for q in drift_mod.quantiles(s, [0.005]) if q is not None)
+    hi = max(q for s in sides for q in drift_mod.quantiles(s, [0.995]) if q is not None)
+    if hi <= lo:
+        hi = lo + 1.0
+    edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
+
+    def hist(s: drift_mod.ColumnSummary | None) -> list[float] | None:
+        if s is None or not s.count:
+            return None
+        return [round(float(v), 6) for v in drift_mod.bin_shares(s, edges[1:-1])]
+
+    return {"edges": [round(e, 6) for e in edges], "reference": hist(ref), "current": hist(cur)}
+
+
+def drift_section(
+    current: dict[str, drift_mod.ColumnSummary],
+    features: list[str],
+    predictions: list[str],
+    reference: Reference | None,
+    policy: drift_mod.DriftPolicy,
+) -> dict[str, Any]:
+    """The manifest's drift section: statistics always, metrics when there is a reference."""
+
+    def block(names: list[str], role: str) -> dict[str, Any]:
+        out = {}
+        for name in names:
+            cur = current.get(name, drift_mod.ColumnSummary())
+            ref = reference.summaries.get(name) if reference else None
+            entry = column_record(cur, role)
+            if ref is not None:
+                entry.update(drift_mod.compare_columns(ref, cur, name, policy))
+            else:
+                entry.update({"kind": None, "psi": None, "ks": None, "wasserstein": None, "js": None,
+                              "null_rate_change": None, "unseen_categories": None, "metric": None,
+                              "threshold": None, "drifted": False, "decided_by": None})
+            entry["histogram"] = _display_histogram(ref, cur)
+            out[name] = entry
+        return out
+
+    feats = block(features, "feature")
+    preds = block(predictions, "prediction")
+    drifted = [n for n, e in feats.items() if e["drifted"]]
+    return {
+        "reference": None if reference is None else {
+            "uri": reference.uri, "kind": reference.kind, "sha256": reference.sha256, "rows": reference.rows,
+        },
+        "policy": policy.as_dict(),
+        "psi_epsilon": drift_mod.PSI_EPSILON,
+        "features": feats,
+        "predictions": preds,
+        "drifted_features": drifted,
+        "drifted_predictions": [n for n, e in preds.items() if e["drifted"]],
+        "drift_share": (len(drifted) / len(feats) if feats else 0.0) if reference is not None else None,
+    }

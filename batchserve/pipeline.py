@@ -31,11 +31,12 @@ from typing import Any
 
 from distributed import Client, Nanny, Scheduler, SpecCluster, as_completed
 
-from batchserve import io, manifest, model, scoring
-from batchserve.config import ScoreConfig, resolve_score_config
+from batchserve import drift, io, manifest, model, scoring
+from batchserve.config import DEFAULT_BATCH_SIZE, ScoreConfig, resolve_score_config
 from batchserve.errors import (
     BatchserveError,
     ClusterError,
+    InputError,
     ModelError,
     OutputError,
     SchemaError,
@@ -51,7 +52,11 @@ __all__ = [
     "plan_run",
     "validate",
     "score",
+    "profile",
     "default_workers",
+    "read_manifest",
+    "write_text",
+    "drift_failure",
 ]
 
 log = logging.getLogger("batchserve")
@@ -84,6 +89,8 @@ class RunPlan:
     input_root: str
     partitions: tuple[io.Partition, ...]
     footers: tuple[io.Footer, ...]
+    reference: manifest.Reference | None = None
+    policy: drift.DriftPolicy = dataclasses.field(default_factory=drift.DriftPolicy)
 
     @property
     def rows(self) -> int:
@@ -169,7 +176,19 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
                     path=part.url, column=col,
                     hint="pass --prefix (e.g. --prefix pred_) or drop the column with --keep",
                 )
-    return RunPlan(cfg.model, url, version, info, fplan, root, tuple(parts), tuple(footers))
+    policy = drift.parse_policy(cfg.drift_metric, cfg.drift_threshold)
+    reference = load_reference(cfg.reference, storage, fplan.features) if cfg.reference else None
+    return RunPlan(cfg.model, url, version, info, fplan, root, tuple(parts), tuple(footers), reference, policy)
+
+
+def load_reference(uri: str, storage: Mapping[str, Any], features: tuple[str, ...]) -> manifest.Reference:
+    """Read and check a reference up front: a bad one must fail before anything is scored."""
+    if not io.exists(uri, storage):
+        raise InputError("reference not found; pass a profile from `batchserve profile` or a _manifest.json", path=uri)
+    data = io.read_bytes(uri, storage)
+    ref = manifest.load_reference(data.decode("utf-8", errors="replace"), uri, model.sha256_hex(data))
+    manifest.check_reference_covers(ref, list(features))
+    return ref
 
 
 def validate(config: ScoreConfig | None = None, /, **settings: Any) -> RunPlan:
@@ -304,6 +323,7 @@ def _build_manifest(
     engine: manifest.EngineInfo | None,
     status: str,
     error: str | None,
+    drift_data: dict[str, Any] | None = None,
 ) -> manifest.Manifest:
     seconds = time.perf_counter() - t0
     rows = sum(r.rows for r in receipts)
@@ -334,11 +354,13 @@ def _build_manifest(
             infer_seconds=round(sum(r.infer_s for r in receipts), 4),
             write_seconds=round(sum(r.write_s for r in receipts), 4),
         ),
+        drift=drift_data,
     )
 
 
 def _submit_all(
-    client: Client, cfg: ScoreConfig, plan: RunPlan, spec: ModelSpec, run_id: str, n_workers: int
+    client: Client, cfg: ScoreConfig, plan: RunPlan, spec: ModelSpec | None, run_id: str, n_workers: int,
+    write: bool = True,
 ) -> list[Any]:
     storage_pairs = cfg.storage_options
     target = cfg.split_rows or max(4 * cfg.batch_size, math.ceil(plan.rows / max(1, 2 * n_workers)))
@@ -349,10 +371,10 @@ def _submit_all(
         base = FileTask(
             run_id=run_id, input_url=part.url, relpath=part.relpath, output_url=final,
             staging_url=staging, keep=cfg.keep, batch_size=cfg.batch_size,
-            plugin_name=spec.plugin_name, plan=plan.features, prefix=cfg.prefix,
-            storage_options=storage_pairs,
+            plugin_name=spec.plugin_name if spec else None, plan=plan.features, prefix=cfg.prefix,
+            storage_options=storage_pairs, stats=cfg.drift, write=write,
         )
-        ranges = _pieces(footer, target)
+        ranges = _pieces(footer, target) if write else None
         if ranges is None:
             futures.append(client.submit(score_file, base, key=f"score-{run_id}-{part.relpath}", pure=False))
             continue
@@ -403,13 +425,55 @@ def score(
     if on_progress:
         on_progress(ProgressEvent("planned", 0, len(plan.partitions), 0, total_rows, 0.0))
     receipts: list[Receipt] = []
-    engine: manifest.EngineInfo | None = None
+    engine_box: list[manifest.EngineInfo] = []
     try:
-        with _cluster(cfg) as (client, kind, address):
-            workers_info = client.scheduler_info(n_workers=-1)["workers"]
-            hosts: dict[str, list[str]] = {}
-            for addr, w in sorted(workers_info.items()):
-                hosts.setdefault(w.get("host", addr), []).append(addr)
+        _execute(cfg, plan, run_id, t0, receipts, engine_box, on_progress, with_model=True, write=True)
+    except BaseException as exc:
+        error = str(exc) if isinstance(exc, BatchserveError) else f"{type(exc).__name__}: {exc}"
+        failed = _build_manifest(
+            cfg, plan, run_id, started_at, t0, receipts, engine_box[0] if engine_box else None, "failed", error
+        )
+        try:
+            io.write_text_atomic(manifest_url, manifest.dumps(failed), storage)
+        finally:
+            io.remove_staging(cfg.output, storage, run_id)
+        raise
+    engine = engine_box[0]
+    drift_data = _drift_data(cfg, plan, receipts)
+    _remove_stale_outputs(cfg, receipts)
+    result = _build_manifest(cfg, plan, run_id, started_at, t0, receipts, engine, "succeeded", None, drift_data)
+    io.write_text_atomic(manifest_url, manifest.dumps(result), storage)
+    io.write_text_atomic(success_url, "", storage)
+    io.remove_staging(cfg.output, storage)
+    if on_progress:
+        on_progress(ProgressEvent(
+            "done", len(receipts), len(receipts), result.totals.rows, total_rows, result.totals.seconds
+        ))
+    return RunResult(result, cfg.output, manifest_url)
+
+
+def _execute(
+    cfg: ScoreConfig,
+    plan: RunPlan,
+    run_id: str,
+    t0: float,
+    receipts: list[Receipt],
+    engine_box: list[manifest.EngineInfo],
+    on_progress: Callable[[ProgressEvent], None] | None,
+    *,
+    with_model: bool,
+    write: bool,
+) -> None:
+    """Attach a cluster, install the model, run every task, collect receipts as they come."""
+    total_rows = plan.rows
+    with _cluster(cfg) as (client, kind, address):
+        workers_info = client.scheduler_info(n_workers=-1)["workers"]
+        hosts: dict[str, list[str]] = {}
+        for addr, w in sorted(workers_info.items()):
+            hosts.setdefault(w.get("host", addr), []).append(addr)
+        spec: ModelSpec | None = None
+        per_worker: list[manifest.WorkerInfo] = []
+        if with_model:
             spec = ModelSpec(
                 url=plan.model_url, sha256=plan.info.sha256, device=cfg.device, plan=plan.features,
                 prefix=cfg.prefix, storage_options=cfg.storage_options,
@@ -420,43 +484,129 @@ def score(
             reports = client.run(worker_report, spec.plugin_name)
             per_worker = [manifest.WorkerInfo(**r) for _, r in sorted(reports.items())]
             for w in per_worker:
-                if w.fallback_reason:
-                    log.warning("worker %s runs on CPU: %s", w.address, w.fallback_reason)
-            engine = manifest.EngineInfo(kind, address, len(per_worker), cfg.device, per_worker)
-            futures = _submit_all(client, cfg, plan, spec, run_id, len(per_worker))
-            rows_done = 0
-            try:
-                for fut in as_completed(futures):
-                    receipt: Receipt = fut.result()
-                    receipts.append(receipt)
-                    rows_done += receipt.rows
-                    log.info("committed %s (%d rows)", receipt.output_url, receipt.rows)
-                    if on_progress:
-                        on_progress(ProgressEvent(
-                            "file", len(receipts), len(futures), rows_done, total_rows,
-                            time.perf_counter() - t0, receipt.output_url,
-                        ))
-            except BaseException:
-                client.cancel(futures)
-                raise
-    except BaseException as exc:
-        error = str(exc) if isinstance(exc, BatchserveError) else f"{type(exc).__name__}: {exc}"
-        failed = _build_manifest(cfg, plan, run_id, started_at, t0, receipts, engine, "failed", error)
+                if w.fallback_reason:  # expected under --device auto on CPU machines: info, not a warning
+                    log.info("worker %s runs on CPU: %s", w.address, w.fallback_reason)
+        engine_box.append(manifest.EngineInfo(kind, address, len(workers_info), cfg.device, per_worker))
+        futures = _submit_all(client, cfg, plan, spec, run_id, len(workers_info), write=write)
+        rows_done = 0
         try:
-            io.write_text_atomic(manifest_url, manifest.dumps(failed), storage)
-        finally:
-            io.remove_staging(cfg.output, storage, run_id)
-        raise
-    _remove_stale_outputs(cfg, receipts)
-    result = _build_manifest(cfg, plan, run_id, started_at, t0, receipts, engine, "succeeded", None)
-    io.write_text_atomic(manifest_url, manifest.dumps(result), storage)
-    io.write_text_atomic(success_url, "", storage)
-    io.remove_staging(cfg.output, storage)
+            for fut in as_completed(futures):
+                receipt: Receipt = fut.result()
+                receipts.append(receipt)
+                rows_done += receipt.rows
+                if write:
+                    log.info("committed %s (%d rows)", receipt.output_url, receipt.rows)
+                else:
+                    log.info("profiled %s (%d rows)", receipt.input_url, receipt.rows)
+                if on_progress:
+                    on_progress(ProgressEvent(
+                        "file", len(receipts), len(futures), rows_done, total_rows,
+                        time.perf_counter() - t0, receipt.output_url or receipt.input_url,
+                    ))
+        except BaseException:
+            client.cancel(futures)
+            raise
+
+
+def _current_stats(plan: RunPlan, receipts: list[Receipt]) -> tuple[dict[str, drift.ColumnSummary], list[str]]:
+    current = drift.merge_maps(r.stats for r in receipts if r.stats is not None)
+    feats = list(plan.features.features)
+    preds = [k for k in current if k not in set(feats)]
+    order = {o.name: i for i, o in enumerate(plan.info.outputs)} if plan.info is not None else {}
+
+    def output_rank(name: str) -> tuple[int, str]:
+        base = name.split(".")[0].split("[")[0]
+        return (order.get(base, len(order)), name)
+
+    return current, sorted(preds, key=output_rank)
+
+
+def _drift_data(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> dict[str, Any] | None:
+    if not cfg.drift:
+        return None
+    current, preds = _current_stats(plan, receipts)
+    section = manifest.drift_section(current, list(plan.features.features), preds, plan.reference, plan.policy)
+    if plan.reference is not None:
+        log.info(
+            "drift against %s: %d of %d feature(s) drifted%s", plan.reference.uri, len(section["drifted_features"]),
+            len(plan.features.features),
+            (": " + ", ".join(section["drifted_features"])) if section["drifted_features"] else "",
+        )
+    return section
+
+
+def profile(
+    *,
+    input: str,
+    output: str,
+    features: list[str] | tuple[str, ...] | None = None,
+    model: str | None = None,
+    model_version: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    device: str = "auto",
+    prefix: str = "",
+    storage_options: Mapping[str, Any] | None = None,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+) -> manifest.Profile:
+    """Build a reference profile of trusted data through the same Dask path as ``score``.
+
+    Without ``model``, the features are ``features`` or every numeric column; with it, the
+    model's features, and the prediction columns are profiled too.
+    """
+    opts = {k: str(v) for k, v in (storage_options or {}).items()}
+    cfg = _config_from({
+        "model": model or "", "input": input, "output": output, "features": features, "model_version": model_version,
+        "batch_size": batch_size, "workers": workers, "scheduler": scheduler, "device": device, "prefix": prefix,
+        "storage_options": opts,
+    })
+    storage = cfg.storage
+    t0 = time.perf_counter()
+    if model:
+        plan = plan_run(cfg)
+    else:
+        root, parts = io.list_partitions(cfg.input, storage)
+        footers = io.read_footers([p.url for p in parts], storage)
+        names = tuple(cfg.features) if cfg.features else tuple(
+            f.name for f in footers[0].schema if scoring.is_numeric_type(f.type)
+        )
+        if not names:
+            raise SchemaError("no numeric columns to profile; pass --features", path=parts[0].url)
+        fplan = scoring.FeaturePlan(names, (scoring.InputBinding("features", "float64", names, 2),), "flag")
+        for part, footer in zip(parts, footers, strict=True):
+            scoring.check_schema(fplan, footer.schema, part.url)
+        plan = RunPlan("", "", None, None, fplan, root, tuple(parts), tuple(footers))  # type: ignore[arg-type]
+    run_id = "profile-" + secrets.token_hex(3)
+    receipts: list[Receipt] = []
     if on_progress:
-        on_progress(ProgressEvent(
-            "done", len(receipts), len(receipts), result.totals.rows, total_rows, result.totals.seconds
-        ))
-    return RunResult(result, cfg.output, manifest_url)
+        on_progress(ProgressEvent("planned", 0, len(plan.partitions), 0, plan.rows, 0.0))
+    _execute(cfg, plan, run_id, t0, receipts, [], on_progress, with_model=bool(model), write=False)
+    current, preds = _current_stats(plan, receipts)
+    feats = list(plan.features.features)
+    prof = manifest.Profile(
+        created_at=_now(),
+        batchserve_version=_version(),
+        source={"input": cfg.input, "files": len(plan.partitions), "rows": plan.rows},
+        model=None if not model else {"uri": model, "resolved_uri": plan.model_url, "sha256": plan.info.sha256},
+        features=feats,
+        predictions=preds,
+        columns={
+            **{n: manifest.column_record(current.get(n, drift.ColumnSummary()), "feature") for n in feats},
+            **{n: manifest.column_record(current[n], "prediction") for n in preds},
+        },
+    )
+    for name, col in prof.columns.items():
+        s = current.get(name)
+        if s is not None and s.count:
+            edges = drift.quantiles(s, [i / 20 for i in range(21)])
+            col["histogram"] = {"edges": edges, "counts": [
+                round(float(v) * s.count) for v in drift.bin_shares(s, [e for e in edges[1:-1] if e is not None])
+            ]}
+    io.write_text_atomic(output, manifest.profile_dumps(prof), storage)
+    if on_progress:
+        on_progress(ProgressEvent("done", len(receipts), len(receipts), plan.rows, plan.rows, time.perf_counter() - t0))
+    return prof
 
 
 def _remove_stale_outputs(cfg: ScoreConfig, receipts: list[Receipt]) -> None:
@@ -468,3 +618,38 @@ def _remove_stale_outputs(cfg: ScoreConfig, receipts: list[Receipt]) -> None:
         if rel.startswith(io.STAGING_DIR + "/") or rel in produced or posixpath.basename(rel).startswith("_"):
             continue
         io.remove(io.join_url(cfg.output, rel), cfg.storage)
+
+
+def read_manifest(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A run manifest as a dict (checked and upgraded to the current schema version)."""
+    storage = dict(storage_options or {})
+    if io.isdir(uri, storage):
+        uri = io.join_url(uri, MANIFEST_NAME)
+    if not io.exists(uri, storage):
+        raise InputError("manifest not found", path=uri)
+    return manifest.loads(io.read_text(uri, storage), source=uri).to_dict()
+
+
+def write_text(uri: str, text: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    io.write_text_atomic(uri, text, dict(storage_options or {}))
+
+
+def drift_failure(result: RunResult, max_share: float | None) -> str | None:
+    """The one-line reason to exit 3, or None when drift stays within the policy."""
+    d = result.manifest.drift
+    if not d or d.get("reference") is None or not d["drifted_features"]:
+        return None
+    share = d["drift_share"]
+    if max_share is not None and share <= max_share:
+        return None
+    parts = []
+    for name in d["drifted_features"]:
+        e = d["features"][name]
+        metric = e["decided_by"]
+        limit = e["threshold"] if metric == e["metric"] else "null-rate limit"
+        parts.append(f"{name} ({metric} {e[metric]:.3f} > {limit})")
+    limit_text = f" > --max-drift-share {max_share}" if max_share is not None else ""
+    return (
+        f"drift detected in {len(d['drifted_features'])} of {len(d['features'])} features "
+        f"(share {share:.2f}{limit_text}): {', '.join(parts)}; outputs are committed"
+    )

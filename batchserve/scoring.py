@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batchserve import drift
 from batchserve.errors import DataError, ModelError, SchemaError
 from batchserve.model import ONNX_NUMPY_TYPES, LabeledProbabilities, ModelInfo, ModelRunner, TensorInfo
 
@@ -42,6 +43,9 @@ __all__ = [
     "score_batch",
     "output_schema",
     "is_numeric_type",
+    "feature_statistics",
+    "prediction_statistics",
+    "column_statistics",
 ]
 
 
@@ -295,17 +299,72 @@ def outputs_to_columns(outputs: Mapping[str, Any], n: int, prefix: str = "") -> 
     return cols
 
 
+def feature_statistics(
+    batch: pa.RecordBatch, plan: FeaturePlan, feeds: Mapping[str, np.ndarray]
+) -> dict[str, drift.ColumnSummary]:
+    """Drift summaries of the features, from the arrays already built for the model."""
+    out: dict[str, drift.ColumnSummary] = {}
+    for b in plan.bindings:
+        x = feeds[b.input_name]
+        x2 = x.reshape(len(x), -1)
+        nulls = [batch.column(c).null_count for c in b.columns]
+        cats = [not pa.types.is_floating(batch.schema.field(c).type) for c in b.columns]
+        for name, summary in zip(b.columns, drift.summarize_matrix(x2, nulls, categorical=cats), strict=True):
+            out[name] = summary
+    return out
+
+
+def _flat_prediction_columns(name: str, arr: pa.Array) -> list[tuple[str, pa.Array]]:
+    if pa.types.is_struct(arr.type):
+        return [(f"{name}.{arr.type.field(i).name}", arr.field(i)) for i in range(arr.type.num_fields)]
+    small_list = pa.types.is_fixed_size_list(arr.type) and arr.type.list_size <= 16
+    if small_list and not pa.types.is_nested(arr.type.value_type):
+        k = arr.type.list_size
+        values = arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, k) if len(arr) else np.zeros((0, k))
+        return [(f"{name}[{i}]", pa.array(values[:, i])) for i in range(k)]
+    if pa.types.is_nested(arr.type):
+        return []  # wide or nested outputs (embeddings) are not profiled
+    return [(name, arr)]
+
+
+def column_statistics(name: str, arr: pa.Array) -> drift.ColumnSummary:
+    """Summary of one Arrow column: numeric sketch, plus categories for ints/bools/strings."""
+    t = arr.type
+    if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t):
+        values = (pc.cast(arr, pa.int8()) if pa.types.is_boolean(t) else arr).to_numpy(zero_copy_only=False)
+        return drift.summarize_numeric(
+            values.astype(np.float64, copy=False), arr.null_count, categorical=not pa.types.is_floating(t)
+        )
+    return drift.summarize_categorical(arr.to_pylist(), arr.null_count)
+
+
+def prediction_statistics(preds: Mapping[str, pa.Array]) -> dict[str, drift.ColumnSummary]:
+    out: dict[str, drift.ColumnSummary] = {}
+    for name, arr in preds.items():
+        for flat_name, flat in _flat_prediction_columns(name, arr):
+            out[flat_name] = column_statistics(flat_name, flat)
+    return out
+
+
 def score_batch(
     batch: pa.RecordBatch,
     plan: FeaturePlan,
     model: ModelRunner,
     keep: Sequence[str],
     prefix: str = "",
+    stats: dict[str, drift.ColumnSummary] | None = None,
 ) -> pa.RecordBatch:
-    """Kept input columns, untouched and in order, followed by the prediction columns."""
+    """Kept input columns, untouched and in order, followed by the prediction columns.
+
+    With ``stats``, also merges this batch's feature and prediction summaries into it.
+    """
     feeds = batch_to_feeds(batch, plan)
     outputs = model.run(feeds)
     preds = outputs_to_columns(outputs, batch.num_rows, prefix)
+    if stats is not None:
+        fresh = {**feature_statistics(batch, plan, feeds), **prediction_statistics(preds)}
+        for k, v in fresh.items():
+            stats[k] = drift.merge(stats[k], v) if k in stats else v
     names = list(keep) + list(preds)
     arrays = [batch.column(c) for c in keep] + list(preds.values())
     return pa.RecordBatch.from_arrays(arrays, names=names)

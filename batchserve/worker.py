@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 from distributed import WorkerPlugin, get_worker
 
-from batchserve import io, model, scoring
+from batchserve import drift, io, model, scoring
 from batchserve.config import storage_dict
 from batchserve.errors import BatchserveError, WorkerStateError
 
@@ -166,12 +166,17 @@ class FileTask:
     staging_url: str
     keep: tuple[str, ...] | None
     batch_size: int
-    plugin_name: str
+    #: None when profiling without a model.
+    plugin_name: str | None
     plan: scoring.FeaturePlan
     prefix: str
     storage_options: tuple[tuple[str, str], ...]
     row_groups: tuple[int, ...] | None = None
     piece: int | None = None
+    #: Summarise features and predictions for drift while scoring.
+    stats: bool = True
+    #: False for `batchserve profile`: read and summarise, write nothing.
+    write: bool = True
 
     @property
     def storage(self) -> dict[str, Any]:
@@ -194,6 +199,8 @@ class Receipt:
     worker: str
     committed: bool
     piece: int | None = None
+    #: Mergeable drift summaries of this file's features and predictions.
+    stats: dict[str, drift.ColumnSummary] | None = None
 
 
 _DONE = object()
@@ -247,11 +254,13 @@ class _Stage:
 
 
 class _Writer:
-    """Consumes scored batches on its own thread so encoding overlaps the next inference."""
+    """Consumes scored batches on its own thread so encoding (and drift statistics) overlap
+    the next inference. Items are ``(batch or None, side job or None)``."""
 
-    def __init__(self, open_writer: Callable[[pa.Schema], io.StagedWriter], stop: threading.Event) -> None:
+    def __init__(self, open_writer: Callable[[pa.Schema], io.StagedWriter] | None, stop: threading.Event) -> None:
         self.q: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
         self.seconds = 0.0
+        self.stats_seconds = 0.0
         self.error: BaseException | None = None
         self.writer: io.StagedWriter | None = None
         self._open = open_writer
@@ -265,10 +274,18 @@ class _Writer:
                 item = self.q.get()
                 if item is _DONE:
                     return
+                batch, side_job = item
+                if side_job is not None:  # drift statistics overlap the next inference
+                    t1 = time.perf_counter()
+                    side_job()
+                    self.stats_seconds += time.perf_counter() - t1
+                if batch is None:
+                    continue
                 t0 = time.perf_counter()
                 if self.writer is None:
-                    self.writer = self._open(item.schema)
-                self.writer.write(item)
+                    assert self._open is not None
+                    self.writer = self._open(batch.schema)
+                self.writer.write(batch)
                 self.seconds += time.perf_counter() - t0
         except BaseException as exc:  # noqa: BLE001
             self.error = exc
@@ -280,10 +297,10 @@ class _Writer:
                 except queue.Empty:
                     return
 
-    def put(self, batch: pa.RecordBatch) -> None:
+    def put(self, batch: pa.RecordBatch | None, side_job: Callable[[], None] | None = None) -> None:
         while self.error is None:
             try:
-                self.q.put(batch, timeout=0.1)
+                self.q.put((batch, side_job), timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -300,18 +317,34 @@ def _keep_columns(task: FileTask, schema: pa.Schema) -> list[str]:
     return list(schema.names) if task.keep is None else list(task.keep)
 
 
+def _stats_job(
+    stats: dict[str, drift.ColumnSummary],
+    batch: pa.RecordBatch,
+    plan: scoring.FeaturePlan,
+    feeds: dict[str, Any],
+    preds: dict[str, pa.Array],
+) -> Callable[[], None]:
+    def run() -> None:
+        fresh = {**scoring.feature_statistics(batch, plan, feeds), **scoring.prediction_statistics(preds)}
+        for k, v in fresh.items():
+            stats[k] = drift.merge(stats[k], v) if k in stats else v
+
+    return run
+
+
 def score_file(task: FileTask) -> Receipt:
-    """Score one file (or piece), stage it, and commit it unless it is a piece."""
+    """Score one file (or piece), stage it, and commit it unless it is a piece.
+
+    With ``task.write`` false (profiling) it only reads and summarises.
+    """
     wall0 = time.perf_counter()
     worker = get_worker()
-    plugin = loaded_model(worker, task.plugin_name)
-    session = plugin.model
-    assert session is not None and plugin.prediction_schema is not None
+    plugin = loaded_model(worker, task.plugin_name) if task.plugin_name else None
     storage = task.storage
     footer = io.read_footer(task.input_url, storage)
-    keep = _keep_columns(task, footer.schema)
+    keep = _keep_columns(task, footer.schema) if task.write else []
     needed = list(dict.fromkeys([*keep, *task.plan.features]))
-    out_schema = scoring.output_schema(footer.schema, keep, plugin.prediction_schema).remove_metadata()
+    stats: dict[str, drift.ColumnSummary] | None = {} if task.stats else None
     infer_s = 0.0
     stop = threading.Event()
 
@@ -324,27 +357,49 @@ def score_file(task: FileTask) -> Receipt:
         ),
         stop,
     )
-    writer = _Writer(open_writer, stop)
+    writer = _Writer(open_writer if task.write else None, stop)
     try:
         for batch in reader:
             if batch.num_rows == 0:
                 continue
             t0 = time.perf_counter()
+            scored: pa.RecordBatch | None = None
+            preds: dict[str, pa.Array] = {}
             try:
-                scored = scoring.score_batch(batch, task.plan, session, keep, task.prefix)
+                feeds = scoring.batch_to_feeds(batch, task.plan)
+                if plugin is not None:
+                    assert plugin.model is not None
+                    outputs = plugin.model.run(feeds)
+                    preds = scoring.outputs_to_columns(outputs, batch.num_rows, task.prefix)
+                    scored = pa.RecordBatch.from_arrays(
+                        [batch.column(c) for c in keep] + list(preds.values()), names=[*keep, *preds]
+                    )
             except BatchserveError as exc:
                 exc.path = exc.path or task.input_url
                 raise
             infer_s += time.perf_counter() - t0
-            writer.put(scored)
+            job = _stats_job(stats, batch, task.plan, feeds, preds) if stats is not None else None
+            if scored is not None or job is not None:
+                writer.put(scored if task.write else None, job)
         writer.finish()
     except BaseException:
         stop.set()
         if writer.writer is not None:
             writer.writer.abort()
         raise
+    if not task.write:  # profiling: nothing to commit
+        return Receipt(
+            input_url=task.input_url, relpath=task.relpath, output_url="", rows=footer.num_rows
+            if task.row_groups is None else sum(footer.row_group_rows[g] for g in task.row_groups),
+            bytes=0, read_s=round(reader.seconds, 6), infer_s=round(infer_s, 6),
+            write_s=round(writer.stats_seconds, 6),
+            wall_s=round(time.perf_counter() - wall0, 6), worker=worker.address, committed=False,
+            piece=task.piece, stats=stats,
+        )
     staged = writer.writer
     if staged is None:  # 0 rows: still write a valid file with the output schema
+        assert plugin is not None and plugin.prediction_schema is not None
+        out_schema = scoring.output_schema(footer.schema, keep, plugin.prediction_schema).remove_metadata()
         staged = open_writer(out_schema)
     t0 = time.perf_counter()
     if task.piece is None:
@@ -367,6 +422,7 @@ def score_file(task: FileTask) -> Receipt:
         worker=worker.address,
         committed=committed,
         piece=task.piece,
+        stats=stats,
     )
 
 
@@ -414,4 +470,5 @@ def merge_pieces(
         wall_s=round(sum(p.wall_s for p in ordered) + time.perf_counter() - wall0, 6),
         worker=get_worker().address,
         committed=True,
+        stats=None if ordered[0].stats is None else drift.merge_maps(p.stats for p in ordered if p.stats is not None),
     )
