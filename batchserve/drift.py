@@ -44,6 +44,8 @@ from batchserve.errors import ConfigError
 
 __all__ = [
     "SKETCH_K",
+    "SKETCH_FULL_ROWS",
+    "SKETCH_STRIDE",
     "CATEGORY_CAP",
     "PSI_EPSILON",
     "DEFAULT_THRESHOLDS",
@@ -68,6 +70,10 @@ __all__ = [
 ]
 
 SKETCH_K = 1000
+#: Batches above this many rows feed the KLL sketch 1 row in SKETCH_STRIDE (moments,
+#: counts, extremes and categories always use every row).
+SKETCH_FULL_ROWS = 8192
+SKETCH_STRIDE = 16
 CATEGORY_CAP = 50
 PSI_EPSILON = 1e-4
 _GRID = 2001  # quantile points per side for KS and Wasserstein
@@ -140,17 +146,28 @@ class ColumnSummary:
 
 
 def _category_counts(col: np.ndarray) -> dict[str, int] | None:
-    """Exact counts of a finite integer-valued column, or None past CATEGORY_CAP values."""
+    """Exact counts of a finite integer-valued column, or None past CATEGORY_CAP values.
+
+    Decided by the number of distinct values alone, so that merging the counts of
+    parts always equals counting the whole.
+    """
     if col.size == 0:
         return {}
+    if not np.array_equal(col, np.round(col)):
+        return None  # fractional values: not categories
+    if len(np.unique(col[:1024])) > CATEGORY_CAP:
+        return None  # cheap early exit: the whole column has more distinct values too
     lo, hi = float(col.min()), float(col.max())
-    if hi - lo > 4096 or not np.all(col == np.round(col)):
-        return None  # wide-ranged or fractional: not categories, and too costly to count
-    counts = np.bincount((col - lo).astype(np.int64))
-    nz = np.flatnonzero(counts)
-    if len(nz) > CATEGORY_CAP:
+    if hi - lo <= 4096:
+        counts = np.bincount((col - lo).astype(np.int64))
+        nz = np.flatnonzero(counts)
+        pairs = [(lo + i, int(counts[i])) for i in nz]
+    else:
+        uniq, cnt = np.unique(col, return_counts=True)
+        pairs = list(zip(uniq.tolist(), cnt.tolist(), strict=True))
+    if len(pairs) > CATEGORY_CAP:
         return None
-    return {_category_key(lo + i): int(counts[i]) for i in nz}
+    return {_category_key(float(v)): int(c) for v, c in pairs}
 
 
 def _category_key(value: Any) -> str:
@@ -170,31 +187,67 @@ def summarize_numeric(values: np.ndarray, nulls: int = 0, *, categorical: bool =
 
 
 def summarize_matrix(
-    x: np.ndarray, nulls: Sequence[int], *, categorical: Sequence[bool] | None = None
+    x: np.ndarray,
+    nulls: Sequence[int],
+    *,
+    categorical: Sequence[bool] | None = None,
+    rng: np.random.Generator | None = None,
 ) -> list[ColumnSummary]:
     """Summaries of every column of a feature matrix (nulls already NaN).
 
     ``x`` is the ``[N, F]`` array the model is fed, so statistics cost one more
-    pass over memory that is already hot.
+    pass over memory that is already hot. Counts, moments, extremes and
+    categories cover every row; in batches above ``SKETCH_FULL_ROWS`` rows the
+    KLL sketch is fed one row in ``SKETCH_STRIDE`` (a systematic sample with a
+    random offset), which is what keeps drift within its throughput budget.
     """
     n, f = x.shape
     categorical = categorical or [False] * f
+    if n == 0:
+        return [ColumnSummary(nulls=int(nulls[j])) for j in range(f)]
     xf = x if x.dtype.kind == "f" else x.astype(np.float64)
-    all_finite = bool(np.isfinite(xf).all())
-    cols = np.ascontiguousarray(xf.T)  # one contiguous row per column: fast sketch updates
+    finite = np.isfinite(xf)
+    all_finite = bool(finite.all())
+    counts = np.full(f, n) if all_finite else finite.sum(axis=0)
+    # Shifted sums (by a value near each column's centre) keep the variance exact
+    # in float64 even for columns like years or timestamps.
+    head = xf[: min(n, 64)]
+    shift = np.nan_to_num(np.nanmean(np.where(np.isfinite(head), head, np.nan), axis=0)) if not all_finite \
+        else head.mean(axis=0)
+    d = xf - shift.astype(xf.dtype)
+    if not all_finite:
+        d = np.where(finite, d, 0)
+    sums = d.sum(axis=0, dtype=np.float64)
+    sumsq = np.einsum("ij,ij->j", d, d, dtype=np.float64)
+    safe_counts = np.maximum(counts, 1)
+    means = shift + sums / safe_counts
+    m2 = np.maximum(sumsq - sums * sums / safe_counts, 0.0)
+    if all_finite:
+        mins, maxs = xf.min(axis=0), xf.max(axis=0)
+    else:
+        mins = np.where(finite, xf, np.inf).min(axis=0)
+        maxs = np.where(finite, xf, -np.inf).max(axis=0)
+    stride = SKETCH_STRIDE if n > SKETCH_FULL_ROWS else 1
+    offset = int((rng or np.random.default_rng()).integers(stride)) if stride > 1 else 0
+    sample = np.ascontiguousarray(xf[offset::stride].T, dtype=np.float32)
+    sample_finite = None if all_finite else np.ascontiguousarray(finite[offset::stride].T)
     out: list[ColumnSummary] = []
     for j in range(f):
-        col = cols[j] if all_finite else cols[j][np.isfinite(cols[j])]
-        cnt = int(col.size)
+        cnt = int(counts[j])
         s = ColumnSummary(nulls=int(nulls[j]), nonfinite=max(0, n - cnt - int(nulls[j])))
         if cnt:
             s.count = cnt
-            s.mean = float(col.mean(dtype=np.float64))
-            s.m2 = float(np.square(col - s.mean, dtype=np.float64).sum())
-            s.min, s.max = float(col.min()), float(col.max())
-            s.sketch = kll_floats_sketch(SKETCH_K)
-            s.sketch.update(col.astype(np.float32, copy=False))
-        s.categories = _category_counts(col) if categorical[j] else None
+            s.mean, s.m2 = float(means[j]), float(m2[j])
+            s.min, s.max = float(mins[j]), float(maxs[j])
+            col = sample[j] if sample_finite is None else sample[j][sample_finite[j]]
+            if col.size:
+                s.sketch = kll_floats_sketch(SKETCH_K)
+                s.sketch.update(col)
+        if categorical[j]:
+            full = xf[:, j] if all_finite else xf[finite[:, j], j]
+            s.categories = _category_counts(full)
+        else:
+            s.categories = None
         out.append(s)
     return out
 

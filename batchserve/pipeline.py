@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from distributed import Client, Nanny, Scheduler, SpecCluster, as_completed
+from distributed import Client, KilledWorker, Nanny, Scheduler, SpecCluster, as_completed
 
 from batchserve import drift, io, manifest, model, scoring
 from batchserve.config import DEFAULT_BATCH_SIZE, ScoreConfig, resolve_score_config
@@ -491,7 +491,14 @@ def _execute(
         rows_done = 0
         try:
             for fut in as_completed(futures):
-                receipt: Receipt = fut.result()
+                try:
+                    receipt: Receipt = fut.result()
+                except KilledWorker as exc:
+                    # Dask already re-ran the task on other workers; it kept killing them.
+                    raise ClusterError(
+                        f"workers kept dying while running this file ({exc}); it may need more memory "
+                        "than a worker has: try a smaller --batch-size or larger workers",
+                    ) from None
                 receipts.append(receipt)
                 rows_done += receipt.rows
                 if write:
