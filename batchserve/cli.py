@@ -28,6 +28,7 @@ from batchserve.errors import (
     EXIT_OK,
     BatchserveError,
     ConfigError,
+    Interrupted,
 )
 
 __all__ = ["app", "main", "EXIT_CODES"]
@@ -38,7 +39,7 @@ EXIT_CODES = {
     "failed": EXIT_FAILED,
     "usage": 2,  # Typer/Click's own code for bad flags
     "drift": 3,  # reserved for --fail-on-drift
-    "interrupted": 130,
+    "interrupted": 130,  # SIGINT; SIGTERM gives 143 (128 + signal number)
 }
 
 app = typer.Typer(
@@ -63,6 +64,10 @@ def _guard(debug: bool, fn: Callable[[], T]) -> T:
     """Run a library call, turning user errors into the one-line contract."""
     try:
         return fn()
+    except Interrupted as exc:
+        if debug:
+            traceback.print_exc()
+        _fail(str(exc), 128 + exc.signum)
     except BatchserveError as exc:
         if debug:
             traceback.print_exc()
@@ -143,6 +148,10 @@ def score(
     drift_threshold: Annotated[list[str] | None, typer.Option("--drift-threshold", help="[COLUMN:]METRIC=VALUE, e.g. psi=0.25 or amount:js=0.05 (repeatable).")] = None,
     fail_on_drift: Annotated[bool | None, typer.Option("--fail-on-drift", help="Exit 3 when features drift (outputs are still committed).")] = None,
     max_drift_share: Annotated[float | None, typer.Option(help="With --fail-on-drift: exit 3 only when more than this share of features drift.")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Keep outputs an earlier (failed, interrupted or killed) run committed with the same model, settings and inputs; score the rest.")] = None,
+    retries: Annotated[int | None, typer.Option(help="Retries per file after transient errors (I/O, object-store 5xx), with backoff [default: 2].")] = None,
+    on_error: Annotated[str | None, typer.Option(help="fail: the first bad file fails the run; skip: bad files are skipped and listed in the manifest [default: fail].")] = None,
+    max_failed_files: Annotated[int | None, typer.Option(help="With --on-error skip: exit 1 when more files than this are bad.")] = None,
     job: Annotated[str | None, typer.Option(help="TOML job file; flags and BATCHSERVE_* variables override it.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
@@ -150,7 +159,8 @@ def score(
     """Score a Parquet dataset with an ONNX model into scored Parquet plus _manifest.json.
 
     Exit codes: 0 done, 1 failed (one `error:` line on stderr), 2 usage error,
-    3 drift past the threshold with --fail-on-drift (outputs committed).
+    3 drift past the threshold with --fail-on-drift (outputs committed),
+    130/143 interrupted by SIGINT/SIGTERM (committed files kept; re-run with --resume).
     """
     _setup_logging(debug, quiet)
     flags: dict[str, Any] = {
@@ -159,7 +169,8 @@ def score(
         "device": device, "overwrite": overwrite, "model_version": model_version, "prefix": prefix,
         "split_rows": split_rows, "reference": reference, "drift": drift, "fail_on_drift": fail_on_drift,
         "max_drift_share": max_drift_share, "drift_metric": drift_metric or None,
-        "drift_threshold": drift_threshold or None,
+        "drift_threshold": drift_threshold or None, "resume": resume, "retries": retries,
+        "on_error": on_error, "max_failed_files": max_failed_files,
         "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
     }
     cfg = _guard(debug, lambda: resolve_score_config(flags, job_file=job))

@@ -69,6 +69,14 @@ class ScoreConfig:
     drift_threshold: tuple[str, ...] = ()
     fail_on_drift: bool = False
     max_drift_share: float | None = None
+    #: Reuse outputs an earlier run committed with the same model, settings and inputs.
+    resume: bool = False
+    #: Retries of a task after a transient error (I/O, object-store 5xx), with backoff.
+    retries: int = 2
+    #: "fail": the first bad file fails the run; "skip": bad files are recorded and skipped.
+    on_error: str = "fail"
+    #: With on_error "skip": fail the run when more files than this are bad.
+    max_failed_files: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -81,6 +89,14 @@ class ScoreConfig:
             )
         if self.split_rows is not None and self.split_rows < 1:
             raise ConfigError(f"--split-rows must be at least 1, got {self.split_rows}")
+        if self.retries < 0:
+            raise ConfigError(f"--retries must be >= 0, got {self.retries}")
+        if self.on_error not in ("fail", "skip"):
+            raise ConfigError(f"--on-error must be fail or skip, got {self.on_error!r}")
+        if self.max_failed_files is not None and self.on_error != "skip":
+            raise ConfigError("--max-failed-files only applies with --on-error skip")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pick one")
         if self.max_drift_share is not None and not 0 <= self.max_drift_share <= 1:
             raise ConfigError(f"--max-drift-share must be between 0 and 1, got {self.max_drift_share}")
         if self.fail_on_drift and not self.reference:
@@ -226,6 +242,10 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "drift_threshold": _to_items,
     "fail_on_drift": _to_bool,
     "max_drift_share": _to_float,
+    "resume": _to_bool,
+    "retries": _to_int,
+    "on_error": _to_str,
+    "max_failed_files": _to_int,
 }
 
 

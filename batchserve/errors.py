@@ -28,6 +28,8 @@ __all__ = [
     "WorkerStateError",
     "ClusterError",
     "StorageError",
+    "Interrupted",
+    "LockedError",
     "EXIT_OK",
     "EXIT_FAILED",
     "EXIT_USAGE",
@@ -142,3 +144,18 @@ class StorageError(BatchserveError):
     """A read or write against storage failed in a way that may pass (network, 5xx)."""
 
     transient = True
+
+
+class LockedError(BatchserveError):
+    """Another live run holds the output's lock: two runs must never interleave files."""
+
+
+class Interrupted(BatchserveError):
+    """SIGINT/SIGTERM stopped the run; committed files are kept and recorded."""
+
+    def __init__(self, message: str = "interrupted", *, signum: int = 2, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.signum = signum
+
+    def _state(self) -> dict[str, object]:
+        return {**super()._state(), "signum": self.signum}

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import posixpath
 from collections.abc import Iterator, Mapping, Sequence
@@ -52,6 +53,7 @@ __all__ = [
     "write_text_atomic",
     "read_text",
     "remove",
+    "create_exclusive",
     "remove_staging",
     "join_url",
     "to_url",
@@ -293,12 +295,21 @@ class StagedWriter:
             self._sink.close()
         return int(self._fs.size(self._staging))
 
-    def commit(self) -> int:
-        """Finish the file and move it to its final name; returns its size in bytes."""
+    def checksum(self) -> str:
+        """``sha256:<hex>`` of the finished staged file (read back: it is in the page cache)."""
+        digest = hashlib.sha256()
+        with self._fs.open(self._staging, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+        return "sha256:" + digest.hexdigest()
+
+    def commit(self) -> tuple[int, str]:
+        """Finish the file and move it to its final name; returns (bytes, checksum)."""
         self._writer.close()
         if self._sink is not None:
             self._sink.close()
         try:
+            checksum = self.checksum()
             size = int(self._fs.size(self._staging))
             if isinstance(self._fs, LocalFileSystem):
                 os.makedirs(os.path.dirname(self._final) or ".", exist_ok=True)
@@ -307,7 +318,7 @@ class StagedWriter:
                 self._fs.mv(self._staging, self._final)
         except Exception as exc:  # noqa: BLE001
             raise _storage_failure(exc, self.final_url, "commit the output file") from None
-        return size
+        return size, checksum
 
     def abort(self) -> None:
         try:
@@ -428,6 +439,28 @@ def write_text_atomic(url: str, text: str, storage: Mapping[str, Any]) -> None:
             fs.mv(tmp, path)
     except Exception as exc:  # noqa: BLE001
         raise _storage_failure(exc, url, "write") from None
+
+
+def create_exclusive(url: str, text: str, storage: Mapping[str, Any]) -> None:
+    """Create a small file only if absent (O_EXCL locally; best effort on object stores)."""
+    fs, path = _fs(url, storage)
+    try:
+        if isinstance(fs, LocalFileSystem):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            return
+        if fs.exists(path):
+            raise FileExistsError(path)
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+    except FileExistsError:
+        raise OutputError("lock file appeared while taking it: another run started at the same moment",
+                          path=url) from None
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_failure(exc, url, "create") from None
 
 
 def remove(url: str, storage: Mapping[str, Any], *, recursive: bool = False) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "SCHEMA_NAME",
     "SCHEMA_VERSION",
     "FileEntry",
+    "FailureEntry",
     "WorkerInfo",
     "EngineInfo",
     "RunInfo",
@@ -59,6 +60,22 @@ class FileEntry:
     relpath: str
     rows: int
     bytes: int
+    #: Outputs: ``sha256:<hex>`` of the committed file, so readers and --resume can verify it.
+    checksum: str | None = None
+    #: Inputs: mtime or etag when listed, so --resume can tell whether the input changed.
+    version: str | None = None
+    #: Outputs: "scored" or "reused" (by --resume), and why a file was rescored.
+    status: str | None = None
+    note: str | None = None
+
+
+@dataclasses.dataclass
+class FailureEntry:
+    """A file that was skipped under --on-error skip, and why."""
+
+    path: str
+    relpath: str
+    error: str
 
 
 @dataclasses.dataclass
@@ -89,7 +106,7 @@ class RunInfo:
     id: str
     started_at: str
     finished_at: str | None
-    #: "succeeded", "failed" or "running".
+    #: "succeeded", "failed", "interrupted" or "running" (a journal written while committing).
     status: str
     batchserve_version: str
     config: dict[str, Any]
@@ -137,8 +154,12 @@ class Manifest:
     inputs: list[FileEntry]
     outputs: list[FileEntry]
     totals: Totals
-    #: Filled by the drift issue; ``None`` until then.
+    #: Column statistics and drift metrics; ``None`` with --no-drift.
     drift: dict[str, Any] | None = None
+    #: The result-relevant settings (model digest, features, keep, prefix) resume compares.
+    fingerprint: str | None = None
+    #: Files skipped under --on-error skip, with their errors.
+    failures: list[FailureEntry] = dataclasses.field(default_factory=list)
     schema: str = SCHEMA_NAME
     schema_version: int = SCHEMA_VERSION
 
@@ -169,6 +190,8 @@ def _from_v1(data: dict[str, Any]) -> Manifest:
         outputs=_files(data["outputs"]),
         totals=Totals(**data["totals"]),
         drift=data.get("drift"),
+        fingerprint=data.get("fingerprint"),
+        failures=[FailureEntry(**f) for f in data.get("failures", [])],
     )
 
 

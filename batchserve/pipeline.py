@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import getpass
+import json
 import logging
 import math
 import os
 import posixpath
 import secrets
+import signal
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,7 +41,10 @@ from batchserve.config import DEFAULT_BATCH_SIZE, ScoreConfig, resolve_score_con
 from batchserve.errors import (
     BatchserveError,
     ClusterError,
+    DataError,
     InputError,
+    Interrupted,
+    LockedError,
     ModelError,
     OutputError,
     SchemaError,
@@ -52,6 +60,7 @@ __all__ = [
     "plan_run",
     "validate",
     "score",
+    "fingerprint",
     "profile",
     "default_workers",
     "read_manifest",
@@ -62,6 +71,11 @@ __all__ = [
 log = logging.getLogger("batchserve")
 MANIFEST_NAME = "_manifest.json"
 SUCCESS_NAME = "_SUCCESS"
+LOCK_NAME = "_batchserve.lock"
+#: The running manifest is rewritten at most this often while files commit.
+JOURNAL_SECONDS = 2.0
+#: A lock from another host older than this is taken over (same host: checked by pid).
+STALE_LOCK_HOURS = 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +105,8 @@ class RunPlan:
     footers: tuple[io.Footer, ...]
     reference: manifest.Reference | None = None
     policy: drift.DriftPolicy = dataclasses.field(default_factory=drift.DriftPolicy)
+    #: Files found bad while planning under --on-error skip.
+    failures: tuple[manifest.FailureEntry, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -156,29 +172,69 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
         exc.path = exc.path or url
         raise
     root, parts = io.list_partitions(cfg.input, storage)
-    footers = io.read_footers([p.url for p in parts], storage)
+    skip = cfg.on_error == "skip"
+    failures: list[manifest.FailureEntry] = []
+    if skip:  # read footers one by one so one corrupt file does not stop the others
+        pairs = []
+        for part in parts:
+            try:
+                pairs.append((part, io.read_footer(part.url, storage)))
+            except BatchserveError as exc:
+                if exc.transient:
+                    raise
+                failures.append(manifest.FailureEntry(part.url, part.relpath, str(exc)))
+        if not pairs:
+            raise InputError("every input file is unreadable; see the manifest's failures", path=cfg.input)
+    else:
+        pairs = list(zip(parts, io.read_footers([p.url for p in parts], storage), strict=True))
     try:
-        fplan = scoring.plan_features(info, cfg.features, footers[0].schema.names)
+        fplan = scoring.plan_features(info, cfg.features, pairs[0][1].schema.names)
     except BatchserveError as exc:
         exc.path = exc.path or url
         raise
     out_names = [cfg.prefix + o.name for o in info.outputs]
-    for part, footer in zip(parts, footers, strict=True):
-        scoring.check_schema(fplan, footer.schema, part.url)
-        kept = footer.schema.names if cfg.keep is None else list(cfg.keep)
-        for col in kept:
-            if footer.schema.get_field_index(col) < 0:
-                raise SchemaError("column named in --keep is missing", path=part.url, column=col)
-        for col in out_names:
-            if col in kept:
-                raise SchemaError(
-                    "prediction column would overwrite an input column",
-                    path=part.url, column=col,
-                    hint="pass --prefix (e.g. --prefix pred_) or drop the column with --keep",
-                )
+    good = []
+    for part, footer in pairs:
+        try:
+            _check_file(cfg, fplan, out_names, part, footer)
+        except BatchserveError as exc:
+            if not skip:
+                raise
+            failures.append(manifest.FailureEntry(part.url, part.relpath, str(exc)))
+            continue
+        good.append((part, footer))
     policy = drift.parse_policy(cfg.drift_metric, cfg.drift_threshold)
     reference = load_reference(cfg.reference, storage, fplan.features) if cfg.reference else None
-    return RunPlan(cfg.model, url, version, info, fplan, root, tuple(parts), tuple(footers), reference, policy)
+    return RunPlan(
+        cfg.model, url, version, info, fplan, root, tuple(p for p, _ in good), tuple(f for _, f in good),
+        reference, policy, tuple(failures),
+    )
+
+
+def _check_file(
+    cfg: ScoreConfig, fplan: scoring.FeaturePlan, out_names: list[str], part: io.Partition, footer: io.Footer
+) -> None:
+    scoring.check_schema(fplan, footer.schema, part.url)
+    kept = footer.schema.names if cfg.keep is None else list(cfg.keep)
+    for col in kept:
+        if footer.schema.get_field_index(col) < 0:
+            raise SchemaError("column named in --keep is missing", path=part.url, column=col)
+    for col in out_names:
+        if col in kept:
+            raise SchemaError(
+                "prediction column would overwrite an input column",
+                path=part.url, column=col,
+                hint="pass --prefix (e.g. --prefix pred_) or drop the column with --keep",
+            )
+
+
+def fingerprint(cfg: ScoreConfig, plan: RunPlan) -> str:
+    """Digest of everything that decides output values: same fingerprint, same bytes of meaning."""
+    basis = {
+        "model": plan.info.sha256, "features": [dataclasses.asdict(b) for b in plan.features.bindings],
+        "keep": list(cfg.keep) if cfg.keep is not None else None, "prefix": cfg.prefix,
+    }
+    return model.sha256_hex(json.dumps(basis, sort_keys=True).encode())
 
 
 def load_reference(uri: str, storage: Mapping[str, Any], features: tuple[str, ...]) -> manifest.Reference:
@@ -284,17 +340,24 @@ def _pieces(footer: io.Footer, target_rows: int) -> list[tuple[int, ...]] | None
     return ranges if len(ranges) > 1 else None
 
 
-def _check_output(cfg: ScoreConfig) -> None:
-    storage = cfg.storage
-    if io.same_location_or_inside(cfg.output, cfg.input, storage):
+def _check_output_location(cfg: ScoreConfig) -> None:
+    if io.same_location_or_inside(cfg.output, cfg.input, cfg.storage):
         raise OutputError(
             "output is inside the input folder; its files would be read back as input next run",
             path=cfg.output,
         )
-    entries = [e for e in io.output_entries(cfg.output, storage) if not e.startswith(io.STAGING_DIR + "/")]
-    if entries and not cfg.overwrite:
+
+
+def _check_output(cfg: ScoreConfig) -> None:
+    storage = cfg.storage
+    entries = [
+        e for e in io.output_entries(cfg.output, storage)
+        if not e.startswith(io.STAGING_DIR + "/") and e != LOCK_NAME
+    ]
+    if entries and not (cfg.overwrite or cfg.resume):
         raise OutputError(
-            f"output folder is not empty ({len(entries)} files); pass --overwrite to replace it",
+            f"output folder is not empty ({len(entries)} files); pass --resume to finish an earlier run "
+            "or --overwrite to replace it",
             path=cfg.output,
         )
     io.prepare_output(cfg.output, storage)
@@ -310,7 +373,10 @@ def _config_from(settings: Mapping[str, Any], *, need_output: bool = True) -> Sc
 
 
 def _file_entries(receipts: list[Receipt]) -> list[manifest.FileEntry]:
-    return [manifest.FileEntry(r.output_url, r.relpath, r.rows, r.bytes) for r in receipts]
+    return [
+        manifest.FileEntry(r.output_url, r.relpath, r.rows, r.bytes, checksum=r.checksum, status="scored")
+        for r in receipts
+    ]
 
 
 def _build_manifest(
@@ -324,9 +390,17 @@ def _build_manifest(
     status: str,
     error: str | None,
     drift_data: dict[str, Any] | None = None,
+    reused: list[manifest.FileEntry] | None = None,
+    notes: Mapping[str, str] | None = None,
+    failures: list[manifest.FailureEntry] | None = None,
 ) -> manifest.Manifest:
     seconds = time.perf_counter() - t0
-    rows = sum(r.rows for r in receipts)
+    reused = reused or []
+    outputs = _file_entries(receipts)
+    for e in outputs:
+        e.note = (notes or {}).get(e.relpath)
+    outputs = sorted(reused + outputs, key=lambda e: e.relpath)
+    rows = sum(e.rows for e in outputs)
     info = plan.info
     return manifest.Manifest(
         run=manifest.RunInfo(
@@ -342,37 +416,41 @@ def _build_manifest(
             features=list(plan.features.features), feature_source=plan.features.source,
         ),
         inputs=[
-            manifest.FileEntry(p.url, p.relpath, f.num_rows, p.size)
+            manifest.FileEntry(p.url, p.relpath, f.num_rows, p.size, version=p.version)
             for p, f in zip(plan.partitions, plan.footers, strict=True)
         ],
-        outputs=_file_entries(sorted(receipts, key=lambda r: r.relpath)),
+        outputs=outputs,
         totals=manifest.Totals(
-            files=len(receipts), rows=rows,
-            bytes_in=sum(p.size for p in plan.partitions), bytes_out=sum(r.bytes for r in receipts),
+            files=len(outputs), rows=rows,
+            bytes_in=sum(p.size for p in plan.partitions), bytes_out=sum(e.bytes for e in outputs),
             seconds=round(seconds, 4), rows_per_second=round(rows / seconds, 1) if seconds > 0 else 0.0,
             read_seconds=round(sum(r.read_s for r in receipts), 4),
             infer_seconds=round(sum(r.infer_s for r in receipts), 4),
             write_seconds=round(sum(r.write_s for r in receipts), 4),
         ),
         drift=drift_data,
+        fingerprint=fingerprint(cfg, plan),
+        failures=list(plan.failures) + list(failures or []),
     )
 
 
 def _submit_all(
     client: Client, cfg: ScoreConfig, plan: RunPlan, spec: ModelSpec | None, run_id: str, n_workers: int,
-    write: bool = True,
+    write: bool = True, skip_relpaths: frozenset[str] = frozenset(),
 ) -> list[Any]:
     storage_pairs = cfg.storage_options
     target = cfg.split_rows or max(4 * cfg.batch_size, math.ceil(plan.rows / max(1, 2 * n_workers)))
     futures = []
     for part, footer in zip(plan.partitions, plan.footers, strict=True):
+        if part.relpath in skip_relpaths:
+            continue
         final = io.join_url(cfg.output, part.relpath)
         staging = io.join_url(cfg.output, io.STAGING_DIR, run_id, part.relpath)
         base = FileTask(
             run_id=run_id, input_url=part.url, relpath=part.relpath, output_url=final,
             staging_url=staging, keep=cfg.keep, batch_size=cfg.batch_size,
             plugin_name=spec.plugin_name if spec else None, plan=plan.features, prefix=cfg.prefix,
-            storage_options=storage_pairs, stats=cfg.drift, write=write,
+            storage_options=storage_pairs, stats=cfg.drift, write=write, retries=cfg.retries,
         )
         ranges = _pieces(footer, target) if write else None
         if ranges is None:
@@ -404,52 +482,234 @@ def score(
     """Score a dataset; returns the manifest. Raises :class:`BatchserveError` on user errors.
 
     Pass a resolved :class:`ScoreConfig`, or the same settings as keyword arguments.
+    Commit protocol: files are committed one by one (staged, then renamed/copied);
+    ``_manifest.json`` is journaled as ``running`` while they commit, rewritten as
+    ``succeeded``/``failed``/``interrupted`` at the end, and ``_SUCCESS`` comes last.
     """
     cfg = config or _config_from(settings)
     started_at = _now()
     t0 = time.perf_counter()
-    storage = cfg.storage
     plan = plan_run(cfg)
-    _check_output(cfg)
+    _check_output_location(cfg)
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    with _output_lock(cfg, run_id):
+        _check_output(cfg)
+        return _score_locked(cfg, plan, run_id, started_at, t0, on_progress)
+
+
+def _score_locked(
+    cfg: ScoreConfig, plan: RunPlan, run_id: str, started_at: str, t0: float,
+    on_progress: Callable[[ProgressEvent], None] | None,
+) -> RunResult:
+    storage = cfg.storage
     manifest_url = io.join_url(cfg.output, MANIFEST_NAME)
     success_url = io.join_url(cfg.output, SUCCESS_NAME)
-    # From here the output is being replaced: first make sure nothing marks it complete.
+    reused, notes = _resume_decisions(cfg, plan) if cfg.resume else ([], {})
+    # From here the output is being changed: first make sure nothing marks it complete.
     io.remove(success_url, storage)
-    io.remove(manifest_url, storage)
+    if not cfg.resume:
+        io.remove(manifest_url, storage)
+    io.remove_staging(cfg.output, storage)  # leftovers of a SIGKILLed run are never committed
+    todo = len(plan.partitions) - len(reused)
     total_rows = plan.rows
     log.info(
-        "planned %d file(s), %d rows; model %s (sha256 %s)",
+        "planned %d file(s), %d rows; model %s (sha256 %s)%s",
         len(plan.partitions), total_rows, plan.model_url, plan.info.sha256[:12],
+        f"; resuming: {len(reused)} reused, {todo} to score" if cfg.resume else "",
     )
+    if plan.failures:
+        log.warning("skipping %d bad file(s): %s", len(plan.failures), "; ".join(f.error for f in plan.failures))
     if on_progress:
-        on_progress(ProgressEvent("planned", 0, len(plan.partitions), 0, total_rows, 0.0))
+        on_progress(ProgressEvent("planned", 0, todo, 0, total_rows, 0.0))
     receipts: list[Receipt] = []
+    failures: list[manifest.FailureEntry] = []
     engine_box: list[manifest.EngineInfo] = []
-    try:
-        _execute(cfg, plan, run_id, t0, receipts, engine_box, on_progress, with_model=True, write=True)
-    except BaseException as exc:
-        error = str(exc) if isinstance(exc, BatchserveError) else f"{type(exc).__name__}: {exc}"
-        failed = _build_manifest(
-            cfg, plan, run_id, started_at, t0, receipts, engine_box[0] if engine_box else None, "failed", error
+    last_journal = [0.0]
+
+    def snapshot(status: str, error: str | None = None, drift_data: dict[str, Any] | None = None) -> manifest.Manifest:
+        engine = engine_box[0] if engine_box else None
+        return _build_manifest(
+            cfg, plan, run_id, started_at, t0, receipts, engine, status, error, drift_data, reused, notes, failures
         )
-        try:
-            io.write_text_atomic(manifest_url, manifest.dumps(failed), storage)
-        finally:
-            io.remove_staging(cfg.output, storage, run_id)
+
+    def journal(force: bool = False) -> None:
+        # A SIGKILLed run leaves this behind, listing what it committed, for --resume to read.
+        if force or time.monotonic() - last_journal[0] >= JOURNAL_SECONDS:
+            io.write_text_atomic(manifest_url, manifest.dumps(snapshot("running")), storage)
+            last_journal[0] = time.monotonic()
+
+    journal(force=True)
+    try:
+        with _signals_raise_interrupted():
+            _execute(cfg, plan, run_id, t0, receipts, engine_box, on_progress, with_model=True, write=True,
+                     skip_relpaths=frozenset(e.relpath for e in reused), failures=failures, on_receipt=journal)
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, Interrupted | KeyboardInterrupt) else "failed"
+        error = str(exc) if isinstance(exc, BatchserveError) else f"{type(exc).__name__}: {exc}"
+        with _signals_deferred():
+            try:
+                io.write_text_atomic(manifest_url, manifest.dumps(snapshot(status, error)), storage)
+            finally:
+                io.remove_staging(cfg.output, storage, run_id)
         raise
-    engine = engine_box[0]
-    drift_data = _drift_data(cfg, plan, receipts)
-    _remove_stale_outputs(cfg, receipts)
-    result = _build_manifest(cfg, plan, run_id, started_at, t0, receipts, engine, "succeeded", None, drift_data)
-    io.write_text_atomic(manifest_url, manifest.dumps(result), storage)
-    io.write_text_atomic(success_url, "", storage)
-    io.remove_staging(cfg.output, storage)
+    with _signals_deferred():
+        drift_data = _drift_data(cfg, plan, receipts)
+        if drift_data is not None and reused:
+            drift_data["coverage"] = f"statistics cover the {len(receipts)} file(s) scored by this run, not reused ones"
+        _remove_stale_outputs(cfg, receipts)
+        too_many = cfg.max_failed_files is not None and len(plan.failures) + len(failures) > cfg.max_failed_files
+        status = "failed" if too_many else "succeeded"
+        final_error: str | None = None
+        if too_many:
+            n_bad = len(plan.failures) + len(failures)
+            final_error = f"{n_bad} file(s) failed, more than --max-failed-files {cfg.max_failed_files}"
+        result = snapshot(status, final_error, drift_data)
+        io.write_text_atomic(manifest_url, manifest.dumps(result), storage)
+        if too_many:
+            first = (list(plan.failures) + failures)[0]
+            raise DataError(f"{final_error}; first: {first.error}", path=cfg.output)
+        io.write_text_atomic(success_url, "", storage)
+        io.remove_staging(cfg.output, storage)
     if on_progress:
         on_progress(ProgressEvent(
             "done", len(receipts), len(receipts), result.totals.rows, total_rows, result.totals.seconds
         ))
     return RunResult(result, cfg.output, manifest_url)
+
+
+def _resume_decisions(cfg: ScoreConfig, plan: RunPlan) -> tuple[list[manifest.FileEntry], dict[str, str]]:
+    """Which committed outputs an earlier run left can be kept, and why the rest are rescored."""
+    storage = cfg.storage
+    url = io.join_url(cfg.output, MANIFEST_NAME)
+    notes: dict[str, str] = {}
+    if not io.exists(url, storage):
+        return [], {p.relpath: "no earlier manifest to resume from" for p in plan.partitions}
+    prev = manifest.loads(io.read_text(url, storage), source=url)
+    same_settings = prev.fingerprint == fingerprint(cfg, plan)
+    why_all = None
+    if prev.model.sha256 != plan.info.sha256:
+        why_all = f"model changed (sha256 {prev.model.sha256[:12]} -> {plan.info.sha256[:12]})"
+    elif not same_settings:
+        why_all = "features, --keep or --prefix changed"
+    prev_in = {e.relpath: e for e in prev.inputs}
+    prev_out = {e.relpath: e for e in prev.outputs}
+    reused: list[manifest.FileEntry] = []
+    for part in plan.partitions:
+        out, inp = prev_out.get(part.relpath), prev_in.get(part.relpath)
+        final = io.join_url(cfg.output, part.relpath)
+        if why_all:
+            notes[part.relpath] = why_all
+        elif out is None:
+            notes[part.relpath] = f"not committed by run {prev.run.id} ({prev.run.status})"
+        elif inp is None or inp.bytes != part.size or inp.version != part.version:
+            notes[part.relpath] = "input changed (size or modification time)"
+        elif not io.exists(final, storage) or io.file_size(final, storage) != out.bytes:
+            notes[part.relpath] = "committed output is missing or changed"
+        else:
+            reused.append(dataclasses.replace(out, status="reused", note=f"committed by run {prev.run.id}"))
+    log.info("resume: %d file(s) reused, %d to score", len(reused), len(notes))
+    return reused, notes
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+@contextmanager
+def _signals_raise_interrupted() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into :class:`Interrupted` in the main thread, once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # cleanup must not be interrupted again
+        raise Interrupted(
+            f"interrupted by {_signal_name(signum)}; committed files are kept and listed in the manifest; "
+            "re-run with --resume to finish",
+            signum=signum,
+        )
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while the manifest and _SUCCESS are written, then act on them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {sig: signal.signal(sig, lambda s, _f: got.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    if got:
+        raise Interrupted(f"interrupted by {_signal_name(got[0])} after the run completed", signum=got[0])
+
+
+@contextmanager
+def _output_lock(cfg: ScoreConfig, run_id: str) -> Iterator[None]:
+    """Refuse a second live run into the same output; take over a stale lock."""
+    storage = cfg.storage
+    url = io.join_url(cfg.output, LOCK_NAME)
+    me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
+          "user": getpass.getuser(), "started_at": _now()}
+    if io.exists(url, storage):
+        try:
+            other = json.loads(io.read_text(url, storage))
+        except (ValueError, BatchserveError):
+            other = {}
+        if _lock_is_live(other):
+            raise LockedError(
+                f"another batchserve run is writing this output (run {other.get('run_id')}, pid "
+                f"{other.get('pid')} on {other.get('host')}, since {other.get('started_at')}); wait for it, "
+                "or delete the lock file if that run is dead",
+                path=url,
+            )
+        log.warning("taking over a stale lock from run %s (pid %s on %s)", other.get("run_id"), other.get("pid"),
+                    other.get("host"))
+        io.remove(url, storage)
+    io.create_exclusive(url, json.dumps(me), storage)
+    try:
+        yield
+    finally:
+        try:
+            current = json.loads(io.read_text(url, storage))
+            if current.get("run_id") == run_id:
+                io.remove(url, storage)
+        except (ValueError, BatchserveError):
+            pass
+
+
+def _lock_is_live(lock: Mapping[str, Any]) -> bool:
+    if lock.get("host") == socket.gethostname():
+        pid = lock.get("pid")
+        if not isinstance(pid, int):
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        started = dt.datetime.strptime(str(lock.get("started_at")), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return False
+    return dt.datetime.now(dt.UTC) - started < dt.timedelta(hours=STALE_LOCK_HOURS)
 
 
 def _execute(
@@ -463,6 +723,9 @@ def _execute(
     *,
     with_model: bool,
     write: bool,
+    skip_relpaths: frozenset[str] = frozenset(),
+    failures: list[manifest.FailureEntry] | None = None,
+    on_receipt: Callable[[], None] | None = None,
 ) -> None:
     """Attach a cluster, install the model, run every task, collect receipts as they come."""
     total_rows = plan.rows
@@ -487,12 +750,20 @@ def _execute(
                 if w.fallback_reason:  # expected under --device auto on CPU machines: info, not a warning
                     log.info("worker %s runs on CPU: %s", w.address, w.fallback_reason)
         engine_box.append(manifest.EngineInfo(kind, address, len(workers_info), cfg.device, per_worker))
-        futures = _submit_all(client, cfg, plan, spec, run_id, len(workers_info), write=write)
+        futures = _submit_all(client, cfg, plan, spec, run_id, len(workers_info), write=write,
+                              skip_relpaths=skip_relpaths)
         rows_done = 0
         try:
             for fut in as_completed(futures):
                 try:
                     receipt: Receipt = fut.result()
+                except BatchserveError as exc:
+                    if cfg.on_error != "skip" or failures is None:
+                        raise
+                    rel = _relpath_from_key(str(fut.key), run_id)
+                    log.warning("skipping %s: %s", rel, exc)
+                    failures.append(manifest.FailureEntry(exc.path or rel, rel, str(exc)))
+                    continue
                 except KilledWorker as exc:
                     # Dask already re-ran the task on other workers; it kept killing them.
                     raise ClusterError(
@@ -501,6 +772,10 @@ def _execute(
                     ) from None
                 receipts.append(receipt)
                 rows_done += receipt.rows
+                if on_receipt:
+                    on_receipt()
+                if receipt.attempts > 1:
+                    log.warning("%s needed %d attempts (transient errors)", receipt.relpath, receipt.attempts)
                 if write:
                     log.info("committed %s (%d rows)", receipt.output_url, receipt.rows)
                 else:
@@ -511,8 +786,33 @@ def _execute(
                         time.perf_counter() - t0, receipt.output_url or receipt.input_url,
                     ))
         except BaseException:
+            _harvest_finished(futures, receipts)
             client.cancel(futures)
             raise
+
+
+def _harvest_finished(futures: list[Any], receipts: list[Receipt]) -> None:
+    """On the way out, record files that finished but whose receipts were not read yet.
+
+    They are committed on disk; listing them keeps --resume from redoing them.
+    """
+    seen = {(r.relpath, r.piece) for r in receipts}
+    for fut in futures:
+        if fut.status != "finished":
+            continue
+        try:
+            receipt = fut.result(timeout=1)
+        except Exception:  # noqa: BLE001, S112 - best effort while already failing
+            continue
+        if isinstance(receipt, Receipt) and receipt.committed and (receipt.relpath, receipt.piece) not in seen:
+            receipts.append(receipt)
+
+
+def _relpath_from_key(key: str, run_id: str) -> str:
+    for prefix in (f"score-{run_id}-", f"merge-{run_id}-"):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
 
 
 def _current_stats(plan: RunPlan, receipts: list[Receipt]) -> tuple[dict[str, drift.ColumnSummary], list[str]]:

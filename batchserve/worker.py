@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -177,6 +178,8 @@ class FileTask:
     stats: bool = True
     #: False for `batchserve profile`: read and summarise, write nothing.
     write: bool = True
+    #: Retries after a transient error (StorageError etc.), with exponential backoff.
+    retries: int = 0
 
     @property
     def storage(self) -> dict[str, Any]:
@@ -201,6 +204,9 @@ class Receipt:
     piece: int | None = None
     #: Mergeable drift summaries of this file's features and predictions.
     stats: dict[str, drift.ColumnSummary] | None = None
+    checksum: str | None = None
+    #: Attempts this task needed (transient storage errors are retried in place).
+    attempts: int = 1
 
 
 _DONE = object()
@@ -335,8 +341,25 @@ def _stats_job(
 def score_file(task: FileTask) -> Receipt:
     """Score one file (or piece), stage it, and commit it unless it is a piece.
 
-    With ``task.write`` false (profiling) it only reads and summarises.
+    Transient errors (storage hiccups, object-store 5xx) are retried here with
+    exponential backoff and jitter, ``task.retries`` times; data errors are not.
+    A retry rewrites the same staging name, so a half-written attempt is replaced,
+    never committed. With ``task.write`` false (profiling) it only reads and summarises.
     """
+    attempt = 0
+    while True:
+        try:
+            receipt = _score_file_once(task)
+            return dataclasses.replace(receipt, attempts=attempt + 1)
+        except BatchserveError as exc:
+            if not exc.transient or attempt >= task.retries:
+                raise
+            delay = min(10.0, 0.5 * 2**attempt) * (0.5 + random.random())
+            attempt += 1
+            time.sleep(delay)
+
+
+def _score_file_once(task: FileTask) -> Receipt:
     wall0 = time.perf_counter()
     worker = get_worker()
     plugin = loaded_model(worker, task.plugin_name) if task.plugin_name else None
@@ -402,8 +425,9 @@ def score_file(task: FileTask) -> Receipt:
         out_schema = scoring.output_schema(footer.schema, keep, plugin.prediction_schema).remove_metadata()
         staged = open_writer(out_schema)
     t0 = time.perf_counter()
+    checksum = None
     if task.piece is None:
-        size = staged.commit()
+        size, checksum = staged.commit()
         committed = True
     else:
         size = staged.close_staged()
@@ -423,6 +447,7 @@ def score_file(task: FileTask) -> Receipt:
         committed=committed,
         piece=task.piece,
         stats=stats,
+        checksum=checksum,
     )
 
 
@@ -451,7 +476,7 @@ def merge_pieces(
                 writer.write(b)
                 write_s += time.perf_counter() - t1
         assert writer is not None
-        size = writer.commit()
+        size, checksum = writer.commit()
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -471,4 +496,5 @@ def merge_pieces(
         worker=get_worker().address,
         committed=True,
         stats=None if ordered[0].stats is None else drift.merge_maps(p.stats for p in ordered if p.stats is not None),
+        checksum=checksum,
     )

@@ -54,3 +54,198 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> N
         assert got.column("id").to_pylist() == table.column("id").to_pylist(), rel  # once each, in order
         np.testing.assert_allclose(got.column("score").to_numpy(), oracle(features_matrix(table)),
                                    rtol=1e-4, atol=1e-4)
+
+
+# --- the CLI under signals, resume, locks and bad files (real console script, real processes) ---
+
+import json  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+BIN = Path(sys.executable).parent / "batchserve"
+
+
+@pytest.fixture(scope="module")
+def slow_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """A model and 16 files heavy enough that a run is still going a second or two in."""
+    root = tmp_path_factory.mktemp("slowjob")
+    data, _ = models.mlp(len(FEATURES), (768, 768), seed=5)
+    model_path = root / "mlp.onnx"
+    model_path.write_bytes(models.set_feature_names(data, FEATURES))
+    tables = {f"day={i // 4}/part-{i % 4}.parquet": make_table(15_000, seed=300 + i) for i in range(20)}
+    write_dataset(root / "in", tables, row_group_size=5000)
+    return model_path, root / "in", tables
+
+
+def start_cli(model: Path, inp: Path, out: Path, scheduler: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN), "score", "--model", str(model), "--input", str(inp), "--output", str(out),
+         "--scheduler", scheduler, "--batch-size", "1000", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_commits(out: Path, n: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = [p for p in out.rglob("*.parquet") if "_temporary" not in p.parts]
+        if len(done) >= n:
+            return
+        assert proc.poll() is None, f"run ended early: {proc.communicate()}"
+        time.sleep(0.05)
+    raise TimeoutError("no commits")
+
+
+def wait_for_journal(out: Path, proc: subprocess.Popen[str], timeout: float = 120) -> set[str]:
+    """Block until the running manifest (rewritten every 2 s) lists some committed files."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"run ended before the journal listed files: {proc.communicate()}"
+        try:
+            m = json.loads((out / "_manifest.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            m = {}
+        if m.get("run", {}).get("status") == "running" and m.get("outputs"):
+            return {e["relpath"] for e in m["outputs"]}
+        time.sleep(0.02)
+    raise TimeoutError("the journal never listed a committed file")
+
+
+def assert_complete_files_only(out: Path, tables: dict) -> None:
+    """Everything under a final name is a whole, readable file with all its rows."""
+    for p in out.rglob("*.parquet"):
+        if "_temporary" in p.parts:
+            continue
+        rel = str(p.relative_to(out))
+        assert pq.read_table(p).num_rows == tables[rel].num_rows, rel
+
+
+@pytest.mark.slow
+def test_sigterm_writes_interrupted_manifest_and_exits_143(tmp_path: Path, slow_job, cluster: str) -> None:
+    model_path, inp, tables = slow_job
+    out = tmp_path / "out"
+    proc = start_cli(model_path, inp, out, cluster)
+    listed = wait_for_journal(out, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "interrupted by SIGTERM" in errors[0] and "--resume" in errors[0]
+    assert "Traceback" not in stderr
+    m = json.loads((out / "_manifest.json").read_text())
+    assert m["run"]["status"] == "interrupted"
+    assert listed <= {e["relpath"] for e in m["outputs"]} and len(m["outputs"]) < len(tables)
+    assert not (out / "_SUCCESS").exists() and not (out / "_batchserve.lock").exists()
+    assert_complete_files_only(out, tables)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_rescores_only_uncommitted_files(tmp_path: Path, slow_job, cluster: str) -> None:
+    model_path, inp, tables = slow_job
+    out = tmp_path / "out"
+    proc = start_cli(model_path, inp, out, cluster)
+    wait_for_journal(out, proc)
+    proc.kill()
+    proc.wait()
+    journal = json.loads((out / "_manifest.json").read_text())
+    assert journal["run"]["status"] == "running"
+    listed = {e["relpath"] for e in journal["outputs"]}
+    assert listed and len(listed) < len(tables), "kill came too late or too early to test resume"
+    stamps = {rel: (out / rel).stat().st_mtime_ns for rel in listed}
+    resumed = subprocess.run(
+        [str(BIN), "score", "--model", str(model_path), "--input", str(inp), "--output", str(out),
+         "--scheduler", cluster, "--resume"], capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    m = json.loads((out / "_manifest.json").read_text())
+    status = {e["relpath"]: e["status"] for e in m["outputs"]}
+    assert {r for r, s in status.items() if s == "reused"} == listed
+    assert {r for r, s in status.items() if s == "scored"} == set(tables) - listed
+    assert all(e["note"] for e in m["outputs"])
+    for rel in listed:  # reused files were not rewritten
+        assert (out / rel).stat().st_mtime_ns == stamps[rel]
+    assert (out / "_SUCCESS").exists() and not list(out.rglob("_temporary/**/*.parquet"))
+    clean = tmp_path / "clean"
+    assert subprocess.run([str(BIN), "score", "--model", str(model_path), "--input", str(inp), "--output",
+                           str(clean), "--scheduler", cluster], capture_output=True, timeout=300).returncode == 0
+    for rel in tables:  # same content as a clean run, row for row
+        assert pq.read_table(out / rel).equals(pq.read_table(clean / rel)), rel
+    entry = next(e for e in m["outputs"] if e["relpath"] == next(iter(tables)))
+    import hashlib
+
+    assert entry["checksum"] == "sha256:" + hashlib.sha256((out / entry["relpath"]).read_bytes()).hexdigest()
+
+
+def test_resume_rescores_changed_inputs_and_models(tmp_path: Path, cluster: str, model_dir: dict) -> None:
+    tables = {"a.parquet": make_table(300, seed=1), "b.parquet": make_table(200, seed=2)}
+    write_dataset(tmp_path / "in", tables)
+    out = tmp_path / "out"
+    args = ["--input", str(tmp_path / "in"), "--output", str(out), "--scheduler", cluster]
+    r = subprocess.run([str(BIN), "score", "--model", str(model_dir["logreg"][0]), *args], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    time.sleep(0.05)
+    pq.write_table(make_table(250, seed=9), tmp_path / "in" / "b.parquet")  # b changed
+    r = subprocess.run([str(BIN), "score", "--model", str(model_dir["logreg"][0]), *args, "--resume"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "_manifest.json").read_text())
+    by = {e["relpath"]: e for e in m["outputs"]}
+    assert by["a.parquet"]["status"] == "reused"
+    assert by["b.parquet"]["status"] == "scored" and "input changed" in by["b.parquet"]["note"]
+    assert pq.read_table(out / "b.parquet").num_rows == 250
+    r = subprocess.run([str(BIN), "score", "--model", str(model_dir["lgbm"][0]), *args, "--resume"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "_manifest.json").read_text())
+    assert {e["status"] for e in m["outputs"]} == {"scored"}
+    assert all(e["note"].startswith("model changed") for e in m["outputs"])
+
+
+def test_live_lock_refuses_a_second_run_and_stale_lock_is_taken_over(tmp_path: Path, cluster: str,
+                                                                      model_dir: dict) -> None:
+    write_dataset(tmp_path / "in", {"a.parquet": make_table(100)})
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / "_batchserve.lock"
+    live = {"run_id": "other", "host": socket.gethostname(), "pid": os.getpid(), "started_at": "2026-11-21T00:00:00.000000Z"}
+    lock.write_text(json.dumps(live))
+    args = [str(BIN), "score", "--model", str(model_dir["logreg"][0]), "--input", str(tmp_path / "in"),
+            "--output", str(out), "--scheduler", cluster]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 1
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "another batchserve run is writing this output" in errors[0]
+    assert f"pid {os.getpid()}" in errors[0]
+    assert sorted(p.name for p in out.iterdir()) == ["_batchserve.lock"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps({**live, "pid": dead.pid}))
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "stale lock" in r.stderr and not lock.exists() and (out / "_SUCCESS").exists()
+
+
+def test_on_error_skip_records_bad_files_and_max_failed_files(tmp_path: Path, cluster: str, model_dir: dict) -> None:
+    tables = {"a.parquet": make_table(100), "c.parquet": make_table(80, seed=3)}
+    write_dataset(tmp_path / "in", tables)
+    (tmp_path / "in" / "b.parquet").write_bytes(b"PAR1 truncated")
+    base = [str(BIN), "score", "--model", str(model_dir["logreg"][0]), "--input", str(tmp_path / "in"),
+            "--scheduler", cluster]
+    r = subprocess.run([*base, "--output", str(tmp_path / "fail")], capture_output=True, text=True)
+    assert r.returncode == 1 and "b.parquet" in r.stderr and "not a readable Parquet file" in r.stderr
+    assert not list((tmp_path / "fail").rglob("*.parquet"))
+    r = subprocess.run([*base, "--output", str(tmp_path / "skip"), "--on-error", "skip"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "skip" / "_manifest.json").read_text())
+    assert [f["relpath"] for f in m["failures"]] == ["b.parquet"]
+    assert "not a readable Parquet file" in m["failures"][0]["error"]
+    assert sorted(e["relpath"] for e in m["outputs"]) == ["a.parquet", "c.parquet"]
+    r = subprocess.run([*base, "--output", str(tmp_path / "strict"), "--on-error", "skip", "--max-failed-files", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "more than --max-failed-files 0" in errors[0]
+    assert json.loads((tmp_path / "strict" / "_manifest.json").read_text())["run"]["status"] == "failed"
+    assert not (tmp_path / "strict" / "_SUCCESS").exists()

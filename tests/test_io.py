@@ -95,8 +95,11 @@ def test_staged_writer_commits_atomically_or_leaves_nothing(store: tuple[str, di
         for b in table.to_batches(max_chunksize=100):
             w.write(b)
         assert not io.exists(final, opts), "nothing under the final name before commit"
-        size = w.commit()
+        size, checksum = w.commit()
     assert size == io.file_size(final, opts) and not io.exists(staging, opts)
+    import hashlib
+
+    assert checksum == "sha256:" + hashlib.sha256(io.read_bytes(final, opts)).hexdigest()
     from fsspec.core import url_to_fs
 
     fs, p = url_to_fs(final, **opts)
