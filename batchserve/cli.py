@@ -152,6 +152,7 @@ def score(
     retries: Annotated[int | None, typer.Option(help="Retries per file after transient errors (I/O, object-store 5xx), with backoff [default: 2].")] = None,
     on_error: Annotated[str | None, typer.Option(help="fail: the first bad file fails the run; skip: bad files are skipped and listed in the manifest [default: fail].")] = None,
     max_failed_files: Annotated[int | None, typer.Option(help="With --on-error skip: exit 1 when more files than this are bad.")] = None,
+    nan: Annotated[str | None, typer.Option(help="pass: NaN/inf/nulls in float features reach the model as NaN; fail: they fail the file [default: pass].")] = None,
     job: Annotated[str | None, typer.Option(help="TOML job file; flags and BATCHSERVE_* variables override it.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
@@ -170,7 +171,7 @@ def score(
         "split_rows": split_rows, "reference": reference, "drift": drift, "fail_on_drift": fail_on_drift,
         "max_drift_share": max_drift_share, "drift_metric": drift_metric or None,
         "drift_threshold": drift_threshold or None, "resume": resume, "retries": retries,
-        "on_error": on_error, "max_failed_files": max_failed_files,
+        "on_error": on_error, "max_failed_files": max_failed_files, "nan": nan,
         "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
     }
     cfg = _guard(debug, lambda: resolve_score_config(flags, job_file=job))

@@ -77,6 +77,8 @@ class ScoreConfig:
     on_error: str = "fail"
     #: With on_error "skip": fail the run when more files than this are bad.
     max_failed_files: int | None = None
+    #: "pass": NaN/inf/nulls in float features reach the model as NaN; "fail": they fail the file.
+    nan: str = "pass"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -91,6 +93,8 @@ class ScoreConfig:
             raise ConfigError(f"--split-rows must be at least 1, got {self.split_rows}")
         if self.retries < 0:
             raise ConfigError(f"--retries must be >= 0, got {self.retries}")
+        if self.nan not in ("fail", "pass"):
+            raise ConfigError(f"--nan must be fail or pass, got {self.nan!r}")
         if self.on_error not in ("fail", "skip"):
             raise ConfigError(f"--on-error must be fail or skip, got {self.on_error!r}")
         if self.max_failed_files is not None and self.on_error != "skip":
@@ -246,6 +250,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "retries": _to_int,
     "on_error": _to_str,
     "max_failed_files": _to_int,
+    "nan": _to_str,
 }
 
 

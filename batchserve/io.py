@@ -24,9 +24,11 @@ import dataclasses
 import hashlib
 import os
 import posixpath
-from collections.abc import Iterator, Mapping, Sequence
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -42,6 +44,7 @@ __all__ = [
     "list_partitions",
     "read_footer",
     "read_footers",
+    "with_retries",
     "iter_batches",
     "StagedWriter",
     "writer_options",
@@ -62,6 +65,7 @@ __all__ = [
 ]
 
 STAGING_DIR = "_temporary"
+T = TypeVar("T")
 _GLOB_CHARS = set("*?[")
 
 
@@ -126,6 +130,15 @@ def _storage_failure(exc: BaseException, url: str, action: str) -> BatchserveErr
             f"cannot {action}: permission denied; check credentials (--storage-option) or file permissions",
             path=url,
         )
+    text = f"{type(exc).__name__}: {exc}"
+    if "NoCredentials" in text or "Unable to locate credentials" in text:
+        return InputError(
+            f"cannot {action}: no credentials for this object store; set them in the environment "
+            "(e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) or pass --storage-option key=... secret=...",
+            path=url,
+        )
+    if any(code in text for code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden")):
+        return InputError(f"cannot {action}: access denied by the object store; check credentials", path=url)
     return StorageError(f"cannot {action}: {type(exc).__name__}: {exc}", path=url)
 
 
@@ -203,12 +216,30 @@ def read_footer(url: str, storage: Mapping[str, Any]) -> Footer:
     )
 
 
-def read_footers(urls: Sequence[str], storage: Mapping[str, Any], threads: int = 16) -> list[Footer]:
+def with_retries(fn: Callable[[], T], retries: int = 3, base_delay: float = 0.5) -> T:
+    """Call ``fn``, retrying transient storage errors with exponential backoff and jitter."""
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except BatchserveError as exc:
+            if not exc.transient or attempt >= retries:
+                raise
+            time.sleep(min(10.0, base_delay * 2**attempt) * (0.5 + random.random()))
+            attempt += 1
+
+
+def read_footers(
+    urls: Sequence[str], storage: Mapping[str, Any], threads: int = 16, retries: int = 3
+) -> list[Footer]:
     """Footers of many files in parallel: listing 10k objects must not take 10k round trips in a row."""
+    def one(u: str) -> Footer:
+        return with_retries(lambda: read_footer(u, storage), retries)
+
     if len(urls) <= 1:
-        return [read_footer(u, storage) for u in urls]
+        return [one(u) for u in urls]
     with ThreadPoolExecutor(max_workers=min(threads, len(urls))) as pool:
-        return list(pool.map(lambda u: read_footer(u, storage), urls))
+        return list(pool.map(one, urls))
 
 
 def iter_batches(

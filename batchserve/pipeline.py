@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import getpass
 import json
 import logging
@@ -34,6 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import pyarrow as pa
 from distributed import Client, KilledWorker, Nanny, Scheduler, SpecCluster, as_completed
 
 from batchserve import drift, io, manifest, model, scoring
@@ -178,7 +180,7 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
         pairs = []
         for part in parts:
             try:
-                pairs.append((part, io.read_footer(part.url, storage)))
+                pairs.append((part, io.with_retries(functools.partial(io.read_footer, part.url, storage), cfg.retries)))
             except BatchserveError as exc:
                 if exc.transient:
                     raise
@@ -186,17 +188,20 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
         if not pairs:
             raise InputError("every input file is unreadable; see the manifest's failures", path=cfg.input)
     else:
-        pairs = list(zip(parts, io.read_footers([p.url for p in parts], storage), strict=True))
+        pairs = list(zip(parts, io.read_footers([p.url for p in parts], storage, retries=cfg.retries), strict=True))
     try:
         fplan = scoring.plan_features(info, cfg.features, pairs[0][1].schema.names)
     except BatchserveError as exc:
         exc.path = exc.path or url
         raise
+    fplan = dataclasses.replace(fplan, nan=cfg.nan)
     out_names = [cfg.prefix + o.name for o in info.outputs]
     good = []
+    first_part, first_footer = pairs[0]
     for part, footer in pairs:
         try:
             _check_file(cfg, fplan, out_names, part, footer)
+            _check_same_schema(cfg, fplan, first_part, first_footer, part, footer)
         except BatchserveError as exc:
             if not skip:
                 raise
@@ -225,6 +230,39 @@ def _check_file(
                 "prediction column would overwrite an input column",
                 path=part.url, column=col,
                 hint="pass --prefix (e.g. --prefix pred_) or drop the column with --keep",
+            )
+
+
+def _check_same_schema(
+    cfg: ScoreConfig, fplan: scoring.FeaturePlan, first: io.Partition, first_footer: io.Footer,
+    part: io.Partition, footer: io.Footer,
+) -> None:
+    """Features and kept columns must have the types of the first file: one output schema per run."""
+    if cfg.keep is None:
+        extra = [c for c in footer.schema.names if first_footer.schema.get_field_index(c) < 0]
+        if extra:
+            raise SchemaError(
+                f"schema differs from the first file ({first.relpath}): an extra column is here; "
+                "pass --keep to choose the columns to carry",
+                path=part.url, column=extra[0],
+            )
+    cols = list(fplan.features) + (list(cfg.keep) if cfg.keep is not None else list(first_footer.schema.names))
+    for col in dict.fromkeys(cols):
+        i, j = first_footer.schema.get_field_index(col), footer.schema.get_field_index(col)
+        if j < 0 and cfg.keep is None:
+            raise SchemaError(
+                f"schema differs from the first file ({first.relpath}): a column is missing here",
+                path=part.url, column=col,
+            )
+        t_first, t_here = (first_footer.schema.field(i).type if i >= 0 else None,
+                           footer.schema.field(j).type if j >= 0 else None)
+        if t_first is None or t_here is None or pa.types.is_null(t_first) or pa.types.is_null(t_here):
+            continue  # an all-null column (e.g. an empty file written by pandas) fits any type
+        if t_first != t_here:
+            raise SchemaError(
+                f"schema differs from the first file ({first.relpath})",
+                path=part.url, column=col,
+                expected=str(first_footer.schema.field(i).type), found=str(footer.schema.field(j).type),
             )
 
 
@@ -341,6 +379,7 @@ def _pieces(footer: io.Footer, target_rows: int) -> list[tuple[int, ...]] | None
 
 
 def _check_output_location(cfg: ScoreConfig) -> None:
+    io.output_entries(cfg.output, cfg.storage)  # raises when a file sits where the folder should be
     if io.same_location_or_inside(cfg.output, cfg.input, cfg.storage):
         raise OutputError(
             "output is inside the input folder; its files would be read back as input next run",

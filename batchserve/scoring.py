@@ -68,6 +68,8 @@ class FeaturePlan:
     bindings: tuple[InputBinding, ...]
     #: How the mapping was chosen, for the manifest: flag, metadata, or input names.
     source: str = "flag"
+    #: "pass": NaN/inf (and nulls, which become NaN) reach the model; "fail": they are a DataError.
+    nan: str = "pass"
 
 
 def is_numeric_type(t: pa.DataType) -> bool:
@@ -226,6 +228,13 @@ def batch_to_feeds(batch: pa.RecordBatch, plan: FeaturePlan) -> dict[str, np.nda
         out = np.empty((n, len(b.columns)), dtype=dtype, order="C")
         for j, col in enumerate(b.columns):
             out[:, j] = _column_values(batch.column(col), dtype, col)
+        if plan.nan == "fail" and dtype.kind == "f" and not np.isfinite(out).all():
+            j = int(np.flatnonzero(~np.isfinite(out).all(axis=0))[0])
+            bad = int((~np.isfinite(out[:, j])).sum())
+            raise DataError(
+                f"column has {bad} NaN, inf or null value(s) in this batch and --nan fail is set",
+                column=b.columns[j], hint="clean the data or use --nan pass (the model then sees NaN)",
+            )
         feeds[b.input_name] = out.reshape(n) if b.rank == 1 else out
     return feeds
 

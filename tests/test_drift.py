@@ -96,7 +96,7 @@ def test_no_false_alarms_at_a_million_rows() -> None:
     C = summarize_in_batches(g.normal(5, 2, N))
     out = drift.compare_columns(R, C, "x", drift.DriftPolicy())
     assert not out["drifted"]
-    assert out["psi"] < 0.002 and out["ks"] < 0.01 and out["js"] < 0.02 and out["wasserstein"] < 0.02
+    assert out["psi"] < 0.002 and out["ks"] < 0.02 and out["js"] < 0.03 and out["wasserstein"] < 0.03
 
 
 finite = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False)

@@ -74,7 +74,7 @@ def slow_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     data, _ = models.mlp(len(FEATURES), (768, 768), seed=5)
     model_path = root / "mlp.onnx"
     model_path.write_bytes(models.set_feature_names(data, FEATURES))
-    tables = {f"day={i // 4}/part-{i % 4}.parquet": make_table(15_000, seed=300 + i) for i in range(20)}
+    tables = {f"day={i // 4}/part-{i % 4}.parquet": make_table(15_000, seed=300 + i) for i in range(40)}
     write_dataset(root / "in", tables, row_group_size=5000)
     return model_path, root / "in", tables
 
@@ -249,3 +249,48 @@ def test_on_error_skip_records_bad_files_and_max_failed_files(tmp_path: Path, cl
     assert len(errors) == 1 and "more than --max-failed-files 0" in errors[0]
     assert json.loads((tmp_path / "strict" / "_manifest.json").read_text())["run"]["status"] == "failed"
     assert not (tmp_path / "strict" / "_SUCCESS").exists()
+
+
+# --- object-store and storage faults -----------------------------------------------------------
+
+def test_task_level_retry_recovers_from_transient_read_errors(inproc_cluster: str, model_dir: dict) -> None:
+    """A filesystem whose first read of each data file fails: our own retry (not botocore's) must recover."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    failed: set[str] = set()
+
+    class FlakyFS(MemoryFileSystem):
+        protocol = "flaky"
+
+        @classmethod
+        def _strip_protocol(cls, path):  # type: ignore[no-untyped-def]
+            if isinstance(path, str) and path.startswith("flaky://"):
+                path = "memory://" + path[len("flaky://"):]
+            return super()._strip_protocol(path)
+
+        def _open(self, path, mode="rb", **kw):  # type: ignore[no-untyped-def]
+            if "r" in mode and path.endswith(".parquet") and "/in/" in path and path not in failed:
+                failed.add(path)
+                raise ConnectionResetError(f"injected reset reading {path}")
+            return super()._open(path, mode, **kw)
+
+    fsspec.register_implementation("flaky", FlakyFS, clobber=True)
+    mem = fsspec.filesystem("memory")
+    tables = {f"p{i}.parquet": make_table(300, seed=70 + i) for i in range(3)}
+    for rel, table in tables.items():
+        with mem.open(f"/flaky-job/in/{rel}", "wb") as fh:
+            pq.write_table(table, fh)
+    path, oracle = model_dir["multi"]
+    result = batchserve.score(model=str(path), input="flaky://flaky-job/in", output="flaky://flaky-job/out",
+                              scheduler=inproc_cluster, features=FEATURES, retries=2)
+    assert len(failed) >= 3, "faults were not injected"
+    assert result.manifest.totals.rows == 900
+    for rel, table in tables.items():
+        with mem.open(f"/flaky-job/out/{rel}", "rb") as fh:
+            got = pq.read_table(fh)
+        np.testing.assert_allclose(got.column("score").to_numpy(), oracle(features_matrix(table))["score"], rtol=1e-5)
+    with pytest.raises(batchserve.StorageError, match="injected reset"):
+        failed.clear()
+        batchserve.score(model=str(path), input="flaky://flaky-job/in", output="flaky://flaky-job/out2",
+                         scheduler=inproc_cluster, features=FEATURES, retries=0)
