@@ -476,15 +476,17 @@ def create_exclusive(url: str, text: str, storage: Mapping[str, Any]) -> None:
     """Create a small file only if absent (O_EXCL locally; best effort on object stores)."""
     fs, path = _fs(url, storage)
     try:
+        fs.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
+    except Exception as exc:  # noqa: BLE001 - e.g. a regular file where a folder must go
+        raise OutputError(f"output is not writable: {type(exc).__name__}: {exc}", path=url) from None
+    try:
         if isinstance(fs, LocalFileSystem):
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             with os.fdopen(fd, "w") as fh:
                 fh.write(text)
             return
         if fs.exists(path):
             raise FileExistsError(path)
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
         with fs.open(path, "wb") as fh:
             fh.write(text.encode("utf-8"))
     except FileExistsError:

@@ -65,6 +65,16 @@ def test_unwritable_output(tmp_path: Path, model_dir: dict) -> None:
     assert_one_error_line(proc, "not writable", "ro/out")
 
 
+def test_output_below_a_file_is_not_writable(tmp_path: Path, model_dir: dict) -> None:
+    """Runs as root too (CI does): a regular file where a parent folder must go."""
+    write_dataset(tmp_path / "in", {"x.parquet": make_table(10)})
+    (tmp_path / "afile").write_text("x")
+    proc = run_cli(*score_args(model_dir["logreg"][0], tmp_path / "in", tmp_path / "afile" / "out"))
+    assert proc.returncode == 1
+    assert_one_error_line(proc, "not writable", "afile/out")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 def test_output_that_is_a_file(tmp_path: Path, model_dir: dict) -> None:
     write_dataset(tmp_path / "in", {"x.parquet": make_table(10)})
     (tmp_path / "out").write_text("not a folder")
