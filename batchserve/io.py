@@ -371,13 +371,24 @@ class StagedWriter:
             self.abort()
 
 
-def read_bytes(url: str, storage: Mapping[str, Any]) -> bytes:
+def _on_fs(url: str, storage: Mapping[str, Any], action: str, fn: Callable[[Any, str], T]) -> T:
+    """Run one filesystem call, turning any storage failure into a one-line error naming ``url``."""
     fs, path = _fs(url, storage)
     try:
-        with fs.open(path, "rb") as fh:
-            return bytes(fh.read())
-    except Exception as exc:  # noqa: BLE001
-        raise _storage_failure(exc, url, "read") from None
+        return fn(fs, path)
+    except BatchserveError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every storage failure becomes a one-liner
+        raise _storage_failure(exc, url, action) from None
+
+
+def _read_all(fs: Any, path: str) -> bytes:
+    with fs.open(path, "rb") as fh:
+        return bytes(fh.read())
+
+
+def read_bytes(url: str, storage: Mapping[str, Any]) -> bytes:
+    return _on_fs(url, storage, "read", _read_all)
 
 
 def read_text(url: str, storage: Mapping[str, Any]) -> str:
@@ -385,38 +396,26 @@ def read_text(url: str, storage: Mapping[str, Any]) -> str:
 
 
 def file_size(url: str, storage: Mapping[str, Any]) -> int:
-    fs, path = _fs(url, storage)
-    try:
-        return int(fs.size(path))
-    except Exception as exc:  # noqa: BLE001
-        raise _storage_failure(exc, url, "stat") from None
+    return _on_fs(url, storage, "stat", lambda fs, p: int(fs.size(p)))
 
 
 def exists(url: str, storage: Mapping[str, Any]) -> bool:
-    fs, path = _fs(url, storage)
-    try:
-        return bool(fs.exists(path))
-    except Exception as exc:  # noqa: BLE001
-        raise _storage_failure(exc, url, "check") from None
+    return _on_fs(url, storage, "check", lambda fs, p: bool(fs.exists(p)))
 
 
 def isdir(url: str, storage: Mapping[str, Any]) -> bool:
-    fs, path = _fs(url, storage)
-    try:
-        return bool(fs.isdir(path))
-    except Exception as exc:  # noqa: BLE001
-        raise _storage_failure(exc, url, "check") from None
+    return _on_fs(url, storage, "check", lambda fs, p: bool(fs.isdir(p)))
 
 
 def list_dir(url: str, storage: Mapping[str, Any]) -> list[str]:
     """Names directly under a folder/prefix (empty when it does not exist)."""
-    fs, path = _fs(url, storage)
-    try:
+
+    def names(fs: Any, path: str) -> list[str]:
         if not fs.isdir(path):
             return []
         return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
-    except Exception as exc:  # noqa: BLE001
-        raise _storage_failure(exc, url, "list") from None
+
+    return _on_fs(url, storage, "list", names)
 
 
 def output_entries(url: str, storage: Mapping[str, Any]) -> list[str]:
