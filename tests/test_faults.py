@@ -253,6 +253,108 @@ def test_on_error_skip_records_bad_files_and_max_failed_files(tmp_path: Path, cl
 
 # --- object-store and storage faults -----------------------------------------------------------
 
+import http.client  # noqa: E402
+import threading  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+from urllib.parse import urlparse  # noqa: E402
+
+from tests.conftest import free_port  # noqa: E402
+
+
+class FaultyS3Proxy:
+    """A loopback HTTP proxy in front of moto that answers every ``every``-th request with 503 SlowDown."""
+
+    def __init__(self, upstream: str, every: int = 3) -> None:
+        up = urlparse(upstream)
+        self.count = 0
+        self.injected = 0
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _relay(self) -> None:
+                with lock:
+                    proxy.count += 1
+                    fail = proxy.count % every == 0
+                    proxy.injected += fail
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if fail:
+                    payload = b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>injected</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                # A HEAD answer has no body but must keep the object's real length.
+                out_len = resp.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", out_len or "0")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> FaultyS3Proxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.timeout(120)
+def test_object_store_5xx_faults_are_ridden_out(tmp_path: Path, s3: dict, cluster: str, model_dir: dict) -> None:
+    """Every third request to the S3 endpoint fails with 503 SlowDown; the run still completes, correctly."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key=s3["key"], secret=s3["secret"], endpoint_url=s3["endpoint_url"])
+    tables = {f"d={i}/p.parquet": make_table(400, seed=40 + i) for i in range(4)}
+    for rel, table in tables.items():
+        with fs.open(f"lake/faulty-in/{rel}", "wb") as fh:
+            pq.write_table(table, fh, row_group_size=100)
+    path, clf = model_dir["logreg"]
+    with FaultyS3Proxy(s3["endpoint_url"], every=3) as proxy:
+        opts = {**s3, "endpoint_url": proxy.url}
+        result = batchserve.score(model=str(path), input="s3://lake/faulty-in/", output="s3://lake/faulty-out/",
+                                  scheduler=cluster, storage_options=opts, batch_size=64)
+    assert proxy.injected >= 10, "no faults were injected"
+    assert result.manifest.totals.rows == 1600
+    fs.invalidate_cache()
+    assert fs.exists("lake/faulty-out/_SUCCESS")
+    for rel, table in tables.items():
+        with fs.open(f"lake/faulty-out/{rel}", "rb") as fh:
+            got = pq.read_table(fh)
+        np.testing.assert_allclose(np.array(got.column("probabilities").to_pylist()),
+                                   clf.predict_proba(features_matrix(table)), rtol=1e-4, atol=1e-5)
+
+
 def test_task_level_retry_recovers_from_transient_read_errors(inproc_cluster: str, model_dir: dict) -> None:
     """A filesystem whose first read of each data file fails: our own retry (not botocore's) must recover."""
     import fsspec
