@@ -44,7 +44,7 @@ def dataset(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "in", {"a.parquet": make_table(200), "sub/b.parquet": make_table(100, seed=1)})
 
 
-@pytest.mark.parametrize("command", ["score", "inspect", "validate"])
+@pytest.mark.parametrize("command", ["score", "inspect", "validate", "profile", "report"])
 def test_every_command_help_shows_an_example(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
@@ -54,7 +54,7 @@ def test_every_command_help_shows_an_example(command: str) -> None:
 def test_top_level_help_lists_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for cmd in ("score", "inspect", "validate"):
+    for cmd in ("score", "inspect", "validate", "profile", "report"):
         assert cmd in result.output
 
 
