@@ -42,6 +42,7 @@ __all__ = [
     "Partition",
     "Footer",
     "list_partitions",
+    "ParquetInput",
     "read_footer",
     "read_footers",
     "with_retries",
@@ -108,6 +109,20 @@ def join_url(root: str, *parts: str) -> str:
     return posixpath.join(root.rstrip("/"), *[p.strip("/") for p in parts if p])
 
 
+def _is_glob(path: str) -> bool:
+    return any(c in _GLOB_CHARS for c in path)
+
+
+def _glob_head(path: str) -> str:
+    """The literal folders before a glob's first wildcard: where it reads, and what outputs mirror."""
+    head = []
+    for part in path.split("/"):
+        if _is_glob(part):
+            break
+        head.append(part)
+    return "/".join(head)
+
+
 def _hidden(relpath: str) -> bool:
     # Spark/pyarrow convention: `_x` and `.x` are metadata or staging, never data.
     return any(part.startswith(("_", ".")) for part in relpath.split("/"))
@@ -149,13 +164,8 @@ def list_partitions(url: str, storage: Mapping[str, Any]) -> tuple[str, list[Par
     """
     fs, path = _fs(url, storage)
     try:
-        if any(c in _GLOB_CHARS for c in path):
-            head = []
-            for part in path.split("/"):
-                if any(c in _GLOB_CHARS for c in part):
-                    break
-                head.append(part)
-            root = "/".join(head) or "/"
+        if _is_glob(path):
+            root = _glob_head(path) or "/"
             found = {p: fs.info(p) for p in fs.glob(path) if p.endswith(".parquet")}
             found = {p: i for p, i in found.items() if i.get("type") == "file"}
         elif fs.isfile(path):
@@ -205,15 +215,49 @@ def _open_parquet(url: str, storage: Mapping[str, Any]) -> pq.ParquetFile:
         raise _storage_failure(exc, url, "open the input file") from None
 
 
+class ParquetInput:
+    """One opened Parquet file: its footer and its batches from a single open.
+
+    Tasks need both; opening twice meant a second size probe and footer read
+    per file (two extra requests on an object store).
+    """
+
+    def __init__(self, url: str, storage: Mapping[str, Any]) -> None:
+        self.url = url
+        self._pf = _open_parquet(url, storage)
+        md = self._pf.metadata
+        self.footer = Footer(
+            schema=self._pf.schema_arrow,
+            num_rows=md.num_rows,
+            row_group_rows=tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)),
+        )
+
+    def batches(
+        self, *, columns: Sequence[str] | None, batch_size: int, row_groups: Sequence[int] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream record batches of at most ``batch_size`` rows, one row group at a time; closes the file."""
+        groups = list(range(len(self.footer.row_group_rows))) if row_groups is None else list(row_groups)
+        try:
+            yield from self._pf.iter_batches(
+                batch_size=batch_size, row_groups=groups, columns=list(columns) if columns is not None else None,
+                use_threads=True,
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, EOFError) as exc:
+            raise DataError(f"cannot decode Parquet data (corrupt or truncated?): {exc}", path=self.url) from None
+        except OSError as exc:
+            raise _storage_failure(exc, self.url, "read the input file") from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._pf.close()
+
+
 def read_footer(url: str, storage: Mapping[str, Any]) -> Footer:
     """Schema and row counts from the footer only: cheap enough to check every file up front."""
-    pf = _open_parquet(url, storage)
-    md = pf.metadata
-    return Footer(
-        schema=pf.schema_arrow,
-        num_rows=md.num_rows,
-        row_group_rows=tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)),
-    )
+    src = ParquetInput(url, storage)
+    src.close()
+    return src.footer
 
 
 def with_retries(fn: Callable[[], T], retries: int = 3, base_delay: float = 0.5) -> T:
@@ -230,11 +274,21 @@ def with_retries(fn: Callable[[], T], retries: int = 3, base_delay: float = 0.5)
 
 
 def read_footers(
-    urls: Sequence[str], storage: Mapping[str, Any], threads: int = 16, retries: int = 3
-) -> list[Footer]:
-    """Footers of many files in parallel: listing 10k objects must not take 10k round trips in a row."""
-    def one(u: str) -> Footer:
-        return with_retries(lambda: read_footer(u, storage), retries)
+    urls: Sequence[str], storage: Mapping[str, Any], threads: int = 16, retries: int = 3,
+    keep_errors: bool = False,
+) -> list[Any]:
+    """Footers of many files in parallel: listing 10k objects must not take 10k round trips in a row.
+
+    With ``keep_errors``, a file's non-transient error (corrupt, unreadable) is returned in
+    its place instead of raised, so a caller can skip bad files and keep the rest.
+    """
+    def one(u: str) -> Footer | BatchserveError:
+        try:
+            return with_retries(lambda: read_footer(u, storage), retries)
+        except BatchserveError as exc:
+            if not keep_errors or exc.transient:
+                raise
+            return exc
 
     if len(urls) <= 1:
         return [one(u) for u in urls]
@@ -251,19 +305,7 @@ def iter_batches(
     row_groups: Sequence[int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream record batches of at most ``batch_size`` rows, one row group at a time."""
-    pf = _open_parquet(url, storage)
-    groups = list(range(pf.metadata.num_row_groups)) if row_groups is None else list(row_groups)
-    try:
-        yield from pf.iter_batches(
-            batch_size=batch_size, row_groups=groups, columns=list(columns) if columns is not None else None,
-            use_threads=True,
-        )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, EOFError) as exc:
-        raise DataError(f"cannot decode Parquet data (corrupt or truncated?): {exc}", path=url) from None
-    except OSError as exc:
-        raise _storage_failure(exc, url, "read the input file") from None
-    finally:
-        pf.close()
+    yield from ParquetInput(url, storage).batches(columns=columns, batch_size=batch_size, row_groups=row_groups)
 
 
 def writer_options(schema: pa.Schema) -> dict[str, Any]:
@@ -284,6 +326,15 @@ def writer_options(schema: pa.Schema) -> dict[str, Any]:
         "use_dictionary": [f.name for f in schema if wants_dictionary(f.type)],
         "compression": "snappy",
     }
+
+
+def _move(fs: Any, src: str, dst: str) -> None:
+    """Put a finished file under its final name: an atomic rename locally, a copy+delete on object stores."""
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+        os.replace(src, dst)  # atomic on POSIX
+    else:
+        fs.mv(src, dst)
 
 
 class StagedWriter:
@@ -319,43 +370,39 @@ class StagedWriter:
         self._writer.write_batch(batch)
         self.rows += batch.num_rows
 
-    def close_staged(self) -> int:
-        """Finish the file but leave it staged (a piece awaiting its merge); returns bytes."""
+    def _finish(self) -> None:
         self._writer.close()
         if self._sink is not None:
             self._sink.close()
+
+    def close_staged(self) -> int:
+        """Finish the file but leave it staged (a piece awaiting its merge); returns bytes."""
+        self._finish()
         return int(self._fs.size(self._staging))
 
-    def checksum(self) -> str:
-        """``sha256:<hex>`` of the finished staged file (read back: it is in the page cache)."""
+    def _digest(self) -> tuple[int, str]:
+        """(bytes, ``sha256:<hex>``) of the finished staged file, read back once (it is in the page cache)."""
         digest = hashlib.sha256()
+        size = 0
         with self._fs.open(self._staging, "rb") as fh:
             while chunk := fh.read(1 << 22):
                 digest.update(chunk)
-        return "sha256:" + digest.hexdigest()
+                size += len(chunk)
+        return size, "sha256:" + digest.hexdigest()
 
     def commit(self) -> tuple[int, str]:
         """Finish the file and move it to its final name; returns (bytes, checksum)."""
-        self._writer.close()
-        if self._sink is not None:
-            self._sink.close()
+        self._finish()
         try:
-            checksum = self.checksum()
-            size = int(self._fs.size(self._staging))
-            if isinstance(self._fs, LocalFileSystem):
-                os.makedirs(os.path.dirname(self._final) or ".", exist_ok=True)
-                os.replace(self._staging, self._final)  # atomic on POSIX
-            else:
-                self._fs.mv(self._staging, self._final)
+            size, checksum = self._digest()
+            _move(self._fs, self._staging, self._final)
         except Exception as exc:  # noqa: BLE001
             raise _storage_failure(exc, self.final_url, "commit the output file") from None
         return size, checksum
 
     def abort(self) -> None:
         try:
-            self._writer.close()
-            if self._sink is not None:
-                self._sink.close()
+            self._finish()
         except Exception:  # noqa: BLE001,S110 - we are already failing; keep the first error
             pass
         try:
@@ -420,18 +467,16 @@ def list_dir(url: str, storage: Mapping[str, Any]) -> list[str]:
 
 def output_entries(url: str, storage: Mapping[str, Any]) -> list[str]:
     """Every file below the output root, relative to it (staging included)."""
-    fs, path = _fs(url, storage)
-    try:
+
+    def entries(fs: Any, path: str) -> list[str]:
         if not fs.isdir(path):
             if fs.isfile(path):
                 raise OutputError("output must be a folder or prefix, but a file is there", path=url)
             return []
         root = path.rstrip("/")
         return sorted(posixpath.relpath(p, root) for p in fs.find(root))
-    except BatchserveError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise _storage_failure(exc, url, "list the output") from None
+
+    return _on_fs(url, storage, "list the output", entries)
 
 
 def prepare_output(url: str, storage: Mapping[str, Any]) -> None:
@@ -459,14 +504,12 @@ def write_text_atomic(url: str, text: str, storage: Mapping[str, Any]) -> None:
         fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
         with fs.open(tmp, "wb") as fh:
             fh.write(text.encode("utf-8"))
+        _move(fs, tmp, path)
         if isinstance(fs, LocalFileSystem):
-            os.replace(tmp, path)
             try:  # leave no empty staging folder beside a lone file (e.g. a profile)
                 os.rmdir(posixpath.dirname(tmp))
             except OSError:
                 pass
-        else:
-            fs.mv(tmp, path)
     except Exception as exc:  # noqa: BLE001
         raise _storage_failure(exc, url, "write") from None
 
@@ -496,12 +539,11 @@ def create_exclusive(url: str, text: str, storage: Mapping[str, Any]) -> None:
 
 
 def remove(url: str, storage: Mapping[str, Any], *, recursive: bool = False) -> None:
-    fs, path = _fs(url, storage)
-    try:
+    def rm(fs: Any, path: str) -> None:
         if fs.exists(path):
             fs.rm(path, recursive=recursive)
-    except Exception as exc:  # noqa: BLE001
-        raise _storage_failure(exc, url, "remove") from None
+
+    _on_fs(url, storage, "remove", rm)
 
 
 def remove_staging(output_url: str, storage: Mapping[str, Any], run_id: str | None = None) -> None:
@@ -521,12 +563,7 @@ def same_location_or_inside(child: str, parent: str, storage: Mapping[str, Any])
         return False
     if isinstance(fs_c, LocalFileSystem):
         pc, pp = os.path.realpath(pc), os.path.realpath(pp)
-    if any(c in _GLOB_CHARS for c in pp):  # a glob: its literal head is the folder read
-        head = []
-        for part in pp.split("/"):
-            if any(c in _GLOB_CHARS for c in part):
-                break
-            head.append(part)
-        pp = "/".join(head)
+    if _is_glob(pp):  # a glob: its literal head is the folder read
+        pp = _glob_head(pp)
     pc, pp = pc.rstrip("/"), pp.rstrip("/")
     return pc == pp or pc.startswith(pp + "/")

@@ -54,6 +54,12 @@ SCHEMA_NAME = "batchserve.run-manifest"
 SCHEMA_VERSION = 1
 
 
+def _schema_first(artifact: Any) -> dict[str, Any]:
+    """An artifact as a dict with its schema identity first: whoever opens the file sees what it is."""
+    data = dataclasses.asdict(artifact)
+    return {"schema": data.pop("schema"), "schema_version": data.pop("schema_version"), **data}
+
+
 @dataclasses.dataclass
 class FileEntry:
     path: str
@@ -164,9 +170,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        # Schema identity first: someone opening the file should see what it is.
-        return {"schema": data.pop("schema"), "schema_version": data.pop("schema_version"), **data}
+        return _schema_first(self)
 
 
 def dumps(manifest: Manifest) -> str:
@@ -280,8 +284,7 @@ class Profile:
     schema_version: int = PROFILE_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        return {"schema": data.pop("schema"), "schema_version": data.pop("schema_version"), **data}
+        return _schema_first(self)
 
 
 def profile_dumps(profile: Profile) -> str:

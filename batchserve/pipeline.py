@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import getpass
 import json
 import logging
@@ -173,22 +172,8 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
     except BatchserveError as exc:
         exc.path = exc.path or url
         raise
-    root, parts = io.list_partitions(cfg.input, storage)
+    root, pairs, failures = _read_inputs(cfg)
     skip = cfg.on_error == "skip"
-    failures: list[manifest.FailureEntry] = []
-    if skip:  # read footers one by one so one corrupt file does not stop the others
-        pairs = []
-        for part in parts:
-            try:
-                pairs.append((part, io.with_retries(functools.partial(io.read_footer, part.url, storage), cfg.retries)))
-            except BatchserveError as exc:
-                if exc.transient:
-                    raise
-                failures.append(manifest.FailureEntry(part.url, part.relpath, str(exc)))
-        if not pairs:
-            raise InputError("every input file is unreadable; see the manifest's failures", path=cfg.input)
-    else:
-        pairs = list(zip(parts, io.read_footers([p.url for p in parts], storage, retries=cfg.retries), strict=True))
     try:
         fplan = scoring.plan_features(info, cfg.features, pairs[0][1].schema.names)
     except BatchserveError as exc:
@@ -214,6 +199,26 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
         cfg.model, url, version, info, fplan, root, tuple(p for p, _ in good), tuple(f for _, f in good),
         reference, policy, tuple(failures),
     )
+
+
+def _read_inputs(cfg: ScoreConfig) -> tuple[str, list[tuple[io.Partition, io.Footer]], list[manifest.FailureEntry]]:
+    """List the input and read every footer (in parallel, retrying transient errors).
+
+    Under ``--on-error skip`` an unreadable file is recorded as a failure instead of stopping the run.
+    """
+    root, parts = io.list_partitions(cfg.input, cfg.storage)
+    skip = cfg.on_error == "skip"
+    results = io.read_footers([p.url for p in parts], cfg.storage, retries=cfg.retries, keep_errors=skip)
+    pairs: list[tuple[io.Partition, io.Footer]] = []
+    failures: list[manifest.FailureEntry] = []
+    for part, result in zip(parts, results, strict=True):
+        if isinstance(result, BatchserveError):
+            failures.append(manifest.FailureEntry(part.url, part.relpath, str(result)))
+        else:
+            pairs.append((part, result))
+    if not pairs:
+        raise InputError("every input file is unreadable; see the manifest's failures", path=cfg.input)
+    return root, pairs, failures
 
 
 def _check_file(
@@ -411,9 +416,10 @@ def _config_from(settings: Mapping[str, Any], *, need_output: bool = True) -> Sc
     return resolve_score_config(flags, env={})
 
 
-def _file_entries(receipts: list[Receipt]) -> list[manifest.FileEntry]:
+def _file_entries(receipts: list[Receipt], notes: Mapping[str, str]) -> list[manifest.FileEntry]:
     return [
-        manifest.FileEntry(r.output_url, r.relpath, r.rows, r.bytes, checksum=r.checksum, status="scored")
+        manifest.FileEntry(r.output_url, r.relpath, r.rows, r.bytes, checksum=r.checksum, status="scored",
+                           note=notes.get(r.relpath))
         for r in receipts
     ]
 
@@ -434,11 +440,7 @@ def _build_manifest(
     failures: list[manifest.FailureEntry] | None = None,
 ) -> manifest.Manifest:
     seconds = time.perf_counter() - t0
-    reused = reused or []
-    outputs = _file_entries(receipts)
-    for e in outputs:
-        e.note = (notes or {}).get(e.relpath)
-    outputs = sorted(reused + outputs, key=lambda e: e.relpath)
+    outputs = sorted((reused or []) + _file_entries(receipts, notes or {}), key=lambda e: e.relpath)
     rows = sum(e.rows for e in outputs)
     info = plan.info
     return manifest.Manifest(
@@ -476,10 +478,11 @@ def _build_manifest(
 def _submit_all(
     client: Client, cfg: ScoreConfig, plan: RunPlan, spec: ModelSpec | None, run_id: str, n_workers: int,
     write: bool = True, skip_relpaths: frozenset[str] = frozenset(),
-) -> list[Any]:
+) -> dict[Any, str]:
+    """One future per input file (a merge future for a split file), mapped to the file's relpath."""
     storage_pairs = cfg.storage_options
     target = cfg.split_rows or max(4 * cfg.batch_size, math.ceil(plan.rows / max(1, 2 * n_workers)))
-    futures = []
+    futures: dict[Any, str] = {}
     for part, footer in zip(plan.partitions, plan.footers, strict=True):
         if part.relpath in skip_relpaths:
             continue
@@ -493,7 +496,7 @@ def _submit_all(
         )
         ranges = _pieces(footer, target) if write else None
         if ranges is None:
-            futures.append(client.submit(score_file, base, key=f"score-{run_id}-{part.relpath}", pure=False))
+            futures[client.submit(score_file, base, key=f"score-{run_id}-{part.relpath}", pure=False)] = part.relpath
             continue
         piece_futures = []
         for k, groups in enumerate(ranges):
@@ -502,12 +505,11 @@ def _submit_all(
             piece_futures.append(
                 client.submit(score_file, task, key=f"score-{run_id}-{part.relpath}-p{k}", pure=False)
             )
-        futures.append(
-            client.submit(
-                merge_pieces, final, staging, storage_pairs, *piece_futures,
-                key=f"merge-{run_id}-{part.relpath}", pure=False,
-            )
+        merged = client.submit(
+            merge_pieces, final, staging, storage_pairs, *piece_futures,
+            key=f"merge-{run_id}-{part.relpath}", pure=False,
         )
+        futures[merged] = part.relpath
     return futures
 
 
@@ -799,7 +801,7 @@ def _execute(
                 except BatchserveError as exc:
                     if cfg.on_error != "skip" or failures is None:
                         raise
-                    rel = _relpath_from_key(str(fut.key), run_id)
+                    rel = futures[fut]
                     log.warning("skipping %s: %s", rel, exc)
                     failures.append(manifest.FailureEntry(exc.path or rel, rel, str(exc)))
                     continue
@@ -825,8 +827,8 @@ def _execute(
                         time.perf_counter() - t0, receipt.output_url or receipt.input_url,
                     ))
         except BaseException:
-            _harvest_finished(futures, receipts)
-            client.cancel(futures)
+            _harvest_finished(list(futures), receipts)
+            client.cancel(list(futures))
             raise
 
 
@@ -845,13 +847,6 @@ def _harvest_finished(futures: list[Any], receipts: list[Receipt]) -> None:
             continue
         if isinstance(receipt, Receipt) and receipt.committed and (receipt.relpath, receipt.piece) not in seen:
             receipts.append(receipt)
-
-
-def _relpath_from_key(key: str, run_id: str) -> str:
-    for prefix in (f"score-{run_id}-", f"merge-{run_id}-"):
-        if key.startswith(prefix):
-            return key[len(prefix):]
-    return key
 
 
 def _current_stats(plan: RunPlan, receipts: list[Receipt]) -> tuple[dict[str, drift.ColumnSummary], list[str]]:
@@ -912,17 +907,19 @@ def profile(
     if model:
         plan = plan_run(cfg)
     else:
-        root, parts = io.list_partitions(cfg.input, storage)
-        footers = io.read_footers([p.url for p in parts], storage)
+        root, pairs, _ = _read_inputs(cfg)
         names = tuple(cfg.features) if cfg.features else tuple(
-            f.name for f in footers[0].schema if scoring.is_numeric_type(f.type)
+            f.name for f in pairs[0][1].schema if scoring.is_numeric_type(f.type)
         )
         if not names:
-            raise SchemaError("no numeric columns to profile; pass --features", path=parts[0].url)
+            raise SchemaError("no numeric columns to profile; pass --features", path=pairs[0][0].url)
         fplan = scoring.FeaturePlan(names, (scoring.InputBinding("features", "float64", names, 2),), "flag")
-        for part, footer in zip(parts, footers, strict=True):
+        for part, footer in pairs:
             scoring.check_schema(fplan, footer.schema, part.url)
-        plan = RunPlan("", "", None, None, fplan, root, tuple(parts), tuple(footers))  # type: ignore[arg-type]
+        plan = RunPlan(
+            "", "", None, None, fplan, root,  # type: ignore[arg-type] # no model: no info
+            tuple(p for p, _ in pairs), tuple(f for _, f in pairs),
+        )
     run_id = "profile-" + secrets.token_hex(3)
     receipts: list[Receipt] = []
     if on_progress:

@@ -41,6 +41,9 @@ __all__ = [
     "batch_to_feeds",
     "outputs_to_columns",
     "score_batch",
+    "predict",
+    "assemble",
+    "merge_statistics",
     "output_schema",
     "is_numeric_type",
     "feature_statistics",
@@ -355,6 +358,35 @@ def prediction_statistics(preds: Mapping[str, pa.Array]) -> dict[str, drift.Colu
     return out
 
 
+def predict(
+    batch: pa.RecordBatch, plan: FeaturePlan, model: ModelRunner, prefix: str = ""
+) -> tuple[dict[str, np.ndarray], dict[str, pa.Array]]:
+    """The model's feeds for a batch and its prediction columns (feeds are kept for statistics)."""
+    feeds = batch_to_feeds(batch, plan)
+    preds = outputs_to_columns(model.run(feeds), batch.num_rows, prefix)
+    return feeds, preds
+
+
+def assemble(batch: pa.RecordBatch, keep: Sequence[str], preds: Mapping[str, pa.Array]) -> pa.RecordBatch:
+    """Kept input columns, untouched and in order, followed by the prediction columns."""
+    return pa.RecordBatch.from_arrays(
+        [batch.column(c) for c in keep] + list(preds.values()), names=[*keep, *preds]
+    )
+
+
+def merge_statistics(
+    stats: dict[str, drift.ColumnSummary],
+    batch: pa.RecordBatch,
+    plan: FeaturePlan,
+    feeds: Mapping[str, np.ndarray],
+    preds: Mapping[str, pa.Array],
+) -> None:
+    """Fold one batch's feature and prediction summaries into ``stats``."""
+    fresh = {**feature_statistics(batch, plan, feeds), **prediction_statistics(preds)}
+    for k, v in fresh.items():
+        stats[k] = drift.merge(stats[k], v) if k in stats else v
+
+
 def score_batch(
     batch: pa.RecordBatch,
     plan: FeaturePlan,
@@ -363,20 +395,14 @@ def score_batch(
     prefix: str = "",
     stats: dict[str, drift.ColumnSummary] | None = None,
 ) -> pa.RecordBatch:
-    """Kept input columns, untouched and in order, followed by the prediction columns.
+    """Kept input columns followed by the predictions; with ``stats``, also their summaries.
 
-    With ``stats``, also merges this batch's feature and prediction summaries into it.
+    The worker runs the same three steps, but on separate threads.
     """
-    feeds = batch_to_feeds(batch, plan)
-    outputs = model.run(feeds)
-    preds = outputs_to_columns(outputs, batch.num_rows, prefix)
+    feeds, preds = predict(batch, plan, model, prefix)
     if stats is not None:
-        fresh = {**feature_statistics(batch, plan, feeds), **prediction_statistics(preds)}
-        for k, v in fresh.items():
-            stats[k] = drift.merge(stats[k], v) if k in stats else v
-    names = list(keep) + list(preds)
-    arrays = [batch.column(c) for c in keep] + list(preds.values())
-    return pa.RecordBatch.from_arrays(arrays, names=names)
+        merge_statistics(stats, batch, plan, feeds, preds)
+    return assemble(batch, keep, preds)
 
 
 def output_schema(input_schema: pa.Schema, keep: Sequence[str], prediction_schema: pa.Schema) -> pa.Schema:

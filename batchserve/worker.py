@@ -14,9 +14,9 @@ about ``batch_size x (2 * QUEUE_DEPTH + 3)`` rows whatever the file size.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -323,21 +323,6 @@ def _keep_columns(task: FileTask, schema: pa.Schema) -> list[str]:
     return list(schema.names) if task.keep is None else list(task.keep)
 
 
-def _stats_job(
-    stats: dict[str, drift.ColumnSummary],
-    batch: pa.RecordBatch,
-    plan: scoring.FeaturePlan,
-    feeds: dict[str, Any],
-    preds: dict[str, pa.Array],
-) -> Callable[[], None]:
-    def run() -> None:
-        fresh = {**scoring.feature_statistics(batch, plan, feeds), **scoring.prediction_statistics(preds)}
-        for k, v in fresh.items():
-            stats[k] = drift.merge(stats[k], v) if k in stats else v
-
-    return run
-
-
 def score_file(task: FileTask) -> Receipt:
     """Score one file (or piece), stage it, and commit it unless it is a piece.
 
@@ -346,17 +331,15 @@ def score_file(task: FileTask) -> Receipt:
     A retry rewrites the same staging name, so a half-written attempt is replaced,
     never committed. With ``task.write`` false (profiling) it only reads and summarises.
     """
-    attempt = 0
-    while True:
-        try:
-            receipt = _score_file_once(task)
-            return dataclasses.replace(receipt, attempts=attempt + 1)
-        except BatchserveError as exc:
-            if not exc.transient or attempt >= task.retries:
-                raise
-            delay = min(10.0, 0.5 * 2**attempt) * (0.5 + random.random())
-            attempt += 1
-            time.sleep(delay)
+    attempts = 0
+
+    def attempt() -> Receipt:
+        nonlocal attempts
+        attempts += 1
+        return _score_file_once(task)
+
+    receipt = io.with_retries(attempt, task.retries)
+    return dataclasses.replace(receipt, attempts=attempts)
 
 
 def _score_file_once(task: FileTask) -> Receipt:
@@ -364,9 +347,9 @@ def _score_file_once(task: FileTask) -> Receipt:
     worker = get_worker()
     plugin = loaded_model(worker, task.plugin_name) if task.plugin_name else None
     storage = task.storage
-    footer = io.read_footer(task.input_url, storage)
+    source = io.ParquetInput(task.input_url, storage)  # one open: footer here, batches below
+    footer = source.footer
     keep = _keep_columns(task, footer.schema) if task.write else []
-    needed = list(dict.fromkeys([*keep, *task.plan.features]))
     stats: dict[str, drift.ColumnSummary] | None = {} if task.stats else None
     infer_s = 0.0
     stop = threading.Event()
@@ -375,8 +358,9 @@ def _score_file_once(task: FileTask) -> Receipt:
         return io.StagedWriter(task.output_url, task.staging_url, schema, storage)
 
     reader = _Stage(
-        io.iter_batches(
-            task.input_url, storage, columns=needed, batch_size=task.batch_size, row_groups=task.row_groups
+        source.batches(
+            columns=list(dict.fromkeys([*keep, *task.plan.features])), batch_size=task.batch_size,
+            row_groups=task.row_groups,
         ),
         stop,
     )
@@ -386,58 +370,52 @@ def _score_file_once(task: FileTask) -> Receipt:
             if batch.num_rows == 0:
                 continue
             t0 = time.perf_counter()
-            scored: pa.RecordBatch | None = None
             preds: dict[str, pa.Array] = {}
             try:
-                feeds = scoring.batch_to_feeds(batch, task.plan)
                 if plugin is not None:
                     assert plugin.model is not None
-                    outputs = plugin.model.run(feeds)
-                    preds = scoring.outputs_to_columns(outputs, batch.num_rows, task.prefix)
-                    scored = pa.RecordBatch.from_arrays(
-                        [batch.column(c) for c in keep] + list(preds.values()), names=[*keep, *preds]
-                    )
+                    feeds, preds = scoring.predict(batch, task.plan, plugin.model, task.prefix)
+                else:
+                    feeds = scoring.batch_to_feeds(batch, task.plan)
             except BatchserveError as exc:
                 exc.path = exc.path or task.input_url
                 raise
             infer_s += time.perf_counter() - t0
-            job = _stats_job(stats, batch, task.plan, feeds, preds) if stats is not None else None
+            scored = scoring.assemble(batch, keep, preds) if task.write and plugin is not None else None
+            # Drift statistics run on the writer thread, overlapping the next inference.
+            job = functools.partial(scoring.merge_statistics, stats, batch, task.plan, feeds, preds) if (
+                stats is not None) else None
             if scored is not None or job is not None:
-                writer.put(scored if task.write else None, job)
+                writer.put(scored, job)
         writer.finish()
     except BaseException:
         stop.set()
         if writer.writer is not None:
             writer.writer.abort()
         raise
-    if not task.write:  # profiling: nothing to commit
-        return Receipt(
-            input_url=task.input_url, relpath=task.relpath, output_url="", rows=footer.num_rows
-            if task.row_groups is None else sum(footer.row_group_rows[g] for g in task.row_groups),
-            bytes=0, read_s=round(reader.seconds, 6), infer_s=round(infer_s, 6),
-            write_s=round(writer.stats_seconds, 6),
-            wall_s=round(time.perf_counter() - wall0, 6), worker=worker.address, committed=False,
-            piece=task.piece, stats=stats,
-        )
-    staged = writer.writer
-    if staged is None:  # 0 rows: still write a valid file with the output schema
-        assert plugin is not None and plugin.prediction_schema is not None
-        out_schema = scoring.output_schema(footer.schema, keep, plugin.prediction_schema).remove_metadata()
-        staged = open_writer(out_schema)
-    t0 = time.perf_counter()
-    checksum = None
-    if task.piece is None:
-        size, checksum = staged.commit()
-        committed = True
-    else:
-        size = staged.close_staged()
-        committed = False
-    write_s = writer.seconds + time.perf_counter() - t0
+    size, checksum, committed, output_url = 0, None, False, ""
+    rows = footer.num_rows if task.row_groups is None else sum(footer.row_group_rows[g] for g in task.row_groups)
+    write_s = writer.stats_seconds
+    if task.write:
+        staged = writer.writer
+        if staged is None:  # 0 rows: still write a valid file with the output schema
+            assert plugin is not None and plugin.prediction_schema is not None
+            staged = open_writer(
+                scoring.output_schema(footer.schema, keep, plugin.prediction_schema).remove_metadata()
+            )
+        t0 = time.perf_counter()
+        if task.piece is None:
+            size, checksum = staged.commit()
+            committed, output_url = True, task.output_url
+        else:
+            size, output_url = staged.close_staged(), task.staging_url
+        rows = staged.rows
+        write_s = writer.seconds + time.perf_counter() - t0
     return Receipt(
         input_url=task.input_url,
         relpath=task.relpath,
-        output_url=task.output_url if committed else task.staging_url,
-        rows=staged.rows,
+        output_url=output_url,
+        rows=rows,
         bytes=size,
         read_s=round(reader.seconds, 6),
         infer_s=round(infer_s, 6),
@@ -462,10 +440,10 @@ def merge_pieces(
     writer: io.StagedWriter | None = None
     try:
         for piece in ordered:
-            footer = io.read_footer(piece.output_url, storage)
+            source = io.ParquetInput(piece.output_url, storage)
             if writer is None:
-                writer = io.StagedWriter(final_url, staging_url, footer.schema.remove_metadata(), storage)
-            batches = io.iter_batches(piece.output_url, storage, columns=None, batch_size=65_536)
+                writer = io.StagedWriter(final_url, staging_url, source.footer.schema.remove_metadata(), storage)
+            batches = source.batches(columns=None, batch_size=65_536)
             while True:  # streamed: a piece is never held whole in memory
                 t0 = time.perf_counter()
                 b = next(batches, None)
