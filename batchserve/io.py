@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import posixpath
@@ -28,6 +29,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 import fsspec
@@ -62,10 +64,24 @@ __all__ = [
     "join_url",
     "to_url",
     "same_location_or_inside",
+    "locations_overlap",
+    "absolute_url",
+    "output_files",
+    "is_local",
+    "is_hidden",
+    "check_output_root",
     "STAGING_DIR",
+    "OWNER_KEY",
 ]
 
 STAGING_DIR = "_temporary"
+#: Parquet key-value metadata naming the run that wrote a file: how --overwrite and --resume tell
+#: a file batchserve wrote (and may replace) from a foreign one (which they never touch).
+OWNER_KEY = b"batchserve.run_id"
+#: Object stores whose conditional create (PutObject with If-None-Match: *) makes a lock atomic.
+_ATOMIC_CREATE_PROTOCOLS = {"s3", "s3a"}
+#: Object stores where creating a "folder" would silently create a bucket.
+_BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "abfs", "az", "adl"}
 T = TypeVar("T")
 _GLOB_CHARS = set("*?[")
 
@@ -113,6 +129,23 @@ def _is_glob(path: str) -> bool:
     return any(c in _GLOB_CHARS for c in path)
 
 
+def _globbing(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """A path that exists is a path, brackets and all; only a missing one is read as a glob."""
+    return _is_glob(path) and not fs.exists(path)
+
+
+def is_local(url: str, storage: Mapping[str, Any]) -> bool:
+    return isinstance(_fs(url, storage)[0], LocalFileSystem)
+
+
+def absolute_url(url: str, storage: Mapping[str, Any]) -> str:
+    """Local paths made absolute on the client: remote workers must not resolve them in their own cwd."""
+    fs, path = _fs(url, storage)
+    if not url or not isinstance(fs, LocalFileSystem):
+        return url
+    return os.path.abspath(path) + ("/" if url.endswith("/") and path != "/" else "")
+
+
 def _glob_head(path: str) -> str:
     """The literal folders before a glob's first wildcard: where it reads, and what outputs mirror."""
     head = []
@@ -123,7 +156,7 @@ def _glob_head(path: str) -> str:
     return "/".join(head)
 
 
-def _hidden(relpath: str) -> bool:
+def is_hidden(relpath: str) -> bool:
     # Spark/pyarrow convention: `_x` and `.x` are metadata or staging, never data.
     return any(part.startswith(("_", ".")) for part in relpath.split("/"))
 
@@ -140,6 +173,9 @@ def _storage_failure(exc: BaseException, url: str, action: str) -> BatchserveErr
         return exc
     if isinstance(exc, FileNotFoundError):
         return InputError(f"cannot {action}: not found", path=url)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return OutputError(f"cannot {action}: {os.strerror(exc.errno)}; free space or choose another output",
+                           path=url)
     if isinstance(exc, PermissionError):
         return InputError(
             f"cannot {action}: permission denied; check credentials (--storage-option) or file permissions",
@@ -157,35 +193,89 @@ def _storage_failure(exc: BaseException, url: str, action: str) -> BatchserveErr
     return StorageError(f"cannot {action}: {type(exc).__name__}: {exc}", path=url)
 
 
+def _walk_local(root: str) -> list[str]:
+    """Every ``*.parquet`` below a local folder, following symbolic links (fsspec lists them as
+    type ``other`` and a plain find would skip them), each folder visited once so a link loop ends.
+
+    A link that points nowhere is an error naming it: a silently missing file is lost rows.
+    """
+    found: list[str] = []
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a loop, or two links to one folder: read it once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(top, d)) not in seen)
+        for name in files:
+            if not name.endswith(".parquet"):
+                continue
+            full = os.path.join(top, name)
+            if not os.path.exists(full):
+                raise InputError("broken symbolic link: it points to a file that does not exist", path=full)
+            if os.path.isfile(full):
+                found.append(full)
+    return found
+
+
+def _listed_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[str, dict[str, Any], bool]:
+    """(root, {path: info}, explicit) for a file, folder/prefix or glob."""
+    local = isinstance(fs, LocalFileSystem)
+    if _globbing(fs, path):
+        root = _glob_head(path) or "/"
+        matches = [p for p in fs.glob(path) if p.endswith(".parquet")]
+        if local:
+            return root, {p: {"size": os.stat(p).st_size, "mtime": os.stat(p).st_mtime}
+                          for p in matches if os.path.isfile(p)}, False
+        return root, _only_files({p: fs.info(p) for p in matches}, url), False
+    if fs.isfile(path) or (local and os.path.isfile(path)):
+        return posixpath.dirname(path), {path: fs.info(path) if not local else _local_info(path)}, True
+    if fs.isdir(path) or (local and os.path.isdir(path)):
+        root = path.rstrip("/") or "/"
+        if local:
+            return root, {p: _local_info(p) for p in _walk_local(root)}, False
+        return root, _only_files(
+            {p: i for p, i in fs.find(path, detail=True).items() if p.endswith(".parquet")}, url
+        ), False
+    if local and os.path.islink(path):
+        raise InputError("broken symbolic link: it points to a file that does not exist", path=url)
+    raise InputError("input not found: no such file, folder or prefix", path=url)
+
+
+def _local_info(path: str) -> dict[str, Any]:
+    st = os.stat(path)  # follows links: the size and mtime of the data itself
+    return {"size": st.st_size, "mtime": st.st_mtime}
+
+
+def _only_files(found: dict[str, Any], url: str) -> dict[str, Any]:
+    """Entries a store lists as neither file nor folder (links, specials) fail loudly, never vanish."""
+    odd = sorted(p for p, i in found.items() if i.get("type", "file") not in ("file", "directory"))
+    if odd:
+        raise InputError(
+            f"{len(odd)} input entr{'y is' if len(odd) == 1 else 'ies are'} neither a file nor a folder "
+            f"(e.g. {odd[0]}); batchserve will not skip them silently",
+            path=url,
+        )
+    return {p: i for p, i in found.items() if i.get("type", "file") == "file"}
+
+
 def list_partitions(url: str, storage: Mapping[str, Any]) -> tuple[str, list[Partition]]:
     """Every ``*.parquet`` at ``url`` (file, folder/prefix, or glob), sorted by path.
 
-    Returns the root that relative output paths are computed from.
+    Returns the root that relative output paths are computed from. A path that exists is
+    taken literally even when it contains glob characters; a file named explicitly is read
+    even when its name starts with ``_`` or ``.`` (only listings skip those).
     """
     fs, path = _fs(url, storage)
     try:
-        if _is_glob(path):
-            root = _glob_head(path) or "/"
-            found = {p: fs.info(p) for p in fs.glob(path) if p.endswith(".parquet")}
-            found = {p: i for p, i in found.items() if i.get("type") == "file"}
-        elif fs.isfile(path):
-            root = posixpath.dirname(path)
-            found = {path: fs.info(path)}
-        elif fs.isdir(path):
-            root = path.rstrip("/")
-            found = {
-                p: i
-                for p, i in fs.find(path, detail=True).items()
-                if p.endswith(".parquet") and i.get("type", "file") == "file"
-            }
-        else:
-            raise InputError("input not found: no such file, folder or prefix", path=url)
+        root, found, explicit = _listed_files(fs, path, url)
     except Exception as exc:  # noqa: BLE001 - every storage failure becomes a one-liner
         raise _storage_failure(exc, url, "list the input") from None
     parts = []
     for p in sorted(found):
         rel = posixpath.relpath(p, root) if root != "/" else p.lstrip("/")
-        if _hidden(rel):
+        if is_hidden(rel) and not explicit:
             continue
         info = found[p]
         parts.append(Partition(to_url(fs, p), rel, int(info.get("size") or 0), _version(info)))
@@ -345,10 +435,13 @@ class StagedWriter:
     """
 
     def __init__(
-        self, final_url: str, staging_url: str, schema: pa.Schema, storage: Mapping[str, Any]
+        self, final_url: str, staging_url: str, schema: pa.Schema, storage: Mapping[str, Any],
+        owner: str | None = None,
     ) -> None:
         self.final_url = final_url
         self.staging_url = staging_url
+        if owner is not None:  # stamped in the footer: a later --overwrite knows the file is ours
+            schema = schema.with_metadata({**(schema.metadata or {}), OWNER_KEY: owner.encode()})
         self.schema = schema
         self._storage = storage
         self._fs, self._staging = _fs(staging_url, storage)
@@ -359,21 +452,30 @@ class StagedWriter:
             self._fs.makedirs(posixpath.dirname(self._staging), exist_ok=True)
             options = writer_options(schema)
             if isinstance(self._fs, LocalFileSystem):
-                self._writer = pq.ParquetWriter(self._staging, schema, **options)
+                self._writer = pq.ParquetWriter(self._staging, self.schema, **options)
             else:
                 self._sink = self._fs.open(self._staging, "wb")
-                self._writer = pq.ParquetWriter(self._sink, schema, **options)
+                self._writer = pq.ParquetWriter(self._sink, self.schema, **options)
         except Exception as exc:  # noqa: BLE001
-            raise OutputError(f"cannot write the output: {type(exc).__name__}: {exc}", path=final_url) from None
+            failure = _storage_failure(exc, final_url, "write the output")
+            if not isinstance(failure, OutputError):
+                failure = OutputError(f"cannot write the output: {type(exc).__name__}: {exc}", path=final_url)
+            raise failure from None
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
+        try:
+            self._writer.write_batch(batch)
+        except OSError as exc:  # a full disk or a dropped connection, named once, not a traceback
+            raise _storage_failure(exc, self.final_url, "write the output") from None
         self.rows += batch.num_rows
 
     def _finish(self) -> None:
-        self._writer.close()
-        if self._sink is not None:
-            self._sink.close()
+        try:
+            self._writer.close()
+            if self._sink is not None:
+                self._sink.close()
+        except OSError as exc:
+            raise _storage_failure(exc, self.final_url, "write the output") from None
 
     def close_staged(self) -> int:
         """Finish the file but leave it staged (a piece awaiting its merge); returns bytes."""
@@ -390,14 +492,22 @@ class StagedWriter:
                 size += len(chunk)
         return size, "sha256:" + digest.hexdigest()
 
-    def commit(self) -> tuple[int, str]:
-        """Finish the file and move it to its final name; returns (bytes, checksum)."""
+    def commit(self, fence: AbstractContextManager[Any] | None = None) -> tuple[int, str]:
+        """Finish the file and move it to its final name; returns (bytes, checksum).
+
+        ``fence`` wraps the move alone: the worker passes one that holds the run's commit lock and
+        raises if the client has stopped the run, so no file lands after the manifest was written.
+        """
         self._finish()
         try:
             size, checksum = self._digest()
-            _move(self._fs, self._staging, self._final)
         except Exception as exc:  # noqa: BLE001
             raise _storage_failure(exc, self.final_url, "commit the output file") from None
+        with fence if fence is not None else nullcontext():
+            try:
+                _move(self._fs, self._staging, self._final)
+            except Exception as exc:  # noqa: BLE001
+                raise _storage_failure(exc, self.final_url, "commit the output file") from None
         return size, checksum
 
     def abort(self) -> None:
@@ -439,7 +549,13 @@ def read_bytes(url: str, storage: Mapping[str, Any]) -> bytes:
 
 
 def read_text(url: str, storage: Mapping[str, Any]) -> str:
-    return read_bytes(url, storage).decode("utf-8")
+    """A small text artifact (manifest, profile); anything not UTF-8 is the wrong file, said in one line."""
+    data = read_bytes(url, storage)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        kind = "a Parquet file" if data[:4] == b"PAR1" else "binary data"
+        raise InputError(f"expected a UTF-8 JSON file, found {kind}", path=url) from None
 
 
 def file_size(url: str, storage: Mapping[str, Any]) -> int:
@@ -479,21 +595,69 @@ def output_entries(url: str, storage: Mapping[str, Any]) -> list[str]:
     return _on_fs(url, storage, "list the output", entries)
 
 
+def output_files(url: str, storage: Mapping[str, Any]) -> dict[str, int]:
+    """Every file below the output root with its size, in one listing (staging included)."""
+
+    def entries(fs: Any, path: str) -> dict[str, int]:
+        fs.invalidate_cache(path)  # workers wrote here from other processes: no stale listing
+        if not fs.isdir(path):
+            return {}
+        root = path.rstrip("/")
+        return {posixpath.relpath(p, root): int(i.get("size") or 0)
+                for p, i in fs.find(root, detail=True).items() if i.get("type", "file") != "directory"}
+
+    return _on_fs(url, storage, "list the output", entries)
+
+
+def check_output_root(url: str, storage: Mapping[str, Any]) -> None:
+    """Before anything is created there (the lock comes first): the output's bucket must exist."""
+    fs, path = _fs(url, storage)
+    try:
+        _check_bucket(fs, path, url)
+    except BatchserveError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_failure(exc, url, "check the output") from None
+
+
+def _check_bucket(fs: Any, path: str, url: str) -> None:
+    """On object stores, refuse an output whose bucket is missing rather than create one silently."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if not _BUCKET_PROTOCOLS.intersection(protocols):
+        return
+    bucket = path.split("/", 1)[0]
+    if bucket and not fs.exists(bucket):
+        raise OutputError(
+            f"output bucket {bucket!r} does not exist; create it first (batchserve never creates buckets)",
+            path=url,
+        )
+
+
 def prepare_output(url: str, storage: Mapping[str, Any]) -> None:
     """Create the output root and prove we can write there, before any scoring."""
     fs, path = _fs(url, storage)
     probe = join_url(path, STAGING_DIR, ".write-probe")
     try:
+        _check_bucket(fs, path, url)
         fs.makedirs(path, exist_ok=True)
         fs.makedirs(posixpath.dirname(probe), exist_ok=True)
         with fs.open(probe, "wb") as fh:
             fh.write(b"ok")
-        fs.rm(probe)
+    except BatchserveError:
+        raise
     except Exception as exc:  # noqa: BLE001
-        raise OutputError(
-            f"output is not writable: {type(exc).__name__}: {exc}; check the path and credentials",
-            path=url,
-        ) from None
+        failure = _storage_failure(exc, url, "write the output")
+        if not isinstance(failure, OutputError):
+            failure = OutputError(
+                f"output is not writable: {type(exc).__name__}: {exc}; check the path and credentials", path=url
+            )
+        raise failure from None
+    finally:
+        try:  # a probe half-written on a full disk must not stay behind
+            if fs.exists(probe):
+                fs.rm(probe)
+        except Exception:  # noqa: BLE001, S110 - best effort; staging is hidden and cleaned next run
+            pass
 
 
 def write_text_atomic(url: str, text: str, storage: Mapping[str, Any]) -> None:
@@ -505,36 +669,53 @@ def write_text_atomic(url: str, text: str, storage: Mapping[str, Any]) -> None:
         with fs.open(tmp, "wb") as fh:
             fh.write(text.encode("utf-8"))
         _move(fs, tmp, path)
+    except Exception as exc:  # noqa: BLE001
+        try:  # no temporary file left behind by a failed write
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        except Exception:  # noqa: BLE001, S110
+            pass
+        raise _storage_failure(exc, url, "write") from None
+    finally:
         if isinstance(fs, LocalFileSystem):
             try:  # leave no empty staging folder beside a lone file (e.g. a profile)
                 os.rmdir(posixpath.dirname(tmp))
             except OSError:
                 pass
-    except Exception as exc:  # noqa: BLE001
-        raise _storage_failure(exc, url, "write") from None
 
 
-def create_exclusive(url: str, text: str, storage: Mapping[str, Any]) -> None:
-    """Create a small file only if absent (O_EXCL locally; best effort on object stores)."""
+def create_exclusive(url: str, text: str, storage: Mapping[str, Any]) -> bool:
+    """Create a small file only if absent; exactly one of many concurrent callers succeeds.
+
+    Locally ``O_EXCL``; on S3 ``PutObject`` with ``If-None-Match: *`` (s3fs's ``mode="create"``).
+    Returns whether the store made that guarantee: elsewhere it is check-then-write, best effort.
+    Raises :class:`FileExistsError` when the file is already there.
+    """
     fs, path = _fs(url, storage)
     try:
         fs.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
     except Exception as exc:  # noqa: BLE001 - e.g. a regular file where a folder must go
         raise OutputError(f"output is not writable: {type(exc).__name__}: {exc}", path=url) from None
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     try:
         if isinstance(fs, LocalFileSystem):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             with os.fdopen(fd, "w") as fh:
                 fh.write(text)
-            return
+            return True
+        if _ATOMIC_CREATE_PROTOCOLS.intersection(protocols):
+            fs.pipe_file(path, text.encode("utf-8"), mode="create")
+            return True
         if fs.exists(path):
             raise FileExistsError(path)
         with fs.open(path, "wb") as fh:
             fh.write(text.encode("utf-8"))
+        return False
     except FileExistsError:
-        raise OutputError("lock file appeared while taking it: another run started at the same moment",
-                          path=url) from None
+        raise
     except Exception as exc:  # noqa: BLE001
+        if "PreconditionFailed" in f"{type(exc).__name__}: {exc}" or "412" in str(exc):
+            raise FileExistsError(path) from None
         raise _storage_failure(exc, url, "create") from None
 
 
@@ -555,15 +736,26 @@ def remove_staging(output_url: str, storage: Mapping[str, Any], run_id: str | No
         pass  # leftover staging is harmless: it is hidden and cleaned by the next run
 
 
+def _comparable(url: str, storage: Mapping[str, Any]) -> tuple[type, str]:
+    fs, path = _fs(url, storage)
+    if _globbing(fs, path):  # a glob reads below its literal head
+        path = _glob_head(path) or "/"
+    if isinstance(fs, LocalFileSystem):
+        path = os.path.realpath(path)
+    return type(fs), path.rstrip("/") or "/"
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or parent == "/" or child.startswith(parent + "/")
+
+
 def same_location_or_inside(child: str, parent: str, storage: Mapping[str, Any]) -> bool:
-    """Whether ``child`` is ``parent`` or below it (same filesystem)."""
-    fs_c, pc = _fs(child, storage)
-    fs_p, pp = _fs(parent, storage)
-    if type(fs_c) is not type(fs_p):
-        return False
-    if isinstance(fs_c, LocalFileSystem):
-        pc, pp = os.path.realpath(pc), os.path.realpath(pp)
-    if _is_glob(pp):  # a glob: its literal head is the folder read
-        pp = _glob_head(pp)
-    pc, pp = pc.rstrip("/"), pp.rstrip("/")
-    return pc == pp or pc.startswith(pp + "/")
+    """Whether ``child`` is ``parent`` or below it (same filesystem; links resolved locally)."""
+    kind_c, pc = _comparable(child, storage)
+    kind_p, pp = _comparable(parent, storage)
+    return kind_c is kind_p and _inside(pc, pp)
+
+
+def locations_overlap(a: str, b: str, storage: Mapping[str, Any]) -> bool:
+    """Whether either location is, or lies inside, the other: files, folders and globs alike."""
+    return same_location_or_inside(a, b, storage) or same_location_or_inside(b, a, storage)

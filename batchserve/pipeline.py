@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import getpass
@@ -24,7 +25,6 @@ import json
 import logging
 import math
 import os
-import posixpath
 import secrets
 import signal
 import socket
@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
-from distributed import Client, KilledWorker, Nanny, Scheduler, SpecCluster, as_completed
+from distributed import Client, Event, KilledWorker, Lock, Nanny, Scheduler, SpecCluster, as_completed
 
 from batchserve import drift, io, manifest, model, scoring
 from batchserve.config import DEFAULT_BATCH_SIZE, ScoreConfig, resolve_score_config
@@ -50,7 +50,17 @@ from batchserve.errors import (
     OutputError,
     SchemaError,
 )
-from batchserve.worker import FileTask, ModelPlugin, ModelSpec, Receipt, merge_pieces, score_file, worker_report
+from batchserve.worker import (
+    FileTask,
+    ModelPlugin,
+    ModelSpec,
+    Receipt,
+    commit_lock_name,
+    merge_pieces,
+    score_file,
+    stop_event_name,
+    worker_report,
+)
 
 __all__ = [
     "ProgressEvent",
@@ -159,34 +169,56 @@ def inspect_model(
     except BatchserveError as exc:
         exc.path = exc.path or url
         raise
+    try:
+        names, problem = info.feature_names, None
+    except BatchserveError as exc:  # inspect is where one looks at a broken model: show it, say what is wrong
+        names, problem = None, str(exc)
     return {"uri": uri, "resolved_uri": url, "version": version, **info.as_dict(),
-            "feature_names": info.feature_names}
+            "feature_names": names, "feature_names_error": problem}
 
 
 def plan_run(cfg: ScoreConfig) -> RunPlan:
-    """Resolve the model and inputs and check every footer; raises before any scoring."""
+    """Resolve the model and inputs and check every footer; raises before any scoring.
+
+    Which files are good is decided by the model (features present and numeric, ``--keep``
+    columns present) and by the majority of files for the column types of the output, never
+    by whichever file sorts first; under ``--on-error skip`` only the odd files are skipped.
+    """
     storage = cfg.storage
     url, version, data = resolve_model(cfg.model, cfg.model_version, storage)
     try:
         info = model.describe(data)
+        model.check_runnable(info, data)
     except BatchserveError as exc:
         exc.path = exc.path or url
         raise
     root, pairs, failures = _read_inputs(cfg)
     skip = cfg.on_error == "skip"
+    out_names = [cfg.prefix + o.name for o in info.outputs]
+    names = _majority_names(pairs)
     try:
-        fplan = scoring.plan_features(info, cfg.features, pairs[0][1].schema.names)
+        fplan = scoring.plan_features(info, cfg.features, names)
     except BatchserveError as exc:
         exc.path = exc.path or url
         raise
     fplan = dataclasses.replace(fplan, nan=cfg.nan)
-    out_names = [cfg.prefix + o.name for o in info.outputs]
-    good = []
-    first_part, first_footer = pairs[0]
+    fitting = []
     for part, footer in pairs:
         try:
             _check_file(cfg, fplan, out_names, part, footer)
-            _check_same_schema(cfg, fplan, first_part, first_footer, part, footer)
+        except BatchserveError as exc:
+            if not skip:
+                raise
+            failures.append(manifest.FailureEntry(part.url, part.relpath, str(exc)))
+            continue
+        fitting.append((part, footer))
+    if not fitting:
+        raise SchemaError(f"no input file fits the model; first: {failures[0].error}", path=cfg.input)
+    good = []
+    expected = _majority_types(cfg, fitting)
+    for part, footer in fitting:
+        try:
+            _check_majority(cfg, expected, len(fitting), part, footer)
         except BatchserveError as exc:
             if not skip:
                 raise
@@ -199,6 +231,69 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
         cfg.model, url, version, info, fplan, root, tuple(p for p, _ in good), tuple(f for _, f in good),
         reference, policy, tuple(failures),
     )
+
+
+def _majority_names(pairs: list[tuple[io.Partition, io.Footer]]) -> list[str]:
+    """The column names most files have (feature planning by column needs one list)."""
+    votes = collections.Counter(tuple(f.schema.names) for _, f in pairs)
+    return list(votes.most_common(1)[0][0])
+
+
+#: A column's vote when a file does not have it (only counted when every column is kept).
+_ABSENT = "absent"
+
+
+def _type_vote(schema: pa.Schema, col: str) -> str | None:
+    """A file's vote for a column's type; an all-null column (e.g. an empty pandas file) fits any."""
+    i = schema.get_field_index(col)
+    if i < 0:
+        return _ABSENT
+    t = schema.field(i).type
+    return None if pa.types.is_null(t) else str(t)
+
+
+def _majority_types(cfg: ScoreConfig, pairs: list[tuple[io.Partition, io.Footer]]) -> dict[str, str]:
+    """Per output column, the type most files have; a tie is an error no rule settles."""
+    if cfg.keep is not None:
+        cols = list(cfg.keep)
+    else:
+        cols = list(dict.fromkeys(n for _, f in pairs for n in f.schema.names))
+    expected: dict[str, str] = {}
+    for col in cols:
+        votes = collections.Counter(v for _, f in pairs if (v := _type_vote(f.schema, col)) is not None)
+        if not votes:
+            continue
+        ranked = votes.most_common()
+        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+            sides = "; ".join(
+                f"{t} in {n} file(s), e.g. {next(p.relpath for p, f in pairs if _type_vote(f.schema, col) == t)}"
+                for t, n in ranked[:2]
+            )
+            raise SchemaError(
+                f"input files disagree on this column and no majority decides ({sides}); make the files agree, "
+                "or leave the column out with --keep",
+                path=cfg.input, column=col,
+            )
+        expected[col] = ranked[0][0]
+    return expected
+
+
+def _check_majority(
+    cfg: ScoreConfig, expected: Mapping[str, str], n_files: int, part: io.Partition, footer: io.Footer
+) -> None:
+    """One output schema per run: a file's kept columns must have the types most files have."""
+    for col, want in expected.items():
+        have = _type_vote(footer.schema, col)
+        if have is None or have == want:
+            continue
+        if have == _ABSENT:
+            msg = "schema differs from most input files: a column they have is missing here"
+        elif want == _ABSENT:
+            msg = "schema differs from most input files: an extra column is here; pass --keep to choose the columns"
+        else:
+            raise SchemaError(f"schema differs from most input files ({n_files} checked)", path=part.url,
+                              column=col, expected=want, found=have)
+        raise SchemaError(msg, path=part.url, column=col)
 
 
 def _read_inputs(cfg: ScoreConfig) -> tuple[str, list[tuple[io.Partition, io.Footer]], list[manifest.FailureEntry]]:
@@ -224,6 +319,11 @@ def _read_inputs(cfg: ScoreConfig) -> tuple[str, list[tuple[io.Partition, io.Foo
 def _check_file(
     cfg: ScoreConfig, fplan: scoring.FeaturePlan, out_names: list[str], part: io.Partition, footer: io.Footer
 ) -> None:
+    """Whether this file can feed the model: features present and numeric, kept columns present."""
+    dup = [n for n, k in collections.Counter(footer.schema.names).items() if k > 1]
+    if dup:
+        raise SchemaError("this column name appears more than once in the file; rename one", path=part.url,
+                          column=dup[0])
     scoring.check_schema(fplan, footer.schema, part.url)
     kept = footer.schema.names if cfg.keep is None else list(cfg.keep)
     for col in kept:
@@ -235,39 +335,6 @@ def _check_file(
                 "prediction column would overwrite an input column",
                 path=part.url, column=col,
                 hint="pass --prefix (e.g. --prefix pred_) or drop the column with --keep",
-            )
-
-
-def _check_same_schema(
-    cfg: ScoreConfig, fplan: scoring.FeaturePlan, first: io.Partition, first_footer: io.Footer,
-    part: io.Partition, footer: io.Footer,
-) -> None:
-    """Features and kept columns must have the types of the first file: one output schema per run."""
-    if cfg.keep is None:
-        extra = [c for c in footer.schema.names if first_footer.schema.get_field_index(c) < 0]
-        if extra:
-            raise SchemaError(
-                f"schema differs from the first file ({first.relpath}): an extra column is here; "
-                "pass --keep to choose the columns to carry",
-                path=part.url, column=extra[0],
-            )
-    cols = list(fplan.features) + (list(cfg.keep) if cfg.keep is not None else list(first_footer.schema.names))
-    for col in dict.fromkeys(cols):
-        i, j = first_footer.schema.get_field_index(col), footer.schema.get_field_index(col)
-        if j < 0 and cfg.keep is None:
-            raise SchemaError(
-                f"schema differs from the first file ({first.relpath}): a column is missing here",
-                path=part.url, column=col,
-            )
-        t_first, t_here = (first_footer.schema.field(i).type if i >= 0 else None,
-                           footer.schema.field(j).type if j >= 0 else None)
-        if t_first is None or t_here is None or pa.types.is_null(t_first) or pa.types.is_null(t_here):
-            continue  # an all-null column (e.g. an empty file written by pandas) fits any type
-        if t_first != t_here:
-            raise SchemaError(
-                f"schema differs from the first file ({first.relpath})",
-                path=part.url, column=col,
-                expected=str(first_footer.schema.field(i).type), found=str(footer.schema.field(j).type),
             )
 
 
@@ -324,7 +391,7 @@ def _cluster(cfg: ScoreConfig) -> Iterator[tuple[Client, str, str]]:
     if cfg.scheduler:
         try:
             client = Client(cfg.scheduler, timeout="15s")
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
             raise ClusterError(
                 f"cannot reach the Dask scheduler: {exc}; check --scheduler and that the scheduler is up",
                 path=cfg.scheduler,
@@ -383,28 +450,95 @@ def _pieces(footer: io.Footer, target_rows: int) -> list[tuple[int, ...]] | None
     return ranges if len(ranges) > 1 else None
 
 
-def _check_output_location(cfg: ScoreConfig) -> None:
+def _check_output_location(cfg: ScoreConfig, plan: RunPlan) -> None:
+    """Input and output must not overlap in either direction, checked before anything is touched.
+
+    Output inside the input: its files would be read back as input next run. Input inside the
+    output: ``--overwrite`` would delete it. Both are checked for folders, files and globs, and
+    for every input file's real location (a symbolic link may point into the output).
+    """
+    io.check_output_root(cfg.output, cfg.storage)
     io.output_entries(cfg.output, cfg.storage)  # raises when a file sits where the folder should be
-    if io.same_location_or_inside(cfg.output, cfg.input, cfg.storage):
+    clash = io.locations_overlap(cfg.output, cfg.input, cfg.storage) or any(
+        io.same_location_or_inside(p.url, cfg.output, cfg.storage) for p in plan.partitions
+    )
+    if clash:
         raise OutputError(
-            "output is inside the input folder; its files would be read back as input next run",
+            "input and output overlap (one lies inside the other); the output must be a separate folder, "
+            "or scoring would read its own files or --overwrite would delete the input",
             path=cfg.output,
         )
 
 
-def _check_output(cfg: ScoreConfig) -> None:
+_MARKERS = frozenset({MANIFEST_NAME, SUCCESS_NAME, LOCK_NAME})
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSurvey:
+    """What the output held before this run: which files a batchserve run wrote, from one listing."""
+
+    #: The earlier run's manifest, when there is a readable one.
+    previous: manifest.Manifest | None = None
+    #: Data files an earlier batchserve run wrote (listed in its manifest or stamped in their footer):
+    #: the only files --overwrite and --resume may replace or remove.
+    ours: frozenset[str] = frozenset()
+
+
+def _is_content(rel: str) -> bool:
+    return rel not in _MARKERS and not rel.startswith(io.STAGING_DIR + "/")
+
+
+def _survey_output(cfg: ScoreConfig) -> OutputSurvey:
+    """Refuse a non-empty output without --overwrite/--resume, and foreign Parquet files with them."""
     storage = cfg.storage
-    entries = [
-        e for e in io.output_entries(cfg.output, storage)
-        if not e.startswith(io.STAGING_DIR + "/") and e != LOCK_NAME
-    ]
-    if entries and not (cfg.overwrite or cfg.resume):
+    entries = io.output_files(cfg.output, storage)
+    content = sorted(rel for rel in entries if rel != LOCK_NAME and not rel.startswith(io.STAGING_DIR + "/"))
+    if content and not (cfg.overwrite or cfg.resume):
         raise OutputError(
-            f"output folder is not empty ({len(entries)} files); pass --resume to finish an earlier run "
+            f"output folder is not empty ({len(content)} files); pass --resume to finish an earlier run "
             "or --overwrite to replace it",
             path=cfg.output,
         )
-    io.prepare_output(cfg.output, storage)
+    if not content:
+        return OutputSurvey()
+    previous = _previous_manifest(cfg, MANIFEST_NAME in entries)
+    listed = {e.relpath for e in previous.outputs} if previous else set()
+    unknown = [rel for rel in content if _is_content(rel) and rel not in listed and rel.endswith(".parquet")
+               and not io.is_hidden(rel)]
+    stamped, foreign = _split_by_owner(cfg, unknown)
+    if foreign:
+        raise OutputError(
+            f"output holds {len(foreign)} Parquet file(s) that no batchserve run wrote (e.g. {foreign[0]}); "
+            "--overwrite and --resume only replace batchserve's own files: move them away or choose another output",
+            path=cfg.output,
+        )
+    return OutputSurvey(previous, frozenset(listed | set(stamped)))
+
+
+def _previous_manifest(cfg: ScoreConfig, present: bool) -> manifest.Manifest | None:
+    if not present:
+        return None
+    url = io.join_url(cfg.output, MANIFEST_NAME)
+    try:
+        return manifest.loads(io.read_text(url, cfg.storage), source=url)
+    except BatchserveError as exc:
+        if cfg.resume:
+            raise
+        log.warning("ignoring the unreadable earlier manifest (%s); only files stamped by batchserve are replaced",
+                    exc)
+        return None
+
+
+def _split_by_owner(cfg: ScoreConfig, rels: list[str]) -> tuple[list[str], list[str]]:
+    """(stamped by a batchserve run, foreign) from the files' footers."""
+    owners = _owners(cfg, rels)
+    return [r for r in rels if owners[r]], [r for r in rels if not owners[r]]
+
+
+def _check_output(cfg: ScoreConfig) -> OutputSurvey:
+    survey = _survey_output(cfg)
+    io.prepare_output(cfg.output, cfg.storage)
+    return survey
 
 
 def _config_from(settings: Mapping[str, Any], *, need_output: bool = True) -> ScoreConfig:
@@ -506,11 +640,29 @@ def _submit_all(
                 client.submit(score_file, task, key=f"score-{run_id}-{part.relpath}-p{k}", pure=False)
             )
         merged = client.submit(
-            merge_pieces, final, staging, storage_pairs, *piece_futures,
+            merge_pieces, final, staging, storage_pairs, run_id, *piece_futures,
             key=f"merge-{run_id}-{part.relpath}", pure=False,
         )
         futures[merged] = part.relpath
     return futures
+
+
+def new_run_id() -> str:
+    """A run id: sortable by start time, unique enough to name staging folders and Dask keys."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def absolute_paths(cfg: ScoreConfig) -> ScoreConfig:
+    """Local paths resolved on the client, before any task leaves it: a worker of an existing
+    cluster would otherwise resolve ``out/`` against its own working directory."""
+    storage = cfg.storage
+    return dataclasses.replace(
+        cfg,
+        model=io.absolute_url(cfg.model, storage),
+        input=io.absolute_url(cfg.input, storage),
+        output=io.absolute_url(cfg.output, storage),
+        reference=io.absolute_url(cfg.reference, storage) if cfg.reference else cfg.reference,
+    )
 
 
 def score(
@@ -518,6 +670,7 @@ def score(
     /,
     *,
     on_progress: Callable[[ProgressEvent], None] | None = None,
+    run_id: str | None = None,
     **settings: Any,
 ) -> RunResult:
     """Score a dataset; returns the manifest. Raises :class:`BatchserveError` on user errors.
@@ -527,25 +680,25 @@ def score(
     ``_manifest.json`` is journaled as ``running`` while they commit, rewritten as
     ``succeeded``/``failed``/``interrupted`` at the end, and ``_SUCCESS`` comes last.
     """
-    cfg = config or _config_from(settings)
+    cfg = absolute_paths(config or _config_from(settings))
     started_at = _now()
     t0 = time.perf_counter()
     plan = plan_run(cfg)
-    _check_output_location(cfg)
-    run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    _check_output_location(cfg, plan)
+    run_id = run_id or new_run_id()
     with _output_lock(cfg, run_id):
-        _check_output(cfg)
-        return _score_locked(cfg, plan, run_id, started_at, t0, on_progress)
+        survey = _check_output(cfg)
+        return _score_locked(cfg, plan, run_id, started_at, t0, on_progress, survey)
 
 
 def _score_locked(
     cfg: ScoreConfig, plan: RunPlan, run_id: str, started_at: str, t0: float,
-    on_progress: Callable[[ProgressEvent], None] | None,
+    on_progress: Callable[[ProgressEvent], None] | None, survey: OutputSurvey,
 ) -> RunResult:
     storage = cfg.storage
     manifest_url = io.join_url(cfg.output, MANIFEST_NAME)
     success_url = io.join_url(cfg.output, SUCCESS_NAME)
-    reused, notes = _resume_decisions(cfg, plan) if cfg.resume else ([], {})
+    reused, notes = _resume_decisions(cfg, plan, survey.previous) if cfg.resume else ([], {})
     # From here the output is being changed: first make sure nothing marks it complete.
     io.remove(success_url, storage)
     if not cfg.resume:
@@ -594,23 +747,12 @@ def _score_locked(
                 io.remove_staging(cfg.output, storage, run_id)
         raise
     with _signals_deferred():
-        drift_data = _drift_data(cfg, plan, receipts)
-        if drift_data is not None and reused:
-            drift_data["coverage"] = f"statistics cover the {len(receipts)} file(s) scored by this run, not reused ones"
-        _remove_stale_outputs(cfg, receipts)
-        too_many = cfg.max_failed_files is not None and len(plan.failures) + len(failures) > cfg.max_failed_files
-        status = "failed" if too_many else "succeeded"
-        final_error: str | None = None
-        if too_many:
-            n_bad = len(plan.failures) + len(failures)
-            final_error = f"{n_bad} file(s) failed, more than --max-failed-files {cfg.max_failed_files}"
-        result = snapshot(status, final_error, drift_data)
+        result, failure = _finish_run(cfg, plan, receipts, reused, failures, survey, snapshot)
         io.write_text_atomic(manifest_url, manifest.dumps(result), storage)
-        if too_many:
-            first = (list(plan.failures) + failures)[0]
-            raise DataError(f"{final_error}; first: {first.error}", path=cfg.output)
-        io.write_text_atomic(success_url, "", storage)
         io.remove_staging(cfg.output, storage)
+        if failure is not None:
+            raise failure
+        io.write_text_atomic(success_url, "", storage)
     if on_progress:
         on_progress(ProgressEvent(
             "done", len(receipts), len(receipts), result.totals.rows, total_rows, result.totals.seconds
@@ -618,14 +760,41 @@ def _score_locked(
     return RunResult(result, cfg.output, manifest_url)
 
 
-def _resume_decisions(cfg: ScoreConfig, plan: RunPlan) -> tuple[list[manifest.FileEntry], dict[str, str]]:
-    """Which committed outputs an earlier run left can be kept, and why the rest are rescored."""
+def _finish_run(
+    cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt], reused: list[manifest.FileEntry],
+    failures: list[manifest.FailureEntry], survey: OutputSurvey, snapshot: Callable[..., manifest.Manifest],
+) -> tuple[manifest.Manifest, BatchserveError | None]:
+    """The final manifest: stale files of earlier runs removed, the output checked from this side."""
+    drift_data = _drift_data(cfg, plan, receipts)
+    if drift_data is not None and reused:
+        drift_data["coverage"] = f"statistics cover the {len(receipts)} file(s) scored by this run, not reused ones"
+    draft = snapshot("succeeded", None, drift_data)
+    _remove_stale_outputs(cfg, survey, draft.outputs)
+    failure: BatchserveError | None = None
+    problem = _verify_outputs(cfg, draft.outputs, survey)
+    if problem is not None:
+        failure = OutputError(problem, path=cfg.output)
+    n_bad = len(plan.failures) + len(failures)
+    if failure is None and cfg.max_failed_files is not None and n_bad > cfg.max_failed_files:
+        first = (list(plan.failures) + failures)[0]
+        failure = DataError(
+            f"{n_bad} file(s) failed, more than --max-failed-files {cfg.max_failed_files}; first: {first.error}",
+            path=cfg.output,
+        )
+    return (draft, None) if failure is None else (snapshot("failed", str(failure), drift_data), failure)
+
+
+def _resume_decisions(
+    cfg: ScoreConfig, plan: RunPlan, prev: manifest.Manifest | None
+) -> tuple[list[manifest.FileEntry], dict[str, str]]:
+    """Which committed outputs an earlier run left can be kept, and why the rest are rescored.
+
+    Outputs of inputs that no longer exist are not kept: they are removed before ``_SUCCESS``.
+    """
     storage = cfg.storage
-    url = io.join_url(cfg.output, MANIFEST_NAME)
     notes: dict[str, str] = {}
-    if not io.exists(url, storage):
+    if prev is None:
         return [], {p.relpath: "no earlier manifest to resume from" for p in plan.partitions}
-    prev = manifest.loads(io.read_text(url, storage), source=url)
     same_settings = prev.fingerprint == fingerprint(cfg, plan)
     why_all = None
     if prev.model.sha256 != plan.info.sha256:
@@ -722,7 +891,16 @@ def _output_lock(cfg: ScoreConfig, run_id: str) -> Iterator[None]:
         log.warning("taking over a stale lock from run %s (pid %s on %s)", other.get("run_id"), other.get("pid"),
                     other.get("host"))
         io.remove(url, storage)
-    io.create_exclusive(url, json.dumps(me), storage)
+    try:
+        atomic = io.create_exclusive(url, json.dumps(me), storage)
+    except FileExistsError:
+        raise LockedError(
+            "another batchserve run took this output's lock at the same moment; wait for it to finish",
+            path=url,
+        ) from None
+    if not atomic:
+        log.warning("this store offers no conditional create: the output lock is best effort, and two runs "
+                    "started at the same moment could both take it (%s)", url)
     try:
         yield
     finally:
@@ -827,9 +1005,77 @@ def _execute(
                         time.perf_counter() - t0, receipt.output_url or receipt.input_url,
                     ))
         except BaseException:
+            if write:
+                _stop_commits(client, run_id)
             _harvest_finished(list(futures), receipts)
+            if write:
+                _settle_in_flight(cfg, futures, receipts, run_id)
             client.cancel(list(futures))
             raise
+        if write:
+            _close_fence(run_id)
+
+
+def _close_fence(run_id: str) -> None:
+    """After every task has finished, drop the run's commit lock from the scheduler (a shared cluster
+    outlives runs). Never on a stopped run: a straggling task would re-create the lock and commit."""
+    try:
+        lock = Lock(commit_lock_name(run_id))
+        lock.close()
+    except Exception as exc:  # noqa: BLE001 - cleanup of scheduler state must never fail a finished run
+        log.debug("could not drop the commit lock of run %s: %s", run_id, exc)
+
+
+def _stop_commits(client: Client, run_id: str) -> None:
+    """Close the commit fence: after this, no task of this run moves a file into place."""
+    lock = Lock(commit_lock_name(run_id))
+    got = lock.acquire(timeout=60)
+    try:
+        Event(stop_event_name(run_id), client=client).set()
+    finally:
+        if got:
+            lock.release()
+        lock.refresh_callback.stop()
+    if not got:
+        log.warning("could not take the commit lock within 60 s; the output is checked file by file instead")
+
+
+def _owners(cfg: ScoreConfig, rels: list[str]) -> dict[str, str | None]:
+    """The run id stamped in each file's footer (None: foreign, or unreadable)."""
+    urls = [io.join_url(cfg.output, rel) for rel in rels]
+    footers = io.read_footers(urls, cfg.storage, retries=cfg.retries, keep_errors=True)
+    out: dict[str, str | None] = {}
+    for rel, footer in zip(rels, footers, strict=True):
+        meta = (footer.schema.metadata if isinstance(footer, io.Footer) else None) or {}
+        owner = meta.get(io.OWNER_KEY)
+        out[rel] = owner.decode("utf-8", "replace") if owner is not None else None
+    return out
+
+
+def _settle_in_flight(cfg: ScoreConfig, futures: Mapping[Any, str], receipts: list[Receipt], run_id: str) -> None:
+    """Account for files committed just before the fence closed, whose receipts are still on their way.
+
+    They carry this run's stamp. Each is waited for briefly and recorded; one whose receipt
+    never comes is removed, so the manifest lists exactly the files on disk.
+    """
+    done = {r.relpath for r in receipts if r.committed}
+    pending = {rel: fut for fut, rel in futures.items() if rel not in done}
+    if not pending:
+        return
+    found = io.output_files(cfg.output, cfg.storage)
+    owners = _owners(cfg, [rel for rel in pending if rel in found])
+    for rel, owner in owners.items():
+        if owner != run_id:
+            continue  # an earlier run's file, untouched by this one
+        try:
+            receipt = pending[rel].result(timeout=10)
+        except Exception:  # noqa: BLE001 - whatever went wrong, the file is not accounted for
+            receipt = None
+        if isinstance(receipt, Receipt) and receipt.committed:
+            receipts.append(receipt)
+            continue
+        io.remove(io.join_url(cfg.output, rel), cfg.storage)
+        log.warning("removed %s: committed as the run stopped, but its receipt never came", rel)
 
 
 def _harvest_finished(futures: list[Any], receipts: list[Receipt]) -> None:
@@ -902,7 +1148,9 @@ def profile(
         "batch_size": batch_size, "workers": workers, "scheduler": scheduler, "device": device, "prefix": prefix,
         "storage_options": opts,
     })
+    cfg = absolute_paths(cfg)
     storage = cfg.storage
+    _check_profile_output(cfg)
     t0 = time.perf_counter()
     if model:
         plan = plan_run(cfg)
@@ -952,15 +1200,39 @@ def profile(
     return prof
 
 
-def _remove_stale_outputs(cfg: ScoreConfig, receipts: list[Receipt]) -> None:
-    """With --overwrite, drop files of an earlier run that this run did not produce."""
-    if not cfg.overwrite:
-        return
-    produced = {r.relpath for r in receipts}
-    for rel in io.output_entries(cfg.output, cfg.storage):
-        if rel.startswith(io.STAGING_DIR + "/") or rel in produced or posixpath.basename(rel).startswith("_"):
-            continue
+def _check_profile_output(cfg: ScoreConfig) -> None:
+    """The profile is one JSON file: a folder there (or a path inside the input) is refused up front."""
+    if io.isdir(cfg.output, cfg.storage):
+        raise OutputError("profile output is a folder; give a file name such as reference.json", path=cfg.output)
+    if io.same_location_or_inside(cfg.output, cfg.input, cfg.storage):
+        raise OutputError("profile output is inside the input; write it elsewhere", path=cfg.output)
+
+
+def _remove_stale_outputs(cfg: ScoreConfig, survey: OutputSurvey, outputs: list[manifest.FileEntry]) -> None:
+    """Drop files an earlier batchserve run wrote that this run's outputs do not include
+    (inputs deleted since, a different layout); foreign files are never touched."""
+    keep = {e.relpath for e in outputs}
+    for rel in sorted(survey.ours - keep):
         io.remove(io.join_url(cfg.output, rel), cfg.storage)
+        log.info("removed %s: written by an earlier run, not an output of this one", rel)
+
+
+def _verify_outputs(cfg: ScoreConfig, outputs: list[manifest.FileEntry], survey: OutputSurvey) -> str | None:
+    """From the client's side, in one listing: every output the manifest lists is there with its
+    size, and no other data file is. Workers that resolve paths differently (another working
+    directory, another machine's disk) would otherwise leave ``_SUCCESS`` over missing files."""
+    found = io.output_files(cfg.output, cfg.storage)
+    for e in outputs:
+        if found.get(e.relpath) != e.bytes:
+            what = "missing" if e.relpath not in found else f"{found[e.relpath]} bytes, not {e.bytes}"
+            return (f"committed file {e.relpath} is {what} in the output as this client sees it; workers may "
+                    "see another filesystem (use absolute paths on storage every worker and the client share)")
+    listed = {e.relpath for e in outputs}
+    extra = sorted(rel for rel in found if rel.endswith(".parquet") and _is_content(rel) and not io.is_hidden(rel)
+                   and rel not in listed)
+    if extra:
+        return f"the output holds {len(extra)} data file(s) this run did not write (e.g. {extra[0]})"
+    return None
 
 
 def read_manifest(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:

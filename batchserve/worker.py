@@ -20,11 +20,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from distributed import WorkerPlugin, get_worker
+from distributed import Event, Lock, WorkerPlugin, get_worker
 
 from batchserve import drift, io, model, scoring
 from batchserve.config import storage_dict
@@ -40,6 +41,8 @@ __all__ = [
     "merge_pieces",
     "worker_report",
     "QUEUE_DEPTH",
+    "commit_lock_name",
+    "stop_event_name",
 ]
 
 QUEUE_DEPTH = 2
@@ -212,6 +215,53 @@ class Receipt:
 _DONE = object()
 
 
+def commit_lock_name(run_id: str) -> str:
+    return f"batchserve-commit-{run_id}"
+
+
+def stop_event_name(run_id: str) -> str:
+    return f"batchserve-stop-{run_id}"
+
+
+#: One commit lock per run on this worker. A distributed Lock starts a periodic lease refresh
+#: that keeps it alive, so a Lock per commit would pile up callbacks; runs are few, files many.
+_FENCE_LOCKS: dict[str, Lock] = {}
+_FENCE_RUNS_KEPT = 4
+_FENCE_GUARD = threading.Lock()
+
+
+def _fence_lock(run_id: str) -> Lock:
+    with _FENCE_GUARD:
+        lock = _FENCE_LOCKS.get(run_id)
+        if lock is None:
+            while len(_FENCE_LOCKS) >= _FENCE_RUNS_KEPT:  # an old run's lock: stop its refresh, forget it
+                old = _FENCE_LOCKS.pop(next(iter(_FENCE_LOCKS)))
+                callback = getattr(old, "refresh_callback", None)
+                if callback is not None:
+                    callback.stop()
+            lock = _FENCE_LOCKS[run_id] = Lock(commit_lock_name(run_id))
+        return lock
+
+
+@contextmanager
+def commit_fence(run_id: str) -> Iterator[None]:
+    """Hold the run's commit lock around a file's final move, and refuse once the run is stopped.
+
+    The client stops a run (signal, failure) by taking the same lock and setting the stop
+    event, so every file is either committed before that moment, and found by the client,
+    or never committed at all: the manifest can list exactly what is on disk.
+    """
+    lock = _fence_lock(run_id)
+    if not lock.acquire(timeout=120):
+        raise WorkerStateError("could not take the run's commit lock within 120 s; the file is not committed")
+    try:
+        if Event(stop_event_name(run_id)).is_set():
+            raise WorkerStateError("the run was stopped before this file committed; it is abandoned")
+        yield
+    finally:
+        lock.release()
+
+
 class _Stage:
     """A daemon thread pulling from a source into a bounded queue, keeping its own time."""
 
@@ -355,7 +405,7 @@ def _score_file_once(task: FileTask) -> Receipt:
     stop = threading.Event()
 
     def open_writer(schema: pa.Schema) -> io.StagedWriter:
-        return io.StagedWriter(task.output_url, task.staging_url, schema, storage)
+        return io.StagedWriter(task.output_url, task.staging_url, schema, storage, owner=task.run_id)
 
     reader = _Stage(
         source.batches(
@@ -405,7 +455,7 @@ def _score_file_once(task: FileTask) -> Receipt:
             )
         t0 = time.perf_counter()
         if task.piece is None:
-            size, checksum = staged.commit()
+            size, checksum = staged.commit(commit_fence(task.run_id))
             committed, output_url = True, task.output_url
         else:
             size, output_url = staged.close_staged(), task.staging_url
@@ -430,7 +480,7 @@ def _score_file_once(task: FileTask) -> Receipt:
 
 
 def merge_pieces(
-    final_url: str, staging_url: str, storage_options: tuple[tuple[str, str], ...], *pieces: Receipt
+    final_url: str, staging_url: str, storage_options: tuple[tuple[str, str], ...], run_id: str, *pieces: Receipt
 ) -> Receipt:
     """Concatenate a split file's pieces, in order, into one committed output file."""
     wall0 = time.perf_counter()
@@ -442,7 +492,8 @@ def merge_pieces(
         for piece in ordered:
             source = io.ParquetInput(piece.output_url, storage)
             if writer is None:
-                writer = io.StagedWriter(final_url, staging_url, source.footer.schema.remove_metadata(), storage)
+                writer = io.StagedWriter(final_url, staging_url, source.footer.schema.remove_metadata(), storage,
+                                         owner=run_id)
             batches = source.batches(columns=None, batch_size=65_536)
             while True:  # streamed: a piece is never held whole in memory
                 t0 = time.perf_counter()
@@ -454,7 +505,7 @@ def merge_pieces(
                 writer.write(b)
                 write_s += time.perf_counter() - t1
         assert writer is not None
-        size, checksum = writer.commit()
+        size, checksum = writer.commit(commit_fence(run_id))
     except BaseException:
         if writer is not None:
             writer.abort()

@@ -174,7 +174,7 @@ def dask_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         subprocess.Popen(
             [dask_bin, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
              "--scheduler-file", str(sched_file)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=d,
         )
     ]
     try:
@@ -184,7 +184,9 @@ def dask_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 subprocess.Popen(
                     [dask_bin, "worker", "--scheduler-file", str(sched_file), "--nthreads", "1",
                      "--no-dashboard", "--host", "127.0.0.1", "--memory-limit", "2GiB"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    # Their own working directory, as on a real cluster: relative paths must not
+                    # resolve there (issue 7: outputs once landed in the workers' directory).
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=d,
                 )
             )
         import json

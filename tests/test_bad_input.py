@@ -24,10 +24,10 @@ def score_args(model: Path, inp: Path, out: Path, *extra: str) -> list[str]:
 def test_file_whose_schema_differs_from_the_rest(tmp_path: Path, model_dir: dict, cluster: str) -> None:
     other = make_table(50, seed=2)
     other = other.set_column(other.schema.get_field_index("f2"), "f2", pa.array(np.arange(50, dtype=np.float64)))
-    write_dataset(tmp_path / "in", {"a.parquet": make_table(50), "b.parquet": other})
+    write_dataset(tmp_path / "in", {"a.parquet": make_table(50), "b.parquet": other, "c.parquet": make_table(9)})
     proc = run_cli(*score_args(model_dir["logreg"][0], tmp_path / "in", tmp_path / "out", "--scheduler", cluster))
     assert proc.returncode == 1
-    assert_one_error_line(proc, "schema differs from the first file (a.parquet)", "expected int32, found double",
+    assert_one_error_line(proc, "schema differs from most input files", "expected int32, found double",
                           "b.parquet", "'f2'")
     assert not list((tmp_path / "out").rglob("*.parquet"))
 
@@ -159,3 +159,58 @@ def test_fuzz_never_a_traceback_or_a_wrong_row_count(table: pa.Table, nan: str, 
         return
     assert result.manifest.totals.rows == table.num_rows
     assert pq.read_table(root / "out" / "x.parquet").num_rows == table.num_rows
+
+
+# Paths: spaces, unicode, brackets and glob characters in folder and file names, reached directly
+# or through a symbolic link. A path that exists is scored literally: every row once, in order.
+path_parts = st.lists(
+    st.sampled_from([*"ab z_-.[]*?{}()é漢😀=,", "run 1", "date=2026-11-05"]), min_size=1, max_size=8,
+).map("".join).filter(lambda s: s.strip(" .") == s and not s.startswith(("_", ".")) and s not in (".", ".."))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(folder=path_parts, name=path_parts, via_link=st.booleans(), explicit_file=st.booleans())
+def test_fuzz_paths_are_taken_literally(folder: str, name: str, via_link: bool, explicit_file: bool,
+                                        tmp_path_factory, model_dir: dict, cluster: str) -> None:
+    import batchserve
+
+    root = tmp_path_factory.mktemp("paths")
+    table = make_table(23, seed=len(folder) + len(name))
+    data = write_dataset(root / "data" / folder, {f"{name}.parquet": table})
+    inp = data
+    if via_link:
+        (root / "link").symlink_to(data, target_is_directory=True)
+        inp = root / "link"
+    target = inp / f"{name}.parquet" if explicit_file else inp
+    result = batchserve.score(model=str(model_dir["multi"][0]), input=str(target), output=str(root / "out"),
+                              scheduler=cluster, features=FEATURES)
+    assert result.manifest.totals.rows == 23
+    got = pq.read_table(root / "out" / f"{name}.parquet")
+    assert got.column("id").to_pylist() == table.column("id").to_pylist()
+
+
+# Option values: whatever is typed, the CLI answers with one line (or a usage error), never a traceback.
+option_values = st.one_of(
+    st.text(max_size=12), st.integers(-10**25, 10**25).map(str), st.sampled_from(["", "=", "a=", "=b", "1e20", "nan"]),
+)
+options = st.sampled_from(["--batch-size", "--workers", "--scheduler", "--storage-option", "--device", "--on-error",
+                           "--nan", "--retries", "--split-rows", "--max-failed-files", "--max-drift-share",
+                           "--drift-metric", "--drift-threshold", "--model-version", "--features", "--keep", "--job",
+                           "--reference", "--prefix"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=st.lists(st.tuples(options, option_values), min_size=1, max_size=3))
+def test_fuzz_option_values_never_a_traceback(pairs: list[tuple[str, str]], tmp_path_factory) -> None:
+    from typer.testing import CliRunner
+
+    from batchserve.cli import app
+
+    root = tmp_path_factory.mktemp("opts")
+    args = ["score", "--model", str(root / "none.onnx"), "--input", str(root / "in"), "--output", str(root / "out")]
+    for opt, value in pairs:
+        args += [opt, value]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code in (1, 2), (args, result.output)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (args, repr(result.exception))
+    assert not (root / "out").exists()

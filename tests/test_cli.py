@@ -154,7 +154,7 @@ def test_errors_exit_1_with_one_line_and_write_nothing(tmp_path: Path, dataset: 
         (_score_args(model_dir["multi"][0], dataset, out), ["pass --features", "X[N, 6]"]),
         (_score_args(model_dir["lgbm"][0], clash, out), ["would overwrite an input column", "'label'", "--prefix"]),
         (_score_args(model_dir["logreg"][0], dataset, out, "--keep", "id,nope"), ["--keep is missing", "'nope'"]),
-        (_score_args(model_dir["logreg"][0], dataset, dataset / "scored"), ["inside the input folder"]),
+        (_score_args(model_dir["logreg"][0], dataset, dataset / "scored"), ["input and output overlap"]),
         (_score_args(SAMPLE_MODEL, dataset, out, "--model-version", "7"), ["version 7 not found", "available: 1"]),
         (_score_args(model_dir["logreg"][0], dataset, out, "--device", "tpu"), ["--device must be"]),
         (_score_args(model_dir["logreg"][0], dataset, out, "--scheduler", "tcp://127.0.0.1:1"),

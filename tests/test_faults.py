@@ -139,6 +139,15 @@ def test_sigterm_writes_interrupted_manifest_and_exits_143(tmp_path: Path, slow_
     assert listed <= {e["relpath"] for e in m["outputs"]} and len(m["outputs"]) < len(tables)
     assert not (out / "_SUCCESS").exists() and not (out / "_batchserve.lock").exists()
     assert_complete_files_only(out, tables)
+    # The manifest lists exactly what is on disk: a file in flight on a worker when the signal came
+    # used to land 0.06-0.5 s later, unlisted. Wait past that, then compare.
+    time.sleep(1.5)
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*.parquet") if "_temporary" not in p.parts}
+    assert on_disk == {e["relpath"] for e in m["outputs"]}
+    import hashlib
+
+    for e in m["outputs"]:
+        assert e["checksum"] == "sha256:" + hashlib.sha256((out / e["relpath"]).read_bytes()).hexdigest()
 
 
 @pytest.mark.slow
