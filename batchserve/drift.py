@@ -408,8 +408,14 @@ def wasserstein(ref: ColumnSummary, cur: ColumnSummary) -> float | None:
     qr = np.asarray(quantiles(ref, u), dtype=np.float64)
     qc = np.asarray(quantiles(cur, u), dtype=np.float64)
     w = float(np.mean(np.abs(qr - qc)))
-    scale = ref.std
-    return w / scale if scale > 0 else (0.0 if w == 0 else math.inf)
+    return _scaled(w, ref.std)
+
+
+def _scaled(w: float, scale: float) -> float | None:
+    """W divided by the reference std; undefined (None, never infinity) for a constant reference."""
+    if scale > 0:
+        return w / scale
+    return 0.0 if w == 0 else None
 
 
 def _categorical_shares(ref: ColumnSummary, cur: ColumnSummary) -> tuple[np.ndarray, np.ndarray, int]:
@@ -518,29 +524,105 @@ def describe_column(s: ColumnSummary) -> dict[str, Any]:
     }
 
 
-def _is_categorical(ref: ColumnSummary, cur: ColumnSummary) -> bool:
-    # Few distinct values in both (ints, bools, labels, strings): compare as categories.
-    return ref.categories is not None and cur.categories is not None and (
-        ref.sketch is None or len(ref.categories) <= 20
-    )
+def _exact_distribution(s: ColumnSummary) -> tuple[np.ndarray, np.ndarray] | None:
+    """(sorted values, probabilities) of a numeric column whose every value was counted, else None."""
+    if s.sketch is None or not s.count or not s.categories:
+        return None
+    try:
+        values = np.array([float(k) for k in s.categories], dtype=np.float64)
+    except ValueError:
+        return None
+    counts = np.array(list(s.categories.values()), dtype=np.float64)
+    order = np.argsort(values)
+    return values[order], counts[order] / counts.sum()
+
+
+def _exact_cdf(dist: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
+    values, probs = dist
+    cum = np.concatenate([[0.0], np.cumsum(probs)])
+    return np.asarray(cum[np.searchsorted(values, x, side="right")])
+
+
+def _exact_shares(dist: tuple[np.ndarray, np.ndarray], edges: Sequence[float]) -> np.ndarray:
+    """Shares in the bins (-inf, e1], (e1, e2], ..., (ek, inf), as the sketch's pmf cuts them."""
+    values, probs = dist
+    idx = np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="left")
+    return np.bincount(idx, weights=probs, minlength=len(edges) + 1).astype(np.float64)
+
+
+def _exact_edges(dist: tuple[np.ndarray, np.ndarray], bins: int) -> list[float]:
+    values, probs = dist
+    cum = np.cumsum(probs)
+    qs = [values[min(int(np.searchsorted(cum, i / bins - 1e-12, side="left")), len(values) - 1)]
+          for i in range(1, bins)]
+    return _split_points(qs)
+
+
+def _exact_metrics(ref: ColumnSummary, cur: ColumnSummary) -> dict[str, float | None] | None:
+    """Every numeric metric, exactly, from the counts of a low-cardinality column (hour, weekday, codes)."""
+    r, c = _exact_distribution(ref), _exact_distribution(cur)
+    if r is None or c is None:
+        return None
+    grid = np.union1d(r[0], c[0])
+    fr, fc = _exact_cdf(r, grid), _exact_cdf(c, grid)
+    gap = np.abs(fr - fc)
+    edges_psi, edges_js = _exact_edges(r, 10), _exact_edges(r, 20)
+    return {
+        "psi": _psi_from_shares(_exact_shares(r, edges_psi), _exact_shares(c, edges_psi)),
+        "ks": float(gap.max()),
+        "wasserstein": _scaled(float(np.sum(gap[:-1] * np.diff(grid))), ref.std),
+        "js": _js_from_shares(_exact_shares(r, edges_js), _exact_shares(c, edges_js)),
+    }
+
+
+def _categorical_view(ref: ColumnSummary, cur: ColumnSummary) -> dict[str, Any] | None:
+    """PSI and JS over the values themselves, for columns with few distinct values."""
+    if ref.categories is None or cur.categories is None or not ref.count or not cur.count:
+        return None
+    r, c, unseen = _categorical_shares(ref, cur)
+    return {"psi": round(_psi_from_shares(r, c), 6), "js": round(_js_from_shares(r, c), 6),
+            "unseen_categories": unseen}
+
+
+def _undefined_reasons(ref: ColumnSummary, cur: ColumnSummary, metrics: Mapping[str, float | None],
+                       numeric: bool) -> dict[str, str]:
+    """Why each metric that has no value has none (a manifest says null with a reason, never infinity)."""
+    reasons: dict[str, str] = {}
+    for name, value in metrics.items():
+        if value is not None:
+            continue
+        if not ref.count:
+            reasons[name] = "the reference has no finite values in this column"
+        elif not cur.count:
+            reasons[name] = "this run has no finite values in this column"
+        elif not numeric and name in ("ks", "wasserstein"):
+            reasons[name] = "categorical column: its values have no order or distance"
+        elif name == "wasserstein":
+            reasons[name] = "the reference is constant (std 0): there is no spread to scale the distance by"
+        else:
+            reasons[name] = "not computable from these summaries"
+    return reasons
 
 
 def compare_columns(ref: ColumnSummary, cur: ColumnSummary, column: str, policy: DriftPolicy) -> dict[str, Any]:
-    """All metrics for one column, and whether its deciding metric passes its threshold."""
+    """All metrics for one column, and whether its deciding metric passes its threshold.
+
+    Every numeric column gets every numeric metric (exact from the counts when the column has
+    few distinct values, from the sketches otherwise); columns with few values also get the
+    categorical view (PSI and JS over the values). Text columns are compared as categories.
+    """
     null_change = _null_rate(cur) - _null_rate(ref)
-    if _is_categorical(ref, cur):
-        r, c, unseen = _categorical_shares(ref, cur)
-        metrics: dict[str, float | None] = {
-            "psi": _psi_from_shares(r, c) if ref.count and cur.count else None,
-            "ks": None,
-            "wasserstein": None,
-            "js": _js_from_shares(r, c) if ref.count and cur.count else None,
-        }
-        kind = "categorical"
-    else:
-        metrics = {name: fn(ref, cur) for name, fn in METRICS.items()}
-        unseen = 0
+    numeric = ref.sketch is not None or cur.sketch is not None  # text columns have no sketch on either side
+    view = _categorical_view(ref, cur)
+    metrics: dict[str, float | None]
+    if numeric:
+        exact = _exact_metrics(ref, cur)
+        metrics = exact if exact is not None else {name: fn(ref, cur) for name, fn in METRICS.items()}
         kind = "numeric"
+    else:
+        metrics = {"psi": view["psi"] if view else None, "ks": None, "wasserstein": None,
+                   "js": view["js"] if view else None}
+        kind = "categorical"
     chosen = policy.metric_for(column)
     if metrics.get(chosen) is None and kind == "categorical":
         chosen = "psi"  # ks/wasserstein have no meaning over categories
@@ -550,13 +632,17 @@ def compare_columns(ref: ColumnSummary, cur: ColumnSummary, column: str, policy:
         decided_by = chosen
     elif abs(null_change) > policy.threshold(column, "null_rate_change"):
         decided_by = "null_rate_change"
-    return {
+    entry: dict[str, Any] = {
         "kind": kind,
         **{k: (None if v is None else round(float(v), 6)) for k, v in metrics.items()},
         "null_rate_change": round(null_change, 6),
-        "unseen_categories": unseen,
+        "unseen_categories": view["unseen_categories"] if view else 0,
         "metric": chosen,
         "threshold": policy.threshold(column, chosen),
         "drifted": decided_by is not None,
         "decided_by": decided_by,
+        "undefined": _undefined_reasons(ref, cur, metrics, numeric),
     }
+    if numeric and view is not None:
+        entry["categorical"] = view
+    return entry

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
 
@@ -38,6 +39,9 @@ __all__ = [
     "dumps",
     "loads",
     "json_schema",
+    "profile_json_schema",
+    "strict",
+    "category_order",
     "example_manifest",
     "UPGRADES",
     "PROFILE_SCHEMA_NAME",
@@ -173,8 +177,39 @@ class Manifest:
         return _schema_first(self)
 
 
+def strict(value: Any) -> Any:
+    """The same data with every NaN or infinity as null: manifests and profiles are strict JSON
+    (Node's JSON.parse and jq refuse or mangle ``Infinity``); where a metric is undefined, the
+    drift section says why in ``undefined``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(v) for v in value]
+    return value
+
+
+def _strict_dumps(data: Any, indent: int) -> str:
+    return json.dumps(strict(data), indent=indent, allow_nan=False) + "\n"
+
+
 def dumps(manifest: Manifest) -> str:
-    return json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
+    return _strict_dumps(manifest.to_dict(), 2)
+
+
+def _schema_text(name: str) -> dict[str, Any]:
+    return dict(json.loads(resources.files("batchserve").joinpath(f"schemas/{name}").read_text("utf-8")))
+
+
+def _check_against_schema(data: Any, schema: dict[str, Any], what: str, source: str | None) -> None:
+    """Validate an artifact where it enters: a wrong type is one line naming the field, never a crash later."""
+    import jsonschema  # only readers of artifacts pay for the import
+
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ConfigError(f"{what} is malformed at {where}: {error.message[:200]}", path=source)
 
 
 def _files(items: list[dict[str, Any]]) -> list[FileEntry]:
@@ -207,8 +242,8 @@ def loads(text: str, *, source: str | None = None) -> Manifest:
     """Parse a manifest of this or an older schema version."""
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"manifest is not valid JSON: {exc}", path=source) from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ConfigError(f"manifest is not valid JSON: {str(exc)[:120]}", path=source) from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA_NAME:
         raise ConfigError(f"not a batchserve run manifest (schema is not {SCHEMA_NAME!r})", path=source)
     version = data.get("schema_version")
@@ -222,16 +257,21 @@ def loads(text: str, *, source: str | None = None) -> Manifest:
     while version < SCHEMA_VERSION:
         data = UPGRADES[version](data)
         version = data["schema_version"]
+    _check_against_schema(data, json_schema(), "manifest", source)
     try:
         return _from_v1(data)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"manifest is missing or has unexpected fields: {exc}", path=source) from None
 
 
 def json_schema() -> dict[str, Any]:
     """The committed JSON Schema for the current version."""
-    text = resources.files("batchserve").joinpath("schemas/run-manifest.v1.json").read_text("utf-8")
-    return dict(json.loads(text))
+    return _schema_text("run-manifest.v1.json")
+
+
+def profile_json_schema() -> dict[str, Any]:
+    """The committed JSON Schema of the reference profile."""
+    return _schema_text("reference-profile.v1.json")
 
 
 def example_manifest() -> Manifest:
@@ -288,7 +328,7 @@ class Profile:
 
 
 def profile_dumps(profile: Profile) -> str:
-    return json.dumps(profile.to_dict(), indent=1) + "\n"
+    return _strict_dumps(profile.to_dict(), 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,8 +346,8 @@ def load_reference(text: str, uri: str, sha256: str) -> Reference:
     """Parse a reference profile or a run manifest (whose drift section holds the same summaries)."""
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"reference is not valid JSON: {exc}", path=uri) from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ConfigError(f"reference is not valid JSON: {str(exc)[:120]}", path=uri) from None
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema == PROFILE_SCHEMA_NAME:
         version = data.get("schema_version")
@@ -317,11 +357,18 @@ def load_reference(text: str, uri: str, sha256: str) -> Reference:
                 f"{PROFILE_SCHEMA_VERSION}; rebuild it with `batchserve profile`",
                 path=uri,
             )
-        columns = data.get("columns", {})
-        rows = int(data.get("source", {}).get("rows", 0))
+        _check_against_schema(data, profile_json_schema(), "reference profile", uri)
+        columns = data["columns"]
+        rows = int(data["source"]["rows"])
         kind = "profile"
     elif schema == SCHEMA_NAME:
         m = loads(text, source=uri)
+        if m.run.status != "succeeded":
+            raise ConfigError(
+                f"that run manifest is from a run that did not succeed (status {m.run.status}); its statistics "
+                "cover only part of the data: use a succeeded run's manifest or a profile",
+                path=uri,
+            )
         if not m.drift:
             raise ConfigError("that run manifest has no drift statistics (run was scored with --no-drift)", path=uri)
         columns = {**m.drift.get("features", {}), **m.drift.get("predictions", {})}
@@ -333,7 +380,7 @@ def load_reference(text: str, uri: str, sha256: str) -> Reference:
         )
     try:
         summaries = {name: drift_mod.ColumnSummary.from_dict(col["summary"]) for name, col in columns.items()}
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
         raise ConfigError(f"reference has malformed column statistics ({exc})", path=uri) from None
     return Reference(kind, uri, sha256, rows, summaries)
 
@@ -348,13 +395,23 @@ def check_reference_covers(reference: Reference, features: list[str]) -> None:
         )
 
 
+def category_order(keys: Iterable[str]) -> list[str]:
+    """Category labels in reading order: numerically when they are all numbers (0, 1, 2, ..., 10, 11,
+    not 0, 1, 10, 11, 2), else as text."""
+    keys = list(keys)
+    try:
+        return sorted(keys, key=float)
+    except ValueError:
+        return sorted(keys)
+
+
 def _display_histogram(ref: drift_mod.ColumnSummary | None, cur: drift_mod.ColumnSummary, bins: int = 30) -> dict:
     """Small, fixed-size histograms of both sides for the HTML report."""
     sides = [s for s in (ref, cur) if s is not None and s.count]
     if not sides:
         return {}
     if all(s.categories is not None for s in sides) and (ref is None or len(ref.categories or {}) <= 20):
-        cats = sorted({k for s in sides for k in (s.categories or {})})[:30]
+        cats = category_order({k for s in sides for k in (s.categories or {})})[:30]
 
         def shares(s: drift_mod.ColumnSummary | None) -> list[float] | None:
             if s is None or not s.count or s.categories is None:

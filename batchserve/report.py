@@ -16,6 +16,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from batchserve.manifest import category_order
+
 __all__ = ["render_html", "render_text", "ranked_columns"]
 
 _METRICS = ("psi", "ks", "js", "wasserstein", "null_rate_change")
@@ -68,7 +70,7 @@ def render_text(manifest: Mapping[str, Any]) -> str:
     lines += [header, "-" * len(header)]
     for name, e in ranked_columns(drift):
         metric = e.get("metric") or "-"
-        status = f"DRIFT ({e['decided_by']})" if e.get("drifted") else "ok"
+        status = "no reference" if ref is None else (f"DRIFT ({e['decided_by']})" if e.get("drifted") else "ok")
         lines.append(
             f"{name[:28]:28} {e.get('role', ''):10} {metric:11} {_fmt(e.get(metric) if e.get('metric') else None):>8} "
             f"{_fmt(e.get('threshold'), 2):>6}  "
@@ -81,7 +83,14 @@ def render_text(manifest: Mapping[str, Any]) -> str:
 def _svg_histogram(hist: Mapping[str, Any], width: int = 420, height: int = 150) -> str:
     """Reference (grey bars) and current (blue outline) distributions on the same axis."""
     ref, cur = hist.get("reference"), hist.get("current")
-    labels = hist.get("categories")
+    labels: list[Any] | None = hist.get("categories")
+    if labels:  # older manifests sorted numeric labels as text: put them in reading order
+        keys = [str(x) for x in labels]
+        rank = {k: i for i, k in enumerate(category_order(keys))}
+        order = sorted(range(len(keys)), key=lambda i: rank[keys[i]])
+        labels = [labels[i] for i in order]
+        ref = [ref[i] for i in order] if ref else ref
+        cur = [cur[i] for i in order] if cur else cur
     series = [s for s in (ref, cur) if s]
     if not series:
         return "<p class=muted>no values</p>"
@@ -134,6 +143,8 @@ th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}
 .card.drift{border-color:#fca5a5;background:#fffafa} .card h3{font-size:14px;margin:0 0 6px}
 svg text{font-size:10px;fill:#6b7280} .ref{fill:#cbd5e1} .cur{fill:rgba(37,99,235,.35);stroke:#2563eb;stroke-width:1}
 .axis{stroke:#9ca3af} .legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px;vertical-align:middle}
+.legend .ref{background:#cbd5e1} .legend .cur{background:rgba(37,99,235,.35);outline:1px solid #2563eb}
+.badge.none{background:#f3f4f6;color:#6b7280}
 .over{background:#fee2e2}
 """
 
@@ -174,10 +185,13 @@ def render_html(manifest: Mapping[str, Any]) -> str:
     defaults = ", ".join(f"{k} {v}" for k, v in policy.get("defaults", {}).items())
     rows = []
     for name, e in ranked_columns(drift):
-        status = (
-            f'<span class="badge bad">drift: {esc(str(e["decided_by"]))}</span>'
-            if e.get("drifted") else '<span class="badge ok">ok</span>'
-        )
+        if ref is None:
+            status = '<span class="badge none">no reference</span>'
+        elif e.get("drifted"):
+            status = f'<span class="badge bad">drift: {esc(str(e["decided_by"]))}</span>'
+        else:
+            status = '<span class="badge ok">ok</span>'
+
         rows.append(
             f"<tr><td>{esc(name)}</td><td>{esc(str(e.get('role')))}</td><td>{esc(str(e.get('metric') or '–'))}</td>"
             f"<td>{_fmt(e.get('threshold'), 2)}</td>{_metric_cells(e)}<td>{status}</td></tr>"

@@ -72,22 +72,58 @@ def test_numeric_metrics_agree_with_scipy(case: str) -> None:
         assert abs(np.searchsorted(rs, est) / len(rs) - q) < 0.008
 
 
-def test_categorical_shift_psi_js_and_unseen() -> None:
+def test_low_cardinality_numeric_gets_exact_numeric_metrics_and_the_categorical_view() -> None:
+    """Codes 0-4: KS, Wasserstein, PSI and JS exact from the counts (scipy on the full arrays is the
+    oracle), and PSI/JS over the values themselves added as the categorical view, unseen value counted."""
+    from scipy.stats import ks_2samp, wasserstein_distance
+
     g = np.random.default_rng(3)
     r = g.choice([0, 1, 2, 3], p=[0.4, 0.3, 0.2, 0.1], size=100_000)
     c = g.choice([0, 1, 2, 3, 4], p=[0.2, 0.3, 0.2, 0.2, 0.1], size=80_000)
     R = drift.summarize_numeric(r.astype(float), categorical=True)
     C = drift.summarize_numeric(c.astype(float), categorical=True)
     out = drift.compare_columns(R, C, "cat", drift.DriftPolicy())
+    assert out["kind"] == "numeric" and out["undefined"] == {}
+    assert out["ks"] == pytest.approx(ks_2samp(r, c).statistic, abs=1e-6)
+    assert out["wasserstein"] == pytest.approx(wasserstein_distance(r, c) / r.std(), abs=1e-5)
+    # PSI/JS on the reference's quantile bins (-inf, e1], (e1, e2], ...: exact quantiles of r
+    for name, bins, fn in (("psi", 10, None), ("js", 20, jensenshannon)):
+        edges = np.unique([np.quantile(r, i / bins, method="inverted_cdf") for i in range(1, bins)])
+        rb = np.bincount(np.searchsorted(edges, r, side="left"), minlength=len(edges) + 1) / len(r)
+        cb = np.bincount(np.searchsorted(edges, c, side="left"), minlength=len(edges) + 1) / len(c)
+        if fn is None:
+            want = np.sum((np.maximum(cb, 1e-4) - np.maximum(rb, 1e-4)) * np.log(np.maximum(cb, 1e-4) / np.maximum(rb, 1e-4)))
+        else:
+            want = fn(rb, cb, base=2)
+        assert out[name] == pytest.approx(want, abs=1e-6), name
     rp = np.bincount(r, minlength=5)[:4] / len(r)
     cp = np.bincount(c, minlength=5) / len(c)
     rs = np.append(rp, 0.0)
     cs = np.array([cp[0], cp[1], cp[2], cp[3], cp[4]])
     want_psi = np.sum((np.maximum(cs, 1e-4) - np.maximum(rs, 1e-4)) * np.log(np.maximum(cs, 1e-4) / np.maximum(rs, 1e-4)))
-    assert out["kind"] == "categorical" and out["unseen_categories"] == int((c == 4).sum())
-    assert out["psi"] == pytest.approx(want_psi, abs=1e-6)
-    assert out["js"] == pytest.approx(jensenshannon(rs, cs, base=2), abs=1e-6)
+    view = out["categorical"]
+    assert view["unseen_categories"] == out["unseen_categories"] == int((c == 4).sum())
+    assert view["psi"] == pytest.approx(want_psi, abs=1e-6)
+    assert view["js"] == pytest.approx(jensenshannon(rs, cs, base=2), abs=1e-6)
     assert out["drifted"] and out["decided_by"] == "psi"
+
+
+def test_text_columns_compare_as_categories_with_reasons_for_the_rest() -> None:
+    R = drift.summarize_categorical(["a"] * 70 + ["b"] * 30)
+    C = drift.summarize_categorical(["a"] * 30 + ["b"] * 60 + ["z"] * 10)
+    out = drift.compare_columns(R, C, "t", drift.DriftPolicy())
+    assert out["kind"] == "categorical" and out["ks"] is None and out["wasserstein"] is None
+    assert "no order" in out["undefined"]["ks"] and out["unseen_categories"] == 10 and out["drifted"]
+
+
+def test_constant_reference_gives_null_wasserstein_with_a_reason() -> None:
+    R = drift.summarize_numeric(np.full(1000, 3.0))
+    C = drift.summarize_numeric(np.arange(1000, dtype=float))
+    out = drift.compare_columns(R, C, "k", drift.DriftPolicy())
+    assert out["wasserstein"] is None and "constant" in out["undefined"]["wasserstein"]
+    assert out["ks"] is not None and out["ks"] > 0.9
+    same = drift.compare_columns(R, R, "k", drift.DriftPolicy())
+    assert same["wasserstein"] == 0.0 and same["psi"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_no_false_alarms_at_a_million_rows() -> None:
