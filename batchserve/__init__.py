@@ -7,24 +7,56 @@ PythonOperator or a notebook can call them directly::
     result = batchserve.score(model="sample_data/model", input="sample_data/transactions",
                               output="out/", overwrite=True)
     print(result.manifest.totals.rows)
+
+Names are imported on first use (PEP 562): ``import batchserve`` stays cheap, so the
+console script can install its signal handlers before Dask and onnxruntime load.
 """
 
-from batchserve.config import ScoreConfig, resolve_score_config
-from batchserve.errors import (
-    BatchserveError,
-    ClusterError,
-    ConfigError,
-    DataError,
-    DeviceError,
-    InputError,
-    ModelError,
-    OutputError,
-    SchemaError,
-    StorageError,
-    WorkerStateError,
-)
-from batchserve.manifest import Manifest
-from batchserve.pipeline import ProgressEvent, RunPlan, RunResult, inspect_model, score, validate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchserve.config import ScoreConfig, resolve_score_config
+    from batchserve.errors import (
+        BatchserveError,
+        ClusterError,
+        ConfigError,
+        DataError,
+        DeviceError,
+        InputError,
+        ModelError,
+        OutputError,
+        SchemaError,
+        StorageError,
+        WorkerStateError,
+    )
+    from batchserve.manifest import Manifest
+    from batchserve.pipeline import ProgressEvent, RunPlan, RunResult, inspect_model, score, validate
+
+_WHERE = {
+    "score": "pipeline",
+    "validate": "pipeline",
+    "inspect_model": "pipeline",
+    "RunResult": "pipeline",
+    "RunPlan": "pipeline",
+    "ProgressEvent": "pipeline",
+    "resolve_score_config": "config",
+    "ScoreConfig": "config",
+    "Manifest": "manifest",
+    "BatchserveError": "errors",
+    "ConfigError": "errors",
+    "InputError": "errors",
+    "SchemaError": "errors",
+    "DataError": "errors",
+    "ModelError": "errors",
+    "DeviceError": "errors",
+    "OutputError": "errors",
+    "StorageError": "errors",
+    "ClusterError": "errors",
+    "WorkerStateError": "errors",
+}
 
 __all__ = [
     "score",
@@ -48,3 +80,16 @@ __all__ = [
     "ClusterError",
     "WorkerStateError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchserve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"batchserve.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

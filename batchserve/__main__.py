@@ -1,5 +1,5 @@
 """``python -m batchserve`` runs the CLI (handy where the console script is not on PATH)."""
 
-from batchserve.cli import main
+from batchserve.launch import main
 
 main()

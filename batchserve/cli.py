@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,7 +28,6 @@ from batchserve.errors import (
     EXIT_FAILED,
     EXIT_OK,
     BatchserveError,
-    ConfigError,
     Interrupted,
 )
 
@@ -41,6 +41,9 @@ EXIT_CODES = {
     "drift": 3,  # reserved for --fail-on-drift
     "interrupted": 130,  # SIGINT; SIGTERM gives 143 (128 + signal number)
 }
+
+#: The run id of the score command in progress, so even a bug's one line names the run.
+_current_run: dict[str, str] = {}
 
 app = typer.Typer(
     name="batchserve",
@@ -164,20 +167,26 @@ def score(
     130/143 interrupted by SIGINT/SIGTERM (committed files kept; re-run with --resume).
     """
     _setup_logging(debug, quiet)
-    flags: dict[str, Any] = {
-        "model": model, "input": input, "output": output, "features": _columns(features),
-        "keep": _columns(keep), "batch_size": batch_size, "workers": workers, "scheduler": scheduler,
-        "device": device, "overwrite": overwrite, "model_version": model_version, "prefix": prefix,
-        "split_rows": split_rows, "reference": reference, "drift": drift, "fail_on_drift": fail_on_drift,
-        "max_drift_share": max_drift_share, "drift_metric": drift_metric or None,
-        "drift_threshold": drift_threshold or None, "resume": resume, "retries": retries,
-        "on_error": on_error, "max_failed_files": max_failed_files, "nan": nan,
-        "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
-    }
-    cfg = _guard(debug, lambda: resolve_score_config(flags, job_file=job))
+
+    def resolve() -> Any:
+        flags: dict[str, Any] = {
+            "model": model, "input": input, "output": output, "features": _columns(features),
+            "keep": _columns(keep), "batch_size": batch_size, "workers": workers, "scheduler": scheduler,
+            "device": device, "overwrite": overwrite, "model_version": model_version, "prefix": prefix,
+            "split_rows": split_rows, "reference": reference, "drift": drift, "fail_on_drift": fail_on_drift,
+            "max_drift_share": max_drift_share, "drift_metric": drift_metric or None,
+            "drift_threshold": drift_threshold or None, "resume": resume, "retries": retries,
+            "on_error": on_error, "max_failed_files": max_failed_files, "nan": nan,
+            "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
+        }
+        return resolve_score_config(flags, job_file=job)
+
+    cfg = _guard(debug, resolve)
+    run_id = pipeline.new_run_id()
+    _current_run["id"] = run_id
     bar = _BarProgress() if _err.is_terminal and not quiet else None
     try:
-        result = _guard(debug, lambda: pipeline.score(cfg, on_progress=bar))
+        result = _guard(debug, lambda: pipeline.score(cfg, on_progress=bar, run_id=run_id))
     finally:
         if bar is not None:
             bar.stop()
@@ -214,20 +223,24 @@ def inspect(
         typer.echo(json.dumps(info, indent=2))
         return
     out = Console()
-    out.print(f"[bold]{info['resolved_uri']}[/bold]  version={info['version']}  sha256={info['sha256']}")
-    out.print(
+    # Everything from the model file is escaped: metadata like "[/x]" is text, not rich markup.
+    out.print(f"[bold]{escape(info['resolved_uri'])}[/bold]  version={escape(str(info['version']))}  "
+              f"sha256={info['sha256']}")
+    out.print(escape(
         f"producer={info['producer_name']} {info['producer_version']}  ir={info['ir_version']}  "
         f"opset={info['opset']}  bytes={info['bytes']:,}"
-    )
+    ))
+    if info.get("feature_names_error"):
+        out.print(f"[red]feature_names: {escape(info['feature_names_error'])}[/red]")
     table = Table("kind", "name", "type", "shape")
     for kind in ("inputs", "outputs"):
         for t in info[kind]:
-            table.add_row(kind[:-1], t["name"], t["type"], str(t["shape"]))
+            table.add_row(kind[:-1], escape(t["name"]), escape(t["type"]), escape(str(t["shape"])))
     out.print(table)
     if info["metadata_props"]:
         meta = Table("metadata key", "value")
         for k, v in info["metadata_props"].items():
-            meta.add_row(k, v if len(v) < 200 else v[:197] + "...")
+            meta.add_row(escape(k), escape(v if len(v) < 200 else v[:197] + "..."))
         out.print(meta)
 
 
@@ -243,12 +256,15 @@ def validate(
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Check the feature mapping and every file's schema without scoring (exit 0 or 1)."""
-    flags: dict[str, Any] = {
-        "model": model, "input": input, "output": "", "features": _columns(features), "keep": _columns(keep),
-        "model_version": model_version, "prefix": prefix,
-        "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
-    }
-    cfg = _guard(debug, lambda: resolve_score_config(flags, env={}))
+    def resolve() -> Any:
+        flags: dict[str, Any] = {
+            "model": model, "input": input, "output": "", "features": _columns(features), "keep": _columns(keep),
+            "model_version": model_version, "prefix": prefix,
+            "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
+        }
+        return resolve_score_config(flags, env={})
+
+    cfg = _guard(debug, resolve)
     plan = _guard(debug, lambda: pipeline.validate(cfg))
     typer.echo(
         f"ok: {len(plan.partitions)} file(s), {plan.rows:,} rows; features ({plan.features.source}): "
@@ -308,8 +324,36 @@ app.registered_commands[-1].name = "report"
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Run the app; whatever escapes the commands still reaches the user as one line.
+
+    A :class:`BatchserveError` is the user's to fix; anything else is a bug in batchserve,
+    said so in one line that names the run and points to ``--debug`` for the traceback.
+    """
+    debug = "--debug" in sys.argv
     try:
         app()
-    except ConfigError as exc:  # pragma: no cover - config errors are guarded per command
-        _fail(str(exc))
+    except SystemExit:
+        raise
+    except Interrupted as exc:
+        _last_line(str(exc), 128 + exc.signum, debug)
+    except BatchserveError as exc:
+        _last_line(str(exc), EXIT_FAILED, debug)
+    except KeyboardInterrupt:
+        _last_line("interrupted", EXIT_CODES["interrupted"], debug)
+    except Exception as exc:  # noqa: BLE001 - the last resort: a bug, still one line
+        run = _current_run.get("id")
+        text = " ".join(str(exc).split())[:300]
+        _last_line(
+            f"internal error (a bug in batchserve): {type(exc).__name__}: {text}"
+            + (f"; run {run}" if run else "")
+            + "; re-run with --debug for the traceback, and please report it",
+            EXIT_FAILED, debug,
+        )
+
+
+def _last_line(message: str, code: int, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(code)

@@ -34,6 +34,16 @@ __all__ = [
 ]
 
 DEFAULT_BATCH_SIZE = 65_536
+#: Larger batches only cost memory (about batch x features x 4 bytes, several in flight) and
+#: overflow pyarrow's and onnxruntime's size arguments long before they could pay.
+MAX_BATCH_SIZE = 1 << 24
+#: Bounds on counts, so a typo (an extra zero or twenty) is a clear error, not an overflow deep inside.
+_MAX_COUNT = {"workers": 4096, "retries": 100, "split_rows": 1 << 40, "max_failed_files": 1 << 40}
+#: A Dask scheduler address: protocol://host[:port], host:port, or inproc://...
+_SCHEDULER_RE = re.compile(
+    r"^(tcp|tls|ucx|ws|wss)://(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+)(:\d{1,5})?/?$"
+    r"|^(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):\d{1,5}$|^inproc://\S+$"
+)
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _SECRET_RE = re.compile(r"(secret|password|passwd|token|credential|session|private|key)", re.I)
 # Keys that match _SECRET_RE but hold no secret: keep them readable in manifests.
@@ -81,8 +91,18 @@ class ScoreConfig:
     nan: str = "pass"
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ConfigError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE:,}, got {self.batch_size}")
+        for name, most in _MAX_COUNT.items():
+            value = getattr(self, name)
+            if value is not None and value > most:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at most {most:,}, got {value}")
+        if self.max_failed_files is not None and self.max_failed_files < 0:
+            raise ConfigError(f"--max-failed-files must be >= 0, got {self.max_failed_files}")
+        if self.scheduler is not None and not _SCHEDULER_RE.match(self.scheduler):
+            raise ConfigError(
+                f"--scheduler must be a Dask scheduler address such as tcp://10.0.0.5:8786, got {self.scheduler!r}"
+            )
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if not _DEVICE_RE.match(self.device):
@@ -261,8 +281,14 @@ def load_job_file(path: str) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError("job file not found", path=path) from None
+    except IsADirectoryError:
+        raise ConfigError("job file is a folder; pass the .toml file itself", path=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("job file is not UTF-8 text (is it a TOML file?)", path=path) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"job file is not valid TOML: {exc}", path=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the job file: {exc.strerror or exc}", path=path) from None
     table = data.get("score", data)
     if not isinstance(table, dict):
         raise ConfigError("job file [score] must be a table", path=path)

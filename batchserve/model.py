@@ -44,6 +44,8 @@ __all__ = [
     "visible_gpu_count",
     "pick_gpu",
     "build_session",
+    "check_runnable",
+    "ort_reason",
     "ONNX_NUMPY_TYPES",
 ]
 
@@ -108,7 +110,7 @@ class ModelInfo:
             return None
         try:
             names = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # deeply nested garbage must not crash the run
             names = None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ModelError(
@@ -318,6 +320,58 @@ class LoadedModel:
         return out
 
 
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_ORT_LOCATION = re.compile(r"\S+\.(?:cc|h|cpp|hpp):\d+\s+")
+
+
+def ort_reason(exc: BaseException) -> str:
+    """ONNX Runtime's error text without its status prefix, source location and C++ signature:
+    what a user can act on (``Unsupported model IR version: 11, max supported IR version: 10``)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = _ORT_PREFIX.sub("", text)
+    m = _ORT_LOCATION.search(text)
+    if m is None:
+        return text
+    rest = text[m.end():]
+    depth, cut = 0, 0
+    for i, ch in enumerate(rest):  # skip "ns::Fn(args, with<nested(parens)>) " up to the closing paren
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                cut = i + 1
+                break
+    rest = rest[cut:].lstrip()
+    if rest.startswith("const "):
+        rest = rest[len("const "):]
+    return (text[: m.start()] + rest).strip() or text
+
+
+def check_runnable(info: ModelInfo, data: bytes) -> None:
+    """What would otherwise fail on every worker, found once on the client before anything is written:
+    a fixed batch dimension, a scalar output, an IR or opset this onnxruntime cannot load."""
+    for t in info.inputs:
+        if t.shape and isinstance(t.shape[0], int):
+            raise ModelError(
+                f"model input {t.name!r} has a fixed batch dimension of {t.shape[0]} (shape {list(t.shape)}); "
+                "batchserve scores many rows per call: re-export the model with a dynamic first axis "
+                "(e.g. skl2onnx initial_types with None as the first dimension)"
+            )
+    for t in info.outputs:
+        if t.shape is not None and len(t.shape) == 0:
+            raise ModelError(f"model output {t.name!r} is a scalar; batchserve needs one value per input row")
+    ort.set_default_logger_severity(3)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+        raise ModelError(f"onnxruntime {ort.__version__} cannot load the model: {ort_reason(exc)}") from None
+
+
 def _session(data: bytes, providers: list[Any], threads: int) -> ort.InferenceSession:
     # ORT's own warnings (e.g. skl2onnx's declared [1] label shape) would flood cron logs.
     ort.set_default_logger_severity(3)
@@ -329,8 +383,7 @@ def _session(data: bytes, providers: list[Any], threads: int) -> ort.InferenceSe
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"onnxruntime cannot load the model: {text}") from None
+        raise ModelError(f"onnxruntime cannot load the model: {ort_reason(exc)}") from None
 
 
 def build_session(

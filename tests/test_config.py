@@ -35,7 +35,7 @@ def test_precedence_flags_over_env_over_job_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"batch_size": 0}, "--batch-size must be between 1 and"),
         ({"device": "gpu"}, "--device must be"),
         ({"features": "a,b,a"}, "lists a column twice: a"),
         ({"workers": 0}, "--workers must be at least 1"),
