@@ -224,11 +224,20 @@ def _listed_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[s
     local = isinstance(fs, LocalFileSystem)
     if _globbing(fs, path):
         root = _glob_head(path) or "/"
-        matches = [p for p in fs.glob(path) if p.endswith(".parquet")]
-        if local:
-            return root, {p: {"size": os.stat(p).st_size, "mtime": os.stat(p).st_mtime}
-                          for p in matches if os.path.isfile(p)}, False
-        return root, _only_files({p: fs.info(p) for p in matches}, url), False
+        found: dict[str, Any] = {}
+        for match in fs.glob(path):  # a matched folder (date=2026-11-0*) stands for the Parquet files below it
+            if local and os.path.isdir(match):
+                found.update({p: _local_info(p) for p in _walk_local(match)})
+            elif not local and fs.isdir(match):
+                found.update(_only_files(
+                    {p: i for p, i in fs.find(match, detail=True).items() if p.endswith(".parquet")}, url))
+            elif match.endswith(".parquet"):
+                if local:
+                    if os.path.isfile(match):
+                        found[match] = _local_info(match)
+                else:
+                    found.update(_only_files({match: fs.info(match)}, url))
+        return root, found, False
     if fs.isfile(path) or (local and os.path.isfile(path)):
         return posixpath.dirname(path), {path: fs.info(path) if not local else _local_info(path)}, True
     if fs.isdir(path) or (local and os.path.isdir(path)):

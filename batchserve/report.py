@@ -201,17 +201,20 @@ def render_html(manifest: Mapping[str, Any]) -> str:
         "<th>JS</th><th>Wasserstein/σ</th><th>null-rate Δ</th><th>status</th></tr>" + "".join(rows) + "</table>"
         f"<p class=muted>Default thresholds: {esc(defaults)}. PSI on the reference's deciles (empty bins floored at "
         f"{drift.get('psi_epsilon')}), JS distance (base 2) on its 20 quantile bins, KS and Wasserstein from the "
-        "quantile sketches.</p>"
+        "quantile sketches; all four exact from the value counts for columns with at most 50 distinct values.</p>"
     )
     cards = []
     for name, e in ranked_columns(drift):
         hist = e.get("histogram") or {}
+        legend = (
+            '<div class="legend muted"><span class=ref></span>reference<span class=cur></span>current</div>'
+            if hist.get("reference") else '<div class="legend muted"><span class=cur></span>current</div>'
+        )
         mean, std = e.get("mean"), e.get("std")
         cards.append(
             f'<div class="card{" drift" if e.get("drifted") else ""}"><h3>{esc(name)} '
             f'<span class=muted>({esc(str(e.get("role")))}, {esc(str(e.get("kind") or "no reference"))})</span></h3>'
-            f"{_svg_histogram(hist)}"
-            f'<div class="legend muted"><span class=ref></span>reference<span class=cur></span>current</div>'
+            f"{_svg_histogram(hist)}{legend}"
             f"<table><tr><th>count</th><th>nulls</th><th>mean</th><th>std</th><th>min</th><th>max</th></tr>"
             f"<tr><td>{e.get('count')}</td><td>{e.get('nulls')}</td><td>{_fmt(mean)}</td><td>{_fmt(std)}</td>"
             f"<td>{_fmt(e.get('min'))}</td><td>{_fmt(e.get('max'))}</td></tr></table>"

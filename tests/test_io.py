@@ -137,3 +137,13 @@ def test_writer_dictionary_encodes_only_where_it_pays() -> None:
     schema = pa.schema([("id", pa.string()), ("n", pa.int32()), ("x", pa.float64()), ("p", pa.float32()),
                         ("flag", pa.bool_()), ("probs", pa.struct([("0", pa.float32())]))])
     assert io.writer_options(schema)["use_dictionary"] == ["id", "n", "flag"]
+
+
+def test_a_glob_matching_folders_reads_the_parquet_files_below_them(tmp_path: Path) -> None:
+    from tests.conftest import write_dataset
+
+    write_dataset(tmp_path, {f"date=2026-11-0{d}/part-{k}.parquet": make_table(3, seed=d) for d in (1, 2, 3)
+                             for k in (0, 1)})
+    root, parts = io.list_partitions(str(tmp_path / "date=2026-11-0[12]"), {})
+    assert root == str(tmp_path)
+    assert [p.relpath for p in parts] == [f"date=2026-11-0{d}/part-{k}.parquet" for d in (1, 2) for k in (0, 1)]
