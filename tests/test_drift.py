@@ -67,7 +67,9 @@ def test_numeric_metrics_agree_with_scipy(case: str) -> None:
     want_w = ss.wasserstein_distance(r, c) / r.std()
     # Heavy tails (Student t with 3 dof, log-normal) are the sketch's weakest spot: 0.05 absolute there.
     assert abs(drift.wasserstein(R, C) - want_w) < max(TOL["wasserstein_abs"], TOL["wasserstein_rel"] * want_w)
-    np.testing.assert_allclose([R.mean, R.std, R.min, R.max], [r.mean(), r.std(), r.min(), r.max()], rtol=1e-9)
+    # float64 moments merged batch by batch (Chan) vs numpy's pairwise sums: scale the bound to the data
+    np.testing.assert_allclose([R.mean, R.std, R.min, R.max], [r.mean(), r.std(), r.min(), r.max()], rtol=1e-9,
+                               atol=1e-12 * float(np.abs(r).max()))
     rs = np.sort(r)
     for q in (0.01, 0.1, 0.5, 0.9, 0.99):
         # Rank error: the share of values below the estimate is within 0.5% of q

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import batchserve
 from batchserve.errors import OutputError
+from tests import models
 from tests.conftest import FEATURES, SAMPLE_DATA, SAMPLE_MODEL, features_matrix, make_table, write_dataset
 
 
@@ -86,9 +87,10 @@ def test_multi_output_model_columns_and_values(tmp_path: Path, cluster: str, mod
     assert got.schema.field("score").type == pa.float32()
     assert got.schema.field("embedding").type == pa.list_(pa.float32(), 3)
     want = oracle(features_matrix(table))
-    np.testing.assert_allclose(got.column("score").to_numpy(), want["score"], rtol=1e-5)
-    np.testing.assert_allclose(np.array(got.column("embedding").to_pylist()), want["embedding"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(got.column("bucket").to_numpy(), want["bucket"])
+    models.assert_within(got.column("score").to_numpy(), want["score"], want["score_bound"], "score")
+    models.assert_within(np.array(got.column("embedding").to_pylist()), want["embedding"], want["embedding_bound"],
+                         "embedding")
+    models.assert_bucket(got.column("bucket").to_numpy(), want)
 
 
 def test_one_input_per_column_is_mapped_by_name(tmp_path: Path, cluster: str, model_dir: dict) -> None:
@@ -158,8 +160,8 @@ def test_rows_in_equal_rows_out_in_order(
         assert got.num_rows == table.num_rows
         assert got.column("id").to_pylist() == table.column("id").to_pylist()
         if table.num_rows:
-            np.testing.assert_allclose(got.column("score").to_numpy(), oracle(features_matrix(table))["score"],
-                                       rtol=1e-5, atol=1e-5)
+            want = oracle(features_matrix(table))
+            models.assert_within(got.column("score").to_numpy(), want["score"], want["score_bound"], rel)
 
 
 def test_nulls_in_float_features_become_nan(tmp_path: Path, cluster: str, model_dir: dict) -> None:
@@ -187,7 +189,8 @@ def test_memory_filesystem(cluster: str, inproc_cluster: str, model_dir: dict) -
     assert fs.exists("/bs-out/_SUCCESS")
     with fs.open("/bs-out/k=1/a.parquet", "rb") as fh:
         got = pq.read_table(fh)
-    np.testing.assert_allclose(got.column("score").to_numpy(), oracle(features_matrix(table))["score"], rtol=1e-5)
+    want = oracle(features_matrix(table))
+    models.assert_within(got.column("score").to_numpy(), want["score"], want["score_bound"], "score")
 
 
 def test_s3_round_trip_through_moto_server(s3: dict, cluster: str, model_dir: dict) -> None:
