@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
-from distributed import Client, Event, KilledWorker, Lock, Nanny, Scheduler, SpecCluster, as_completed
+from distributed import Client, KilledWorker, Nanny, Scheduler, SpecCluster, as_completed
 
 from batchserve import drift, io, manifest, model, scoring
 from batchserve.config import DEFAULT_BATCH_SIZE, ScoreConfig, resolve_score_config
@@ -55,10 +55,9 @@ from batchserve.worker import (
     ModelPlugin,
     ModelSpec,
     Receipt,
-    commit_lock_name,
     merge_pieces,
     score_file,
-    stop_event_name,
+    stop_commits,
     worker_report,
 )
 
@@ -1009,35 +1008,24 @@ def _execute(
                 _stop_commits(client, run_id)
             _harvest_finished(list(futures), receipts)
             if write:
-                _settle_in_flight(cfg, futures, receipts, run_id)
+                _settle_in_flight(cfg, futures, receipts, run_id, wait=True)
             client.cancel(list(futures))
+            if write:  # again: a worker that joined meanwhile is fenced too, and nothing unlisted stays
+                _stop_commits(client, run_id)
+                _settle_in_flight(cfg, futures, receipts, run_id, wait=False)
             raise
-        if write:
-            _close_fence(run_id)
-
-
-def _close_fence(run_id: str) -> None:
-    """After every task has finished, drop the run's commit lock from the scheduler (a shared cluster
-    outlives runs). Never on a stopped run: a straggling task would re-create the lock and commit."""
-    try:
-        lock = Lock(commit_lock_name(run_id))
-        lock.close()
-    except Exception as exc:  # noqa: BLE001 - cleanup of scheduler state must never fail a finished run
-        log.debug("could not drop the commit lock of run %s: %s", run_id, exc)
 
 
 def _stop_commits(client: Client, run_id: str) -> None:
-    """Close the commit fence: after this, no task of this run moves a file into place."""
-    lock = Lock(commit_lock_name(run_id))
-    got = lock.acquire(timeout=60)
+    """Close the commit fence on every worker: once this returns, no task of the run moves a file
+    into place, and none is in the middle of doing so."""
     try:
-        Event(stop_event_name(run_id), client=client).set()
-    finally:
-        if got:
-            lock.release()
-        lock.refresh_callback.stop()
-    if not got:
-        log.warning("could not take the commit lock within 60 s; the output is checked file by file instead")
+        done = client.run(stop_commits, run_id, on_error="return")
+    except Exception as exc:  # noqa: BLE001 - already failing; the output is settled file by file below
+        log.warning("could not stop commits on every worker (%s); the output is checked file by file", exc)
+        return
+    if not all(v is True for v in done.values()):
+        log.warning("some workers did not confirm the stop; the output is checked file by file")
 
 
 def _owners(cfg: ScoreConfig, rels: list[str]) -> dict[str, str | None]:
@@ -1052,11 +1040,13 @@ def _owners(cfg: ScoreConfig, rels: list[str]) -> dict[str, str | None]:
     return out
 
 
-def _settle_in_flight(cfg: ScoreConfig, futures: Mapping[Any, str], receipts: list[Receipt], run_id: str) -> None:
+def _settle_in_flight(
+    cfg: ScoreConfig, futures: Mapping[Any, str], receipts: list[Receipt], run_id: str, *, wait: bool
+) -> None:
     """Account for files committed just before the fence closed, whose receipts are still on their way.
 
-    They carry this run's stamp. Each is waited for briefly and recorded; one whose receipt
-    never comes is removed, so the manifest lists exactly the files on disk.
+    They carry this run's stamp. Each is waited for briefly (``wait``) and recorded; one whose
+    receipt never comes is removed, so the manifest lists exactly the files on disk.
     """
     done = {r.relpath for r in receipts if r.committed}
     pending = {rel: fut for fut, rel in futures.items() if rel not in done}
@@ -1067,10 +1057,12 @@ def _settle_in_flight(cfg: ScoreConfig, futures: Mapping[Any, str], receipts: li
     for rel, owner in owners.items():
         if owner != run_id:
             continue  # an earlier run's file, untouched by this one
-        try:
-            receipt = pending[rel].result(timeout=10)
-        except Exception:  # noqa: BLE001 - whatever went wrong, the file is not accounted for
-            receipt = None
+        receipt = None
+        if wait:
+            try:
+                receipt = pending[rel].result(timeout=10)
+            except Exception:  # noqa: BLE001 - whatever went wrong, the file is not accounted for
+                receipt = None
         if isinstance(receipt, Receipt) and receipt.committed:
             receipts.append(receipt)
             continue

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from distributed import Event, Lock, WorkerPlugin, get_worker
+from distributed import WorkerPlugin, get_worker
 
 from batchserve import drift, io, model, scoring
 from batchserve.config import storage_dict
@@ -41,8 +41,8 @@ __all__ = [
     "merge_pieces",
     "worker_report",
     "QUEUE_DEPTH",
-    "commit_lock_name",
-    "stop_event_name",
+    "commit_fence",
+    "stop_commits",
 ]
 
 QUEUE_DEPTH = 2
@@ -215,51 +215,52 @@ class Receipt:
 _DONE = object()
 
 
-def commit_lock_name(run_id: str) -> str:
-    return f"batchserve-commit-{run_id}"
+class _CommitGate:
+    """This worker process's gate in front of every commit (the final move of a file).
 
-
-def stop_event_name(run_id: str) -> str:
-    return f"batchserve-stop-{run_id}"
-
-
-#: One commit lock per run on this worker. A distributed Lock starts a periodic lease refresh
-#: that keeps it alive, so a Lock per commit would pile up callbacks; runs are few, files many.
-_FENCE_LOCKS: dict[str, Lock] = {}
-_FENCE_RUNS_KEPT = 4
-_FENCE_GUARD = threading.Lock()
-
-
-def _fence_lock(run_id: str) -> Lock:
-    with _FENCE_GUARD:
-        lock = _FENCE_LOCKS.get(run_id)
-        if lock is None:
-            while len(_FENCE_LOCKS) >= _FENCE_RUNS_KEPT:  # an old run's lock: stop its refresh, forget it
-                old = _FENCE_LOCKS.pop(next(iter(_FENCE_LOCKS)))
-                callback = getattr(old, "refresh_callback", None)
-                if callback is not None:
-                    callback.stop()
-            lock = _FENCE_LOCKS[run_id] = Lock(commit_lock_name(run_id))
-        return lock
-
-
-@contextmanager
-def commit_fence(run_id: str) -> Iterator[None]:
-    """Hold the run's commit lock around a file's final move, and refuse once the run is stopped.
-
-    The client stops a run (signal, failure) by taking the same lock and setting the stop
-    event, so every file is either committed before that moment, and found by the client,
-    or never committed at all: the manifest can list exactly what is on disk.
+    Commits pass it concurrently; :meth:`stop` marks a run stopped and waits until no move is in
+    progress, after which that run's commits are refused. The client calls ``stop`` on every
+    worker (``client.run``) when a run ends early, so once it returns, the set of committed files
+    is final and the manifest can list exactly what is on disk. Nothing crosses the network per
+    file: a Dask Lock here cost 2-3 ms per commit (three scheduler round trips, serialised).
     """
-    lock = _fence_lock(run_id)
-    if not lock.acquire(timeout=120):
-        raise WorkerStateError("could not take the run's commit lock within 120 s; the file is not committed")
-    try:
-        if Event(stop_event_name(run_id)).is_set():
-            raise WorkerStateError("the run was stopped before this file committed; it is abandoned")
-        yield
-    finally:
-        lock.release()
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._stopped: set[str] = set()
+
+    @contextmanager
+    def commit(self, run_id: str) -> Iterator[None]:
+        with self._cond:
+            if run_id in self._stopped:
+                raise WorkerStateError("the run was stopped before this file committed; it is abandoned")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def stop(self, run_id: str, timeout: float = 120.0) -> bool:
+        """Refuse the run's commits from now on; True once no commit is in progress."""
+        with self._cond:
+            self._stopped.add(run_id)
+            return self._cond.wait_for(lambda: self._active == 0, timeout)
+
+
+_GATE = _CommitGate()
+
+
+def commit_fence(run_id: str) -> Any:
+    """The context a commit's final move runs in (see :class:`_CommitGate`)."""
+    return _GATE.commit(run_id)
+
+
+def stop_commits(run_id: str) -> bool:
+    """Run on every worker by the client (``client.run``) when a run stops early."""
+    return _GATE.stop(run_id)
 
 
 class _Stage:
