@@ -203,7 +203,7 @@ def score(
             + f"; report: batchserve report {result.manifest_url} --output report.html"
         )
     if cfg.fail_on_drift:
-        reason = pipeline.drift_failure(result, cfg.max_drift_share)
+        reason = pipeline.drift_failure(result.manifest, cfg.max_drift_share)
         if reason:
             _fail(reason, EXIT_DRIFT)
 

@@ -292,18 +292,19 @@ def test_relative_paths_with_workers_in_another_directory(tmp_path: Path, dask_p
 
 def test_client_side_check_finds_a_committed_file_that_is_not_there(tmp_path: Path) -> None:
     """The last check before _SUCCESS: one listing, from the client's side."""
-    from batchserve import manifest, pipeline
+    from batchserve import manifest
+    from batchserve.pipeline import output as pipeline
     from batchserve.config import resolve_score_config
 
     out = write_dataset(tmp_path / "out", {"a.parquet": make_table(5)})
     cfg = resolve_score_config({"model": "m", "input": "i", "output": str(out)}, env={})
     size = (out / "a.parquet").stat().st_size
     ok = [manifest.FileEntry(str(out / "a.parquet"), "a.parquet", 5, size)]
-    assert pipeline._verify_outputs(cfg, ok, pipeline.OutputSurvey()) is None
+    assert pipeline.verify_outputs(cfg, ok, pipeline.OutputSurvey()) is None
     missing = [*ok, manifest.FileEntry(str(out / "b.parquet"), "b.parquet", 5, size)]
-    assert "b.parquet is missing" in str(pipeline._verify_outputs(cfg, missing, pipeline.OutputSurvey()))
+    assert "b.parquet is missing" in str(pipeline.verify_outputs(cfg, missing, pipeline.OutputSurvey()))
     (out / "c.parquet").write_bytes((out / "a.parquet").read_bytes())
-    assert "did not write (e.g. c.parquet)" in str(pipeline._verify_outputs(cfg, ok, pipeline.OutputSurvey()))
+    assert "did not write (e.g. c.parquet)" in str(pipeline.verify_outputs(cfg, ok, pipeline.OutputSurvey()))
 
 
 # --- 8. manifests and profiles are strict JSON --------------------------------------------------

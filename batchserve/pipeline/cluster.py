@@ -1,0 +1,119 @@
+"""Where tasks run: a local cluster we start (one worker per GPU, each seeing its own GPU first),
+or an existing one with ``--scheduler``; and the model installed on every worker as a plugin.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from distributed import Client, Nanny, Scheduler, SpecCluster
+
+from batchserve import manifest, model
+from batchserve.config import ScoreConfig
+from batchserve.errors import ClusterError
+from batchserve.pipeline.plan import RunPlan
+from batchserve.worker import ModelPlugin, ModelSpec, worker_report
+
+__all__ = ["default_workers", "gpu_env", "attach", "install_model"]
+
+log = logging.getLogger("batchserve")
+
+
+def default_workers() -> int:
+    """One worker per GPU; on CPU, a worker per 4 cores (ORT threads do the rest)."""
+    gpus = model.visible_gpu_count()
+    if gpus:
+        return gpus
+    cores = os.cpu_count() or 1
+    return max(1, cores // 4)
+
+
+def gpu_env(i: int) -> dict[str, str]:
+    """Rotate the visible GPUs so worker i sees its own first (dask-cuda's convention)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = (
+        [v.strip() for v in visible.split(",") if v.strip()]
+        if visible is not None
+        else [str(g) for g in range(model.visible_gpu_count())]
+    )
+    if not ids:
+        return {}
+    k = i % len(ids)
+    return {"CUDA_VISIBLE_DEVICES": ",".join(ids[k:] + ids[:k])}
+
+
+@contextmanager
+def attach(cfg: ScoreConfig) -> Iterator[tuple[Client, str, str]]:
+    if cfg.scheduler:
+        try:
+            client = Client(cfg.scheduler, timeout="15s")
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            raise ClusterError(
+                f"cannot reach the Dask scheduler: {exc}; check --scheduler and that the scheduler is up",
+                path=cfg.scheduler,
+            ) from None
+        try:
+            try:
+                client.wait_for_workers(1, timeout=60)
+            except TimeoutError:
+                raise ClusterError("the Dask cluster has no workers", path=cfg.scheduler) from None
+            yield client, "scheduler", cfg.scheduler
+        finally:
+            client.close()
+        return
+    n = cfg.workers or default_workers()
+    # Worker-side logs would repeat, with tracebacks, errors we report once ourselves;
+    # --debug (DEBUG on our logger) lets them through.
+    quiet = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    workers = {
+        i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": gpu_env(i), "name": i,
+                                   "silence_logs": quiet}}
+        for i in range(n)
+    }
+    cluster = SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False,
+                                                  "dashboard_address": "127.0.0.1:0"}},
+        workers=workers,
+        silence_logs=quiet,
+        name="batchserve-local",
+    )
+    try:
+        client = Client(cluster)
+        try:
+            client.wait_for_workers(n, timeout=120)
+            yield client, "local", str(cluster.scheduler_address)
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def install_model(
+    client: Client, cfg: ScoreConfig, plan: RunPlan
+) -> tuple[ModelSpec, list[manifest.WorkerInfo], int]:
+    """Register the model plugin on every worker (a no-op for one that has it) and read back what each
+    really runs on: the spec tasks refer to, the per-worker facts for the manifest, the worker count."""
+    workers_info = client.scheduler_info(n_workers=-1)["workers"]
+    hosts: dict[str, list[str]] = {}
+    for addr, w in sorted(workers_info.items()):
+        hosts.setdefault(w.get("host", addr), []).append(addr)
+    spec = ModelSpec(
+        url=plan.model_url, sha256=plan.info.sha256, device=cfg.device, plan=plan.features,
+        prefix=cfg.prefix, storage_options=cfg.storage_options,
+        workers_per_host=tuple((h, len(a)) for h, a in hosts.items()),
+        worker_slots=tuple((a, i) for addrs in hosts.values() for i, a in enumerate(addrs)),
+    )
+    client.register_plugin(ModelPlugin(spec), name=spec.plugin_name)
+    reports = client.run(worker_report, spec.plugin_name)
+    per_worker = [manifest.WorkerInfo(**r) for _, r in sorted(reports.items())]
+    for w in per_worker:
+        if w.fallback_reason:  # expected under --device auto on CPU machines: info, not a warning
+            log.info("worker %s runs on CPU: %s", w.address, w.fallback_reason)
+    return spec, per_worker, len(workers_info)
+
+
+def worker_count(client: Client) -> int:
+    return len(client.scheduler_info(n_workers=-1)["workers"])

@@ -1,0 +1,268 @@
+"""The output folder's side of the commit protocol: what may be written there, the lock, the
+journal, which earlier files are ours to replace, and the client's last check before ``_SUCCESS``.
+
+``--overwrite`` and ``--resume`` only ever replace or remove batchserve's own files: outputs the
+earlier manifest lists or whose Parquet footer carries a run id, the markers and the staging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import getpass
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from batchserve import io, manifest
+from batchserve.config import ScoreConfig
+from batchserve.errors import BatchserveError, LockedError, OutputError
+from batchserve.pipeline.plan import RunPlan
+
+__all__ = [
+    "MANIFEST_NAME", "SUCCESS_NAME", "LOCK_NAME", "JOURNAL_SECONDS", "STALE_LOCK_HOURS", "OutputSurvey",
+    "check_output_location", "check_output", "survey_output", "owners", "remove_stale_outputs", "verify_outputs",
+    "output_lock", "lock_is_live", "check_profile_output", "Journal",
+]
+
+log = logging.getLogger("batchserve")
+MANIFEST_NAME = "_manifest.json"
+SUCCESS_NAME = "_SUCCESS"
+LOCK_NAME = "_batchserve.lock"
+
+
+#: The running manifest is rewritten at most this often while files commit.
+JOURNAL_SECONDS = 2.0
+
+
+#: A lock from another host older than this is taken over (same host: checked by pid).
+STALE_LOCK_HOURS = 24
+
+
+_MARKERS = frozenset({MANIFEST_NAME, SUCCESS_NAME, LOCK_NAME})
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSurvey:
+    """What the output held before this run: which files a batchserve run wrote, from one listing."""
+
+    #: The earlier run's manifest, when there is a readable one.
+    previous: manifest.Manifest | None = None
+    #: Data files an earlier batchserve run wrote (listed in its manifest or stamped in their footer):
+    #: the only files --overwrite and --resume may replace or remove.
+    ours: frozenset[str] = frozenset()
+
+
+def is_content(rel: str) -> bool:
+    return rel not in _MARKERS and not rel.startswith(io.STAGING_DIR + "/")
+
+
+def check_output_location(cfg: ScoreConfig, plan: RunPlan) -> None:
+    """Input and output must not overlap in either direction, checked before anything is touched.
+
+    Output inside the input: its files would be read back as input next run. Input inside the
+    output: ``--overwrite`` would delete it. Both are checked for folders, files and globs, and
+    for every input file's real location (a symbolic link may point into the output).
+    """
+    io.check_output_root(cfg.output, cfg.storage)
+    io.output_entries(cfg.output, cfg.storage)  # raises when a file sits where the folder should be
+    clash = io.locations_overlap(cfg.output, cfg.input, cfg.storage) or any(
+        io.same_location_or_inside(p.url, cfg.output, cfg.storage) for p in plan.partitions
+    )
+    if clash:
+        raise OutputError(
+            "input and output overlap (one lies inside the other); the output must be a separate folder, "
+            "or scoring would read its own files or --overwrite would delete the input",
+            path=cfg.output,
+        )
+
+
+def survey_output(cfg: ScoreConfig) -> OutputSurvey:
+    """Refuse a non-empty output without --overwrite/--resume, and foreign Parquet files with them."""
+    storage = cfg.storage
+    entries = io.output_files(cfg.output, storage)
+    content = sorted(rel for rel in entries if rel != LOCK_NAME and not rel.startswith(io.STAGING_DIR + "/"))
+    if content and not (cfg.overwrite or cfg.resume):
+        raise OutputError(
+            f"output folder is not empty ({len(content)} files); pass --resume to finish an earlier run "
+            "or --overwrite to replace it",
+            path=cfg.output,
+        )
+    if not content:
+        return OutputSurvey()
+    previous = _previous_manifest(cfg, MANIFEST_NAME in entries)
+    listed = {e.relpath for e in previous.outputs} if previous else set()
+    unknown = [rel for rel in content if is_content(rel) and rel not in listed and rel.endswith(".parquet")
+               and not io.is_hidden(rel)]
+    stamped, foreign = _split_by_owner(cfg, unknown)
+    if foreign:
+        raise OutputError(
+            f"output holds {len(foreign)} Parquet file(s) that no batchserve run wrote (e.g. {foreign[0]}); "
+            "--overwrite and --resume only replace batchserve's own files: move them away or choose another output",
+            path=cfg.output,
+        )
+    return OutputSurvey(previous, frozenset(listed | set(stamped)))
+
+
+def _previous_manifest(cfg: ScoreConfig, present: bool) -> manifest.Manifest | None:
+    if not present:
+        return None
+    url = io.join_url(cfg.output, MANIFEST_NAME)
+    try:
+        return manifest.loads(io.read_text(url, cfg.storage), source=url)
+    except BatchserveError as exc:
+        if cfg.resume:
+            raise
+        log.warning("ignoring the unreadable earlier manifest (%s); only files stamped by batchserve are replaced",
+                    exc)
+        return None
+
+
+def owners(cfg: ScoreConfig, rels: list[str]) -> dict[str, str | None]:
+    """The run id stamped in each file's footer (None: foreign, or unreadable)."""
+    urls = [io.join_url(cfg.output, rel) for rel in rels]
+    footers = io.read_footers(urls, cfg.storage, retries=cfg.retries, keep_errors=True)
+    out: dict[str, str | None] = {}
+    for rel, footer in zip(rels, footers, strict=True):
+        meta = (footer.schema.metadata if isinstance(footer, io.Footer) else None) or {}
+        owner = meta.get(io.OWNER_KEY)
+        out[rel] = owner.decode("utf-8", "replace") if owner is not None else None
+    return out
+
+
+def _split_by_owner(cfg: ScoreConfig, rels: list[str]) -> tuple[list[str], list[str]]:
+    """(stamped by a batchserve run, foreign) from the files' footers."""
+    by_owner = owners(cfg, rels)
+    return [r for r in rels if by_owner[r]], [r for r in rels if not by_owner[r]]
+
+
+def check_output(cfg: ScoreConfig) -> OutputSurvey:
+    survey = survey_output(cfg)
+    io.prepare_output(cfg.output, cfg.storage)
+    return survey
+
+
+def remove_stale_outputs(cfg: ScoreConfig, survey: OutputSurvey, outputs: list[manifest.FileEntry]) -> None:
+    """Drop files an earlier batchserve run wrote that this run's outputs do not include
+    (inputs deleted since, a different layout); foreign files are never touched."""
+    keep = {e.relpath for e in outputs}
+    for rel in sorted(survey.ours - keep):
+        io.remove(io.join_url(cfg.output, rel), cfg.storage)
+        log.info("removed %s: written by an earlier run, not an output of this one", rel)
+
+
+def verify_outputs(cfg: ScoreConfig, outputs: list[manifest.FileEntry], survey: OutputSurvey) -> str | None:
+    """From the client's side, in one listing: every output the manifest lists is there with its
+    size, and no other data file is. Workers that resolve paths differently (another working
+    directory, another machine's disk) would otherwise leave ``_SUCCESS`` over missing files."""
+    found = io.output_files(cfg.output, cfg.storage)
+    for e in outputs:
+        if found.get(e.relpath) != e.bytes:
+            what = "missing" if e.relpath not in found else f"{found[e.relpath]} bytes, not {e.bytes}"
+            return (f"committed file {e.relpath} is {what} in the output as this client sees it; workers may "
+                    "see another filesystem (use absolute paths on storage every worker and the client share)")
+    listed = {e.relpath for e in outputs}
+    extra = sorted(rel for rel in found if rel.endswith(".parquet") and is_content(rel) and not io.is_hidden(rel)
+                   and rel not in listed)
+    if extra:
+        return f"the output holds {len(extra)} data file(s) this run did not write (e.g. {extra[0]})"
+    return None
+
+
+def check_profile_output(cfg: ScoreConfig) -> None:
+    """The profile is one JSON file: a folder there (or a path inside the input) is refused up front."""
+    if io.isdir(cfg.output, cfg.storage):
+        raise OutputError("profile output is a folder; give a file name such as reference.json", path=cfg.output)
+    if io.same_location_or_inside(cfg.output, cfg.input, cfg.storage):
+        raise OutputError("profile output is inside the input; write it elsewhere", path=cfg.output)
+
+
+@contextmanager
+def output_lock(cfg: ScoreConfig, run_id: str) -> Iterator[None]:
+    """Refuse a second live run into the same output; take over a stale lock."""
+    storage = cfg.storage
+    url = io.join_url(cfg.output, LOCK_NAME)
+    me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
+          "user": getpass.getuser(), "started_at": now()}
+    if io.exists(url, storage):
+        try:
+            other = json.loads(io.read_text(url, storage))
+        except (ValueError, BatchserveError):
+            other = {}
+        if lock_is_live(other):
+            raise LockedError(
+                f"another batchserve run is writing this output (run {other.get('run_id')}, pid "
+                f"{other.get('pid')} on {other.get('host')}, since {other.get('started_at')}); wait for it, "
+                "or delete the lock file if that run is dead",
+                path=url,
+            )
+        log.warning("taking over a stale lock from run %s (pid %s on %s)", other.get("run_id"), other.get("pid"),
+                    other.get("host"))
+        io.remove(url, storage)
+    try:
+        atomic = io.create_exclusive(url, json.dumps(me), storage)
+    except FileExistsError:
+        raise LockedError(
+            "another batchserve run took this output's lock at the same moment; wait for it to finish",
+            path=url,
+        ) from None
+    if not atomic:
+        log.warning("this store offers no conditional create: the output lock is best effort, and two runs "
+                    "started at the same moment could both take it (%s)", url)
+    try:
+        yield
+    finally:
+        try:
+            current = json.loads(io.read_text(url, storage))
+            if current.get("run_id") == run_id:
+                io.remove(url, storage)
+        except (ValueError, BatchserveError):
+            pass
+
+
+def lock_is_live(lock: Mapping[str, Any]) -> bool:
+    if lock.get("host") == socket.gethostname():
+        pid = lock.get("pid")
+        if not isinstance(pid, int):
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        started = dt.datetime.strptime(str(lock.get("started_at")), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return False
+    return dt.datetime.now(dt.UTC) - started < dt.timedelta(hours=STALE_LOCK_HOURS)
+
+
+def now() -> str:
+    """UTC, to the microsecond, as every artifact writes it."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Journal:
+    """The ``running`` manifest, rewritten at most every :data:`JOURNAL_SECONDS` while files commit,
+    so a SIGKILLed run still says what it committed (``--resume`` reads it)."""
+
+    def __init__(self, url: str, storage: Mapping[str, Any], snapshot: Callable[[str], manifest.Manifest]) -> None:
+        self.url = url
+        self._storage = storage
+        self._snapshot = snapshot
+        self._last = 0.0
+
+    def tick(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._last >= JOURNAL_SECONDS:
+            self.write(self._snapshot("running"))
+            self._last = time.monotonic()
+
+    def write(self, m: manifest.Manifest) -> None:
+        io.write_text_atomic(self.url, manifest.dumps(m), self._storage)

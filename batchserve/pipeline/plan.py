@@ -1,0 +1,276 @@
+"""Planning, on the client, before anything is written: resolve the model and prove it loads,
+list the inputs, read every footer, decide which files feed the model and what the output schema
+is (the model and the majority of files decide, never the file that sorts first), fingerprint.
+
+Example::
+
+    >>> plan = plan_run(resolve_score_config({"model": "sample_data/model",
+    ...     "input": "sample_data/transactions", "output": ""}, env={}))  # doctest: +SKIP
+    >>> plan.rows  # doctest: +SKIP
+    100000
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from batchserve import drift, io, manifest, model, scoring
+from batchserve.config import ScoreConfig
+from batchserve.errors import BatchserveError, InputError, ModelError, SchemaError
+
+__all__ = ["RunPlan", "resolve_model", "inspect_model", "plan_run", "read_inputs", "fingerprint", "load_reference",
+           "absolute_paths"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a run will do, decided and checked on the client before any scoring."""
+
+    model_uri: str
+    model_url: str
+    model_version: str | None
+    info: model.ModelInfo
+    features: scoring.FeaturePlan
+    input_root: str
+    partitions: tuple[io.Partition, ...]
+    footers: tuple[io.Footer, ...]
+    reference: manifest.Reference | None = None
+    policy: drift.DriftPolicy = dataclasses.field(default_factory=drift.DriftPolicy)
+    #: Files found bad while planning under --on-error skip.
+    failures: tuple[manifest.FailureEntry, ...] = ()
+
+    @property
+    def rows(self) -> int:
+        return sum(f.num_rows for f in self.footers)
+
+
+def resolve_model(uri: str, version: int | None, storage: Mapping[str, Any]) -> tuple[str, str | None, bytes]:
+    """A model file, or ``<root>/<version>/model.onnx`` from a model repository."""
+    if io.isdir(uri, storage):
+        chosen = model.choose_version(io.list_dir(uri, storage), version, uri)
+        url = io.join_url(uri, chosen, "model.onnx")
+        if not io.exists(url, storage):
+            raise ModelError(f"model version {chosen} has no model.onnx", path=url)
+        return url, chosen, io.read_bytes(url, storage)
+    if version is not None:
+        raise ModelError("--model-version needs a model repository folder, not a file", path=uri)
+    if not io.exists(uri, storage):
+        raise ModelError("model not found", path=uri)
+    return uri, None, io.read_bytes(uri, storage)
+
+
+def inspect_model(
+    uri: str, *, model_version: int | None = None, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The model's signature and provenance, as ``batchserve inspect`` shows it."""
+    url, version, data = resolve_model(uri, model_version, storage_options or {})
+    try:
+        info = model.describe(data)
+    except BatchserveError as exc:
+        exc.path = exc.path or url
+        raise
+    try:
+        names, problem = info.feature_names, None
+    except BatchserveError as exc:  # inspect is where one looks at a broken model: show it, say what is wrong
+        names, problem = None, str(exc)
+    return {"uri": uri, "resolved_uri": url, "version": version, **info.as_dict(),
+            "feature_names": names, "feature_names_error": problem}
+
+
+def absolute_paths(cfg: ScoreConfig) -> ScoreConfig:
+    """Local paths resolved on the client, before any task leaves it: a worker of an existing
+    cluster would otherwise resolve ``out/`` against its own working directory."""
+    storage = cfg.storage
+    return dataclasses.replace(
+        cfg,
+        model=io.absolute_url(cfg.model, storage),
+        input=io.absolute_url(cfg.input, storage),
+        output=io.absolute_url(cfg.output, storage),
+        reference=io.absolute_url(cfg.reference, storage) if cfg.reference else cfg.reference,
+    )
+
+
+def plan_run(cfg: ScoreConfig) -> RunPlan:
+    """Resolve the model and inputs and check every footer; raises before any scoring.
+
+    Which files are good is decided by the model (features present and numeric, ``--keep``
+    columns present) and by the majority of files for the column types of the output, never
+    by whichever file sorts first; under ``--on-error skip`` only the odd files are skipped.
+    """
+    storage = cfg.storage
+    url, version, data = resolve_model(cfg.model, cfg.model_version, storage)
+    try:
+        info = model.describe(data)
+        model.check_runnable(info, data)
+    except BatchserveError as exc:
+        exc.path = exc.path or url
+        raise
+    root, pairs, failures = read_inputs(cfg)
+    skip = cfg.on_error == "skip"
+    out_names = [cfg.prefix + o.name for o in info.outputs]
+    names = _majority_names(pairs)
+    try:
+        fplan = scoring.plan_features(info, cfg.features, names)
+    except BatchserveError as exc:
+        exc.path = exc.path or url
+        raise
+    fplan = dataclasses.replace(fplan, nan=cfg.nan)
+    fitting = []
+    for part, footer in pairs:
+        try:
+            _check_file(cfg, fplan, out_names, part, footer)
+        except BatchserveError as exc:
+            if not skip:
+                raise
+            failures.append(manifest.FailureEntry(part.url, part.relpath, str(exc)))
+            continue
+        fitting.append((part, footer))
+    if not fitting:
+        raise SchemaError(f"no input file fits the model; first: {failures[0].error}", path=cfg.input)
+    good = []
+    expected = _majority_types(cfg, fitting)
+    for part, footer in fitting:
+        try:
+            _check_majority(cfg, expected, len(fitting), part, footer)
+        except BatchserveError as exc:
+            if not skip:
+                raise
+            failures.append(manifest.FailureEntry(part.url, part.relpath, str(exc)))
+            continue
+        good.append((part, footer))
+    policy = drift.parse_policy(cfg.drift_metric, cfg.drift_threshold)
+    reference = load_reference(cfg.reference, storage, fplan.features) if cfg.reference else None
+    return RunPlan(
+        cfg.model, url, version, info, fplan, root, tuple(p for p, _ in good), tuple(f for _, f in good),
+        reference, policy, tuple(failures),
+    )
+
+
+def _majority_names(pairs: list[tuple[io.Partition, io.Footer]]) -> list[str]:
+    """The column names most files have (feature planning by column needs one list)."""
+    votes = collections.Counter(tuple(f.schema.names) for _, f in pairs)
+    return list(votes.most_common(1)[0][0])
+
+
+#: A column's vote when a file does not have it (only counted when every column is kept).
+_ABSENT = "absent"
+
+
+def _type_vote(schema: pa.Schema, col: str) -> str | None:
+    """A file's vote for a column's type; an all-null column (e.g. an empty pandas file) fits any."""
+    i = schema.get_field_index(col)
+    if i < 0:
+        return _ABSENT
+    t = schema.field(i).type
+    return None if pa.types.is_null(t) else str(t)
+
+
+def _majority_types(cfg: ScoreConfig, pairs: list[tuple[io.Partition, io.Footer]]) -> dict[str, str]:
+    """Per output column, the type most files have; a tie is an error no rule settles."""
+    if cfg.keep is not None:
+        cols = list(cfg.keep)
+    else:
+        cols = list(dict.fromkeys(n for _, f in pairs for n in f.schema.names))
+    expected: dict[str, str] = {}
+    for col in cols:
+        votes = collections.Counter(v for _, f in pairs if (v := _type_vote(f.schema, col)) is not None)
+        if not votes:
+            continue
+        ranked = votes.most_common()
+        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+            sides = "; ".join(
+                f"{t} in {n} file(s), e.g. {next(p.relpath for p, f in pairs if _type_vote(f.schema, col) == t)}"
+                for t, n in ranked[:2]
+            )
+            raise SchemaError(
+                f"input files disagree on this column and no majority decides ({sides}); make the files agree, "
+                "or leave the column out with --keep",
+                path=cfg.input, column=col,
+            )
+        expected[col] = ranked[0][0]
+    return expected
+
+
+def _check_majority(
+    cfg: ScoreConfig, expected: Mapping[str, str], n_files: int, part: io.Partition, footer: io.Footer
+) -> None:
+    """One output schema per run: a file's kept columns must have the types most files have."""
+    for col, want in expected.items():
+        have = _type_vote(footer.schema, col)
+        if have is None or have == want:
+            continue
+        if have == _ABSENT:
+            msg = "schema differs from most input files: a column they have is missing here"
+        elif want == _ABSENT:
+            msg = "schema differs from most input files: an extra column is here; pass --keep to choose the columns"
+        else:
+            raise SchemaError(f"schema differs from most input files ({n_files} checked)", path=part.url,
+                              column=col, expected=want, found=have)
+        raise SchemaError(msg, path=part.url, column=col)
+
+
+def read_inputs(cfg: ScoreConfig) -> tuple[str, list[tuple[io.Partition, io.Footer]], list[manifest.FailureEntry]]:
+    """List the input and read every footer (in parallel, retrying transient errors).
+
+    Under ``--on-error skip`` an unreadable file is recorded as a failure instead of stopping the run.
+    """
+    root, parts = io.list_partitions(cfg.input, cfg.storage)
+    skip = cfg.on_error == "skip"
+    results = io.read_footers([p.url for p in parts], cfg.storage, retries=cfg.retries, keep_errors=skip)
+    pairs: list[tuple[io.Partition, io.Footer]] = []
+    failures: list[manifest.FailureEntry] = []
+    for part, result in zip(parts, results, strict=True):
+        if isinstance(result, BatchserveError):
+            failures.append(manifest.FailureEntry(part.url, part.relpath, str(result)))
+        else:
+            pairs.append((part, result))
+    if not pairs:
+        raise InputError("every input file is unreadable; see the manifest's failures", path=cfg.input)
+    return root, pairs, failures
+
+
+def _check_file(
+    cfg: ScoreConfig, fplan: scoring.FeaturePlan, out_names: list[str], part: io.Partition, footer: io.Footer
+) -> None:
+    """Whether this file can feed the model: features present and numeric, kept columns present."""
+    dup = [n for n, k in collections.Counter(footer.schema.names).items() if k > 1]
+    if dup:
+        raise SchemaError("this column name appears more than once in the file; rename one", path=part.url,
+                          column=dup[0])
+    scoring.check_schema(fplan, footer.schema, part.url)
+    kept = footer.schema.names if cfg.keep is None else list(cfg.keep)
+    for col in kept:
+        if footer.schema.get_field_index(col) < 0:
+            raise SchemaError("column named in --keep is missing", path=part.url, column=col)
+    for col in out_names:
+        if col in kept:
+            raise SchemaError(
+                "prediction column would overwrite an input column",
+                path=part.url, column=col,
+                hint="pass --prefix (e.g. --prefix pred_) or drop the column with --keep",
+            )
+
+
+def fingerprint(cfg: ScoreConfig, plan: RunPlan) -> str:
+    """Digest of everything that decides output values: same fingerprint, same bytes of meaning."""
+    basis = {
+        "model": plan.info.sha256, "features": [dataclasses.asdict(b) for b in plan.features.bindings],
+        "keep": list(cfg.keep) if cfg.keep is not None else None, "prefix": cfg.prefix,
+    }
+    return model.sha256_hex(json.dumps(basis, sort_keys=True).encode())
+
+
+def load_reference(uri: str, storage: Mapping[str, Any], features: tuple[str, ...]) -> manifest.Reference:
+    """Read and check a reference up front: a bad one must fail before anything is scored."""
+    if not io.exists(uri, storage):
+        raise InputError("reference not found; pass a profile from `batchserve profile` or a _manifest.json", path=uri)
+    data = io.read_bytes(uri, storage)
+    ref = manifest.load_reference(data.decode("utf-8", errors="replace"), uri, model.sha256_hex(data))
+    manifest.check_reference_covers(ref, list(features))
+    return ref

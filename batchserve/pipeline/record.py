@@ -1,0 +1,146 @@
+"""Receipts in, the typed run manifest out: totals, per-file entries, merged drift statistics and
+the drift verdict (``--fail-on-drift``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from batchserve import drift, manifest
+from batchserve.config import ScoreConfig
+from batchserve.pipeline.output import now
+from batchserve.pipeline.plan import RunPlan, fingerprint
+from batchserve.worker import Receipt
+
+__all__ = ["RunContext", "tool_version", "build_manifest", "current_stats", "drift_data", "drift_failure"]
+
+log = logging.getLogger("batchserve")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What a run's manifest is built from besides its receipts: decided before the first task."""
+
+    cfg: ScoreConfig
+    plan: RunPlan
+    run_id: str
+    started_at: str
+    t0: float
+    #: Outputs kept by --resume, and why the others are rescored.
+    reused: tuple[manifest.FileEntry, ...] = ()
+    notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def tool_version() -> str:
+    """This batchserve's version, as the manifest records it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchserve")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+def file_entries(receipts: list[Receipt], notes: Mapping[str, str]) -> list[manifest.FileEntry]:
+    return [
+        manifest.FileEntry(r.output_url, r.relpath, r.rows, r.bytes, checksum=r.checksum, status="scored",
+                           note=notes.get(r.relpath))
+        for r in receipts
+    ]
+
+
+def current_stats(plan: RunPlan, receipts: list[Receipt]) -> tuple[dict[str, drift.ColumnSummary], list[str]]:
+    current = drift.merge_maps(r.stats for r in receipts if r.stats is not None)
+    feats = list(plan.features.features)
+    preds = [k for k in current if k not in set(feats)]
+    order = {o.name: i for i, o in enumerate(plan.info.outputs)} if plan.info is not None else {}
+
+    def output_rank(name: str) -> tuple[int, str]:
+        base = name.split(".")[0].split("[")[0]
+        return (order.get(base, len(order)), name)
+
+    return current, sorted(preds, key=output_rank)
+
+
+def drift_data(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> dict[str, Any] | None:
+    if not cfg.drift:
+        return None
+    current, preds = current_stats(plan, receipts)
+    section = manifest.drift_section(current, list(plan.features.features), preds, plan.reference, plan.policy)
+    if plan.reference is not None:
+        log.info(
+            "drift against %s: %d of %d feature(s) drifted%s", plan.reference.uri, len(section["drifted_features"]),
+            len(plan.features.features),
+            (": " + ", ".join(section["drifted_features"])) if section["drifted_features"] else "",
+        )
+    return section
+
+
+def drift_failure(result: manifest.Manifest, max_share: float | None) -> str | None:
+    """The one-line reason to exit 3, or None when drift stays within the policy."""
+    d = result.drift
+    if not d or d.get("reference") is None or not d["drifted_features"]:
+        return None
+    share = d["drift_share"]
+    if max_share is not None and share <= max_share:
+        return None
+    parts = []
+    for name in d["drifted_features"]:
+        e = d["features"][name]
+        metric = e["decided_by"]
+        limit = e["threshold"] if metric == e["metric"] else "null-rate limit"
+        parts.append(f"{name} ({metric} {e[metric]:.3f} > {limit})")
+    limit_text = f" > --max-drift-share {max_share}" if max_share is not None else ""
+    return (
+        f"drift detected in {len(d['drifted_features'])} of {len(d['features'])} features "
+        f"(share {share:.2f}{limit_text}): {', '.join(parts)}; outputs are committed"
+    )
+
+
+def build_manifest(
+    ctx: RunContext,
+    receipts: list[Receipt],
+    failures: list[manifest.FailureEntry],
+    engine: manifest.EngineInfo | None,
+    status: str,
+    error: str | None = None,
+    drift_section: dict[str, Any] | None = None,
+) -> manifest.Manifest:
+    cfg, plan = ctx.cfg, ctx.plan
+    seconds = time.perf_counter() - ctx.t0
+    outputs = sorted([*ctx.reused, *file_entries(receipts, ctx.notes)], key=lambda e: e.relpath)
+    rows = sum(e.rows for e in outputs)
+    info = plan.info
+    return manifest.Manifest(
+        run=manifest.RunInfo(
+            id=ctx.run_id, started_at=ctx.started_at, finished_at=now(), status=status,
+            batchserve_version=tool_version(), config=cfg.redacted(), engine=engine, error=error,
+        ),
+        model=manifest.ModelSection(
+            uri=plan.model_uri, resolved_uri=plan.model_url, version=plan.model_version,
+            sha256=info.sha256, bytes=info.bytes, producer_name=info.producer_name,
+            producer_version=info.producer_version, ir_version=info.ir_version, opset=dict(info.opset),
+            graph_name=info.graph_name, metadata_props=dict(info.metadata_props),
+            inputs=[t.as_dict() for t in info.inputs], outputs=[t.as_dict() for t in info.outputs],
+            features=list(plan.features.features), feature_source=plan.features.source,
+        ),
+        inputs=[
+            manifest.FileEntry(p.url, p.relpath, f.num_rows, p.size, version=p.version)
+            for p, f in zip(plan.partitions, plan.footers, strict=True)
+        ],
+        outputs=outputs,
+        totals=manifest.Totals(
+            files=len(outputs), rows=rows,
+            bytes_in=sum(p.size for p in plan.partitions), bytes_out=sum(e.bytes for e in outputs),
+            seconds=round(seconds, 4), rows_per_second=round(rows / seconds, 1) if seconds > 0 else 0.0,
+            read_seconds=round(sum(r.read_s for r in receipts), 4),
+            infer_seconds=round(sum(r.infer_s for r in receipts), 4),
+            write_seconds=round(sum(r.write_s for r in receipts), 4),
+        ),
+        drift=drift_section,
+        fingerprint=fingerprint(cfg, plan),
+        failures=list(plan.failures) + list(failures),
+    )

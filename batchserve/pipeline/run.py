@@ -1,0 +1,144 @@
+"""One scoring run, start to finish: plan, lock, journal, tasks, stale files, the client's check,
+the manifest, and ``_SUCCESS`` last, so a reader that sees ``_SUCCESS`` sees a complete output."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+from batchserve import io, manifest
+from batchserve.config import ScoreConfig
+from batchserve.errors import BatchserveError, DataError, Interrupted, OutputError
+from batchserve.pipeline.output import (
+    MANIFEST_NAME,
+    SUCCESS_NAME,
+    Journal,
+    OutputSurvey,
+    check_output,
+    check_output_location,
+    now,
+    output_lock,
+    remove_stale_outputs,
+    verify_outputs,
+)
+from batchserve.pipeline.plan import absolute_paths, plan_run
+from batchserve.pipeline.record import RunContext, build_manifest, drift_data
+from batchserve.pipeline.resume import resume_decisions
+from batchserve.pipeline.signals import deferred, raise_interrupted
+from batchserve.pipeline.submit import ProgressEvent, Submission
+
+__all__ = ["RunResult", "new_run_id", "score_config"]
+
+log = logging.getLogger("batchserve")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    manifest: manifest.Manifest
+    output: str
+    manifest_url: str
+
+
+def new_run_id() -> str:
+    """A run id: sortable by start time, unique enough to name staging folders and Dask keys."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def score_config(
+    cfg: ScoreConfig, *, on_progress: Callable[[ProgressEvent], None] | None = None, run_id: str | None = None
+) -> RunResult:
+    """Score with a resolved config; raises :class:`BatchserveError` on user errors."""
+    cfg = absolute_paths(cfg)
+    started_at = now()
+    t0 = time.perf_counter()
+    plan = plan_run(cfg)
+    check_output_location(cfg, plan)
+    run_id = run_id or new_run_id()
+    with output_lock(cfg, run_id):
+        survey = check_output(cfg)
+        reused, notes = resume_decisions(cfg, plan, survey.previous) if cfg.resume else ([], {})
+        ctx = RunContext(cfg, plan, run_id, started_at, t0, tuple(reused), notes)
+        return _score_locked(ctx, survey, on_progress)
+
+
+def _score_locked(ctx: RunContext, survey: OutputSurvey, on_progress: Callable[[ProgressEvent], None] | None,
+                  ) -> RunResult:
+    cfg, storage = ctx.cfg, ctx.cfg.storage
+    _start_changing_output(ctx)
+    if on_progress:
+        on_progress(ProgressEvent("planned", 0, len(ctx.plan.partitions) - len(ctx.reused), 0, ctx.plan.rows, 0.0))
+    sub = Submission(cfg, ctx.plan, ctx.run_id, skip_relpaths=frozenset(e.relpath for e in ctx.reused))
+    journal = Journal(io.join_url(cfg.output, MANIFEST_NAME), storage,
+                      lambda status: build_manifest(ctx, sub.receipts, sub.failures, sub.engine, status))
+    journal.tick(force=True)
+    try:
+        with raise_interrupted():
+            sub.run(with_model=True, t0=ctx.t0, on_receipt=journal.tick, on_progress=on_progress)
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, Interrupted | KeyboardInterrupt) else "failed"
+        error = str(exc) if isinstance(exc, BatchserveError) else f"{type(exc).__name__}: {exc}"
+        with deferred():
+            try:
+                journal.write(build_manifest(ctx, sub.receipts, sub.failures, sub.engine, status, error))
+            finally:
+                io.remove_staging(cfg.output, storage, ctx.run_id)
+        raise
+    with deferred():
+        result, failure = _finish_run(ctx, sub, survey)
+        journal.write(result)
+        io.remove_staging(cfg.output, storage)
+        if failure is not None:
+            raise failure
+        io.write_text_atomic(io.join_url(cfg.output, SUCCESS_NAME), "", storage)
+    if on_progress:
+        on_progress(ProgressEvent(
+            "done", len(sub.receipts), len(sub.receipts), result.totals.rows, ctx.plan.rows, result.totals.seconds
+        ))
+    return RunResult(result, cfg.output, journal.url)
+
+
+def _start_changing_output(ctx: RunContext) -> None:
+    """From here the output is being changed: first make sure nothing marks it complete."""
+    cfg, plan = ctx.cfg, ctx.plan
+    io.remove(io.join_url(cfg.output, SUCCESS_NAME), cfg.storage)
+    if not cfg.resume:
+        io.remove(io.join_url(cfg.output, MANIFEST_NAME), cfg.storage)
+    io.remove_staging(cfg.output, cfg.storage)  # leftovers of a SIGKILLed run are never committed
+    todo = len(plan.partitions) - len(ctx.reused)
+    log.info(
+        "planned %d file(s), %d rows; model %s (sha256 %s)%s",
+        len(plan.partitions), plan.rows, plan.model_url, plan.info.sha256[:12],
+        f"; resuming: {len(ctx.reused)} reused, {todo} to score" if cfg.resume else "",
+    )
+    if plan.failures:
+        log.warning("skipping %d bad file(s): %s", len(plan.failures), "; ".join(f.error for f in plan.failures))
+
+
+def _finish_run(
+    ctx: RunContext, sub: Submission, survey: OutputSurvey
+) -> tuple[manifest.Manifest, BatchserveError | None]:
+    """The final manifest: stale files of earlier runs removed, the output checked from this side."""
+    cfg, plan = ctx.cfg, ctx.plan
+    section = drift_data(cfg, plan, sub.receipts)
+    if section is not None and ctx.reused:
+        section["coverage"] = f"statistics cover the {len(sub.receipts)} file(s) scored by this run, not reused ones"
+    draft = build_manifest(ctx, sub.receipts, sub.failures, sub.engine, "succeeded", None, section)
+    remove_stale_outputs(cfg, survey, draft.outputs)
+    failure: BatchserveError | None = None
+    problem = verify_outputs(cfg, draft.outputs, survey)
+    if problem is not None:
+        failure = OutputError(problem, path=cfg.output)
+    n_bad = len(plan.failures) + len(sub.failures)
+    if failure is None and cfg.max_failed_files is not None and n_bad > cfg.max_failed_files:
+        first = (list(plan.failures) + sub.failures)[0]
+        failure = DataError(
+            f"{n_bad} file(s) failed, more than --max-failed-files {cfg.max_failed_files}; first: {first.error}",
+            path=cfg.output,
+        )
+    if failure is None:
+        return draft, None
+    return build_manifest(ctx, sub.receipts, sub.failures, sub.engine, "failed", str(failure), section), failure

@@ -1,0 +1,244 @@
+"""Tasks in, receipts out: one task per input file (a large file split by row groups and merged),
+collected as they finish, and, when the run stops early, the commit fence closed on every worker
+so the receipts hold exactly what was committed."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from distributed import Client, KilledWorker, as_completed
+
+from batchserve import io, manifest
+from batchserve.config import ScoreConfig
+from batchserve.errors import BatchserveError, ClusterError
+from batchserve.pipeline import cluster
+from batchserve.pipeline.output import owners
+from batchserve.pipeline.plan import RunPlan
+from batchserve.worker import FileTask, ModelSpec, Receipt, merge_pieces, score_file, stop_commits
+
+__all__ = ["ProgressEvent", "Submission", "pieces", "submit_all"]
+
+log = logging.getLogger("batchserve")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressEvent:
+    """Sent to the progress callback after planning and after every committed file."""
+
+    phase: str  # "planned" | "file" | "done"
+    files_done: int
+    files_total: int
+    rows_done: int
+    rows_total: int
+    elapsed_s: float
+    path: str | None = None
+
+
+def pieces(footer: io.Footer, target_rows: int) -> list[tuple[int, ...]] | None:
+    """Row-group ranges of about ``target_rows`` rows, or None to keep the file whole."""
+    if footer.num_rows <= 2 * target_rows or len(footer.row_group_rows) < 2:
+        return None
+    ranges: list[tuple[int, ...]] = []
+    current: list[int] = []
+    rows = 0
+    for i, n in enumerate(footer.row_group_rows):
+        current.append(i)
+        rows += n
+        if rows >= target_rows:
+            ranges.append(tuple(current))
+            current, rows = [], 0
+    if current:
+        ranges.append(tuple(current))
+    return ranges if len(ranges) > 1 else None
+
+
+def submit_all(
+    client: Client, cfg: ScoreConfig, plan: RunPlan, spec: ModelSpec | None, run_id: str, n_workers: int,
+    write: bool = True, skip_relpaths: frozenset[str] = frozenset(),
+) -> dict[Any, str]:
+    """One future per input file (a merge future for a split file), mapped to the file's relpath."""
+    storage_pairs = cfg.storage_options
+    target = cfg.split_rows or max(4 * cfg.batch_size, math.ceil(plan.rows / max(1, 2 * n_workers)))
+    futures: dict[Any, str] = {}
+    for part, footer in zip(plan.partitions, plan.footers, strict=True):
+        if part.relpath in skip_relpaths:
+            continue
+        final = io.join_url(cfg.output, part.relpath)
+        staging = io.join_url(cfg.output, io.STAGING_DIR, run_id, part.relpath)
+        base = FileTask(
+            run_id=run_id, input_url=part.url, relpath=part.relpath, output_url=final,
+            staging_url=staging, keep=cfg.keep, batch_size=cfg.batch_size,
+            plugin_name=spec.plugin_name if spec else None, plan=plan.features, prefix=cfg.prefix,
+            storage_options=storage_pairs, stats=cfg.drift, write=write, retries=cfg.retries,
+        )
+        ranges = pieces(footer, target) if write else None
+        if ranges is None:
+            futures[client.submit(score_file, base, key=f"score-{run_id}-{part.relpath}", pure=False)] = part.relpath
+            continue
+        piece_futures = []
+        for k, groups in enumerate(ranges):
+            piece_staging = f"{staging}.piece-{k:05d}"
+            task = dataclasses.replace(base, staging_url=piece_staging, row_groups=groups, piece=k)
+            piece_futures.append(
+                client.submit(score_file, task, key=f"score-{run_id}-{part.relpath}-p{k}", pure=False)
+            )
+        merged = client.submit(
+            merge_pieces, final, staging, storage_pairs, run_id, *piece_futures,
+            key=f"merge-{run_id}-{part.relpath}", pure=False,
+        )
+        futures[merged] = part.relpath
+    return futures
+
+
+def stop_commits_everywhere(client: Client, run_id: str) -> None:
+    """Close the commit fence on every worker: once this returns, no task of the run moves a file
+    into place, and none is in the middle of doing so."""
+    try:
+        done = client.run(stop_commits, run_id, on_error="return")
+    except Exception as exc:  # noqa: BLE001 - already failing; the output is settled file by file below
+        log.warning("could not stop commits on every worker (%s); the output is checked file by file", exc)
+        return
+    if not all(v is True for v in done.values()):
+        log.warning("some workers did not confirm the stop; the output is checked file by file")
+
+
+def settle_in_flight(
+    cfg: ScoreConfig, futures: Mapping[Any, str], receipts: list[Receipt], run_id: str, *, wait: bool
+) -> None:
+    """Account for files committed just before the fence closed, whose receipts are still on their way.
+
+    They carry this run's stamp. Each is waited for briefly (``wait``) and recorded; one whose
+    receipt never comes is removed, so the manifest lists exactly the files on disk.
+    """
+    done = {r.relpath for r in receipts if r.committed}
+    pending = {rel: fut for fut, rel in futures.items() if rel not in done}
+    if not pending:
+        return
+    found = io.output_files(cfg.output, cfg.storage)
+    by_owner = owners(cfg, [rel for rel in pending if rel in found])
+    for rel, owner in by_owner.items():
+        if owner != run_id:
+            continue  # an earlier run's file, untouched by this one
+        receipt = None
+        if wait:
+            try:
+                receipt = pending[rel].result(timeout=10)
+            except Exception:  # noqa: BLE001 - whatever went wrong, the file is not accounted for
+                receipt = None
+        if isinstance(receipt, Receipt) and receipt.committed:
+            receipts.append(receipt)
+            continue
+        io.remove(io.join_url(cfg.output, rel), cfg.storage)
+        log.warning("removed %s: committed as the run stopped, but its receipt never came", rel)
+
+
+def harvest_finished(futures: list[Any], receipts: list[Receipt]) -> None:
+    """On the way out, record files that finished but whose receipts were not read yet.
+
+    They are committed on disk; listing them keeps --resume from redoing them.
+    """
+    seen = {(r.relpath, r.piece) for r in receipts}
+    for fut in futures:
+        if fut.status != "finished":
+            continue
+        try:
+            receipt = fut.result(timeout=1)
+        except Exception:  # noqa: BLE001, S112 - best effort while already failing
+            continue
+        if isinstance(receipt, Receipt) and receipt.committed and (receipt.relpath, receipt.piece) not in seen:
+            receipts.append(receipt)
+
+
+class Submission:
+    """One run's tasks on a cluster. ``receipts`` and ``failures`` grow as tasks finish, so a journal
+    can read them mid-run; when the run stops early they hold exactly what was committed."""
+
+    def __init__(self, cfg: ScoreConfig, plan: RunPlan, run_id: str, *, write: bool = True,
+                 skip_relpaths: frozenset[str] = frozenset()) -> None:
+        self.cfg, self.plan, self.run_id, self.write, self.skip = cfg, plan, run_id, write, skip_relpaths
+        self.receipts: list[Receipt] = []
+        self.failures: list[manifest.FailureEntry] = []
+        self.engine: manifest.EngineInfo | None = None
+
+    def run(
+        self, *, with_model: bool, t0: float, on_receipt: Callable[[], None] | None = None,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> None:
+        """Attach a cluster, install the model, run every task, collect receipts as they come."""
+        cfg = self.cfg
+        with cluster.attach(cfg) as (client, kind, address):
+            spec: ModelSpec | None = None
+            per_worker: list[manifest.WorkerInfo] = []
+            if with_model:
+                spec, per_worker, n_workers = cluster.install_model(client, cfg, self.plan)
+            else:
+                n_workers = cluster.worker_count(client)
+            self.engine = manifest.EngineInfo(kind, address, n_workers, cfg.device, per_worker)
+            futures = submit_all(client, cfg, self.plan, spec, self.run_id, n_workers, write=self.write,
+                                 skip_relpaths=self.skip)
+            try:
+                self._collect(futures, t0, on_receipt, on_progress)
+            except BaseException:
+                self._stop(client, futures)
+                raise
+
+    def _collect(
+        self, futures: Mapping[Any, str], t0: float, on_receipt: Callable[[], None] | None,
+        on_progress: Callable[[ProgressEvent], None] | None,
+    ) -> None:
+        rows_done = 0
+        for fut in as_completed(list(futures)):
+            receipt = self._receipt(fut, futures[fut])
+            if receipt is None:
+                continue
+            self.receipts.append(receipt)
+            rows_done += receipt.rows
+            if on_receipt:
+                on_receipt()
+            if receipt.attempts > 1:
+                log.warning("%s needed %d attempts (transient errors)", receipt.relpath, receipt.attempts)
+            if self.write:
+                log.info("committed %s (%d rows)", receipt.output_url, receipt.rows)
+            else:
+                log.info("profiled %s (%d rows)", receipt.input_url, receipt.rows)
+            if on_progress:
+                on_progress(ProgressEvent(
+                    "file", len(self.receipts), len(futures), rows_done, self.plan.rows,
+                    time.perf_counter() - t0, receipt.output_url or receipt.input_url,
+                ))
+
+    def _receipt(self, fut: Any, rel: str) -> Receipt | None:
+        """A finished task's receipt; None for a bad file skipped under --on-error skip."""
+        try:
+            receipt: Receipt = fut.result()
+            return receipt
+        except BatchserveError as exc:
+            if self.cfg.on_error != "skip":
+                raise
+            log.warning("skipping %s: %s", rel, exc)
+            self.failures.append(manifest.FailureEntry(exc.path or rel, rel, str(exc)))
+            return None
+        except KilledWorker as exc:
+            # Dask already re-ran the task on other workers; it kept killing them.
+            raise ClusterError(
+                f"workers kept dying while running this file ({exc}); it may need more memory "
+                "than a worker has: try a smaller --batch-size or larger workers",
+            ) from None
+
+    def _stop(self, client: Client, futures: Mapping[Any, str]) -> None:
+        """On the way out: fence every worker, record what committed, cancel the rest, fence again
+        (a worker that joined meanwhile), and remove anything committed that has no receipt."""
+        if self.write:
+            stop_commits_everywhere(client, self.run_id)
+        harvest_finished(list(futures), self.receipts)
+        if self.write:
+            settle_in_flight(self.cfg, futures, self.receipts, self.run_id, wait=True)
+        client.cancel(list(futures))
+        if self.write:
+            stop_commits_everywhere(client, self.run_id)
+            settle_in_flight(self.cfg, futures, self.receipts, self.run_id, wait=False)
