@@ -25,7 +25,10 @@ if TYPE_CHECKING:
         ConfigError,
         DataError,
         DeviceError,
+        DriftError,
         InputError,
+        Interrupted,
+        LockedError,
         ModelError,
         OutputError,
         SchemaError,
@@ -33,10 +36,14 @@ if TYPE_CHECKING:
         WorkerStateError,
     )
     from batchserve.manifest import Manifest
-    from batchserve.pipeline import ProgressEvent, RunPlan, RunResult, inspect_model, score, validate
+    from batchserve.pipeline import ProgressEvent, RunPlan, RunResult, inspect_model, profile, score, validate
 
 _WHERE = {
     "score": "pipeline",
+    "profile": "pipeline",
+    "Interrupted": "errors",
+    "LockedError": "errors",
+    "DriftError": "errors",
     "validate": "pipeline",
     "inspect_model": "pipeline",
     "RunResult": "pipeline",
@@ -59,8 +66,13 @@ _WHERE = {
 }
 
 __all__ = [
+    "__version__",
     "score",
     "validate",
+    "profile",
+    "Interrupted",
+    "LockedError",
+    "DriftError",
     "inspect_model",
     "resolve_score_config",
     "ScoreConfig",
@@ -80,6 +92,18 @@ __all__ = [
     "ClusterError",
     "WorkerStateError",
 ]
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchserve")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 
 
 def __getattr__(name: str) -> Any:

@@ -22,24 +22,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from batchserve import pipeline, report
-from batchserve.config import DEFAULT_BATCH_SIZE, parse_storage_options, resolve_score_config
-from batchserve.errors import (
-    EXIT_DRIFT,
-    EXIT_FAILED,
-    EXIT_OK,
-    BatchserveError,
-    Interrupted,
-)
+from batchserve.config import parse_storage_options, resolve_config, resolve_score_config
+from batchserve.errors import EXIT_OK, EXIT_USAGE, BatchserveError, DriftError, Interrupted, exit_code_of
 
 __all__ = ["app", "main", "EXIT_CODES"]
 
-#: The exit-code contract that cron lines and Airflow tasks depend on.
+#: The exit-code contract that cron lines and Airflow tasks depend on, derived from the error
+#: classes (each carries its own code), so there is one table: errors.py.
 EXIT_CODES = {
     "ok": EXIT_OK,
-    "failed": EXIT_FAILED,
-    "usage": 2,  # Typer/Click's own code for bad flags
-    "drift": 3,  # reserved for --fail-on-drift
-    "interrupted": 130,  # SIGINT; SIGTERM gives 143 (128 + signal number)
+    "failed": BatchserveError.exit_code,
+    "usage": EXIT_USAGE,  # Typer/Click's own code for bad flags
+    "drift": DriftError.exit_code,
+    "interrupted": Interrupted(signum=2).exit_code,  # SIGINT; SIGTERM gives 143 (128 + signal number)
 }
 
 #: The run id of the score command in progress, so even a bug's one line names the run.
@@ -56,7 +51,7 @@ _err = Console(stderr=True)
 T = TypeVar("T")
 
 
-def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+def _fail(message: str, code: int = BatchserveError.exit_code) -> NoReturn:
     # One line, no markup interpretation: paths may contain [brackets].
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
@@ -67,16 +62,12 @@ def _guard(debug: bool, fn: Callable[[], T]) -> T:
     """Run a library call, turning user errors into the one-line contract."""
     try:
         return fn()
-    except Interrupted as exc:
-        if debug:
-            traceback.print_exc()
-        _fail(str(exc), 128 + exc.signum)
     except BatchserveError as exc:
         if debug:
             traceback.print_exc()
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail("interrupted", EXIT_CODES["interrupted"])
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt as exc:
+        _fail("interrupted", exit_code_of(exc))
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
@@ -185,8 +176,15 @@ def score(
     run_id = pipeline.new_run_id()
     _current_run["id"] = run_id
     bar = _BarProgress() if _err.is_terminal and not quiet else None
+
+    def run() -> tuple[Any, DriftError | None]:
+        try:
+            return pipeline.score(cfg, on_progress=bar, run_id=run_id), None
+        except DriftError as exc:  # outputs are committed: say what was scored, then why it is exit 3
+            return exc.result, exc
+
     try:
-        result = _guard(debug, lambda: pipeline.score(cfg, on_progress=bar, run_id=run_id))
+        result, drifted = _guard(debug, run)
     finally:
         if bar is not None:
             bar.stop()
@@ -202,10 +200,8 @@ def score(
             + (f" ({', '.join(d['drifted_features'])})" if d["drifted_features"] else "")
             + f"; report: batchserve report {result.manifest_url} --output report.html"
         )
-    if cfg.fail_on_drift:
-        reason = pipeline.drift_failure(result.manifest, cfg.max_drift_share)
-        if reason:
-            _fail(reason, EXIT_DRIFT)
+    if drifted is not None:
+        _fail(str(drifted), drifted.exit_code)
 
 
 @app.command(epilog="Example: batchserve inspect sample_data/model --json")
@@ -262,7 +258,7 @@ def validate(
             "model_version": model_version, "prefix": prefix,
             "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
         }
-        return resolve_score_config(flags, env={})
+        return resolve_config(flags, command="validate")
 
     cfg = _guard(debug, resolve)
     plan = _guard(debug, lambda: pipeline.validate(cfg))
@@ -281,23 +277,29 @@ def profile(
     features: Annotated[str | None, typer.Option(help="Columns to profile (default: the model's features, else every numeric column).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Also profile this model's predictions on the data.")] = None,
     model_version: Annotated[int | None, typer.Option(help="Version folder in a model repository.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = DEFAULT_BATCH_SIZE,
+    batch_size: Annotated[int | None, typer.Option(help="Rows per batch (default: 65536).")] = None,
     workers: Annotated[int | None, typer.Option(help="Local cluster size.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    prefix: Annotated[str, typer.Option(help="Prediction column prefix, as used when scoring.")] = "",
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: auto).")] = None,
+    prefix: Annotated[str | None, typer.Option(help="Prediction column prefix, as used when scoring.")] = None,
     storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     """Build a reference profile (per-column statistics) to compare nightly runs against."""
     _setup_logging(debug, quiet)
-    opts = _guard(debug, lambda: dict(parse_storage_options(storage_option or [])))
-    prof = _guard(debug, lambda: pipeline.profile(
-        input=input, output=output, features=_columns(features), model=model, model_version=model_version,
-        batch_size=batch_size, workers=workers, scheduler=scheduler, device=device, prefix=prefix,
-        storage_options=opts,
-    ))
+
+    def resolve() -> Any:
+        flags: dict[str, Any] = {
+            "input": input, "output": output, "features": _columns(features), "model": model,
+            "model_version": model_version, "batch_size": batch_size, "workers": workers, "scheduler": scheduler,
+            "device": device, "prefix": prefix,
+            "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
+        }
+        return resolve_config(flags, command="profile")
+
+    cfg = _guard(debug, resolve)
+    prof = _guard(debug, lambda: pipeline.profile(cfg))
     typer.echo(
         f"profiled {prof.source['rows']:,} rows in {prof.source['files']} file(s): {len(prof.features)} feature(s)"
         f", {len(prof.predictions)} prediction column(s) -> {output}"
@@ -334,12 +336,10 @@ def main() -> None:
         app()
     except SystemExit:
         raise
-    except Interrupted as exc:
-        _last_line(str(exc), 128 + exc.signum, debug)
     except BatchserveError as exc:
-        _last_line(str(exc), EXIT_FAILED, debug)
-    except KeyboardInterrupt:
-        _last_line("interrupted", EXIT_CODES["interrupted"], debug)
+        _last_line(str(exc), exc.exit_code, debug)
+    except KeyboardInterrupt as exc:
+        _last_line("interrupted", exit_code_of(exc), debug)
     except Exception as exc:  # noqa: BLE001 - the last resort: a bug, still one line
         run = _current_run.get("id")
         text = " ".join(str(exc).split())[:300]
@@ -347,7 +347,7 @@ def main() -> None:
             f"internal error (a bug in batchserve): {type(exc).__name__}: {text}"
             + (f"; run {run}" if run else "")
             + "; re-run with --debug for the traceback, and please report it",
-            EXIT_FAILED, debug,
+            exit_code_of(exc), debug,
         )
 
 

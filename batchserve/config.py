@@ -18,14 +18,17 @@ import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypedDict
 
 from batchserve.errors import ConfigError
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "ScoreConfig",
+    "ScoreSettings",
+    "Command",
+    "resolve_config",
     "resolve_score_config",
     "parse_storage_options",
     "storage_dict",
@@ -310,11 +313,72 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return found
 
 
+OnError = Literal["fail", "skip"]
+NanPolicy = Literal["fail", "pass"]
+Command = Literal["score", "validate", "profile"]
+#: What each command cannot do without; the rest have defaults.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "score": ("model", "input", "output"), "validate": ("model", "input"), "profile": ("input", "output"),
+}
+
+
+class ScoreSettings(TypedDict, total=False):
+    """Every setting, as keyword arguments of :func:`batchserve.score` (and ``validate``/``profile``).
+
+    The same names as the CLI flags and the job file keys; ``job`` names a job file.
+    """
+
+    model: str
+    input: str
+    output: str
+    features: Sequence[str] | str | None
+    keep: Sequence[str] | str | None
+    batch_size: int
+    workers: int | None
+    scheduler: str | None
+    #: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
+    device: str
+    overwrite: bool
+    model_version: int | None
+    prefix: str
+    storage_options: Mapping[str, Any] | None
+    split_rows: int | None
+    reference: str | None
+    drift: bool
+    drift_metric: Sequence[str]
+    drift_threshold: Sequence[str]
+    fail_on_drift: bool
+    max_drift_share: float | None
+    resume: bool
+    retries: int
+    on_error: OnError
+    max_failed_files: int | None
+    nan: NanPolicy
+    job: str | None
+
+
+def resolve_config(
+    settings: Mapping[str, Any], *, command: Command = "score", env: Mapping[str, str] | None = None,
+) -> ScoreConfig:
+    """The one settings path of every command, CLI and Python API alike: explicit settings >
+    ``BATCHSERVE_*`` environment > the job file named by ``job`` > defaults.
+
+    >>> resolve_config({"model": "m.onnx", "input": "in/"}, command="validate", env={}).output
+    ''
+    """
+    flags = {k: v for k, v in settings.items() if k != "job"}
+    job = settings.get("job")
+    if job is not None and not isinstance(job, str):
+        raise ConfigError(f"job must be the path of a TOML job file, got {job!r}")
+    return resolve_score_config(flags, job_file=job, env=env, required=_REQUIRED[command])
+
+
 def resolve_score_config(
     flags: Mapping[str, Any],
     *,
     job_file: str | None = None,
     env: Mapping[str, str] | None = None,
+    required: Sequence[str] = _REQUIRED["score"],
 ) -> ScoreConfig:
     """Merge the four sources into one frozen config.
 
@@ -335,9 +399,11 @@ def resolve_score_config(
                 merged[name] = _CONVERTERS[name](value)
             except ConfigError as exc:
                 raise ConfigError(f"setting {name!r} from {source}: {exc.message}") from None
-    missing = [n for n in ("model", "input", "output") if n not in merged]
+    missing = [n for n in required if n not in merged]
     if missing:
         raise ConfigError(
             f"missing required setting(s): {', '.join(missing)}; pass --{missing[0]} or set it in the job file"
         )
+    for name in ("model", "input", "output"):
+        merged.setdefault(name, "")  # a command that needs no output (validate) or model (profile)
     return ScoreConfig(**merged)

@@ -30,17 +30,15 @@ __all__ = [
     "StorageError",
     "Interrupted",
     "LockedError",
+    "DriftError",
     "EXIT_OK",
-    "EXIT_FAILED",
     "EXIT_USAGE",
-    "EXIT_DRIFT",
+    "exit_code_of",
 ]
 
-# The exit-code contract; cli.py owns the mapping, these names keep it in one place.
+#: Exit codes that belong to no error class: success, and a usage error (Typer/Click's own code).
 EXIT_OK = 0
-EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_DRIFT = 3
 
 
 def _rebuild(cls: type[BatchserveError], message: str, state: dict[str, Any]) -> BatchserveError:
@@ -52,6 +50,8 @@ class BatchserveError(Exception):
 
     #: Whether retrying the same task could succeed (I/O hiccups yes, bad data no).
     transient: bool = False
+    #: The process exit code when this error ends a CLI command: the one table is these attributes.
+    exit_code: int = 1
 
     def __init__(
         self,
@@ -151,11 +151,32 @@ class LockedError(BatchserveError):
 
 
 class Interrupted(BatchserveError):
-    """SIGINT/SIGTERM stopped the run; committed files are kept and recorded."""
+    """SIGINT/SIGTERM stopped the run; committed files are kept and recorded. Exits 128 + signal."""
 
     def __init__(self, message: str = "interrupted", *, signum: int = 2, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.signum = signum
+        self.exit_code = 128 + signum
 
     def _state(self) -> dict[str, object]:
         return {**super()._state(), "signum": self.signum}
+
+
+class DriftError(BatchserveError):
+    """With ``fail_on_drift``: features drifted past the policy. The outputs and ``_SUCCESS`` are
+    committed before it is raised; ``result`` holds the run's result (not pickled: client side only)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, result: Any = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.result = result
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The CLI's exit code for an exception: the class's own for ours, 130 for Ctrl-C, else 1."""
+    if isinstance(exc, BatchserveError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 1

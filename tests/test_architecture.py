@@ -12,12 +12,20 @@ PKG = Path(batchserve.__file__).parent
 
 def test_public_api_is_pinned() -> None:
     assert sorted(batchserve.__all__) == sorted([
-        "score", "validate", "inspect_model", "resolve_score_config", "ScoreConfig", "RunResult", "RunPlan",
-        "ProgressEvent", "Manifest", "BatchserveError", "ConfigError", "InputError", "SchemaError", "DataError",
-        "ModelError", "DeviceError", "OutputError", "StorageError", "ClusterError", "WorkerStateError",
+        "__version__", "score", "validate", "profile", "inspect_model", "resolve_score_config", "ScoreConfig",
+        "RunResult", "RunPlan", "ProgressEvent", "Manifest", "BatchserveError", "ConfigError", "InputError",
+        "SchemaError", "DataError", "ModelError", "DeviceError", "OutputError", "StorageError", "ClusterError",
+        "WorkerStateError", "Interrupted", "LockedError", "DriftError",
     ])
-    for name in batchserve.__all__:
-        assert getattr(batchserve, name) is not None
+    import importlib.metadata
+
+    assert batchserve.__version__ == importlib.metadata.version("batchserve")
+    for name in set(batchserve.__all__) - {"__version__"}:
+        obj = getattr(batchserve, name)  # resolved lazily: a wrong module mapping raises here
+        assert obj.__module__.startswith("batchserve."), (name, obj.__module__)
+        assert obj.__name__ == name
+    for name in ("score", "validate", "profile", "inspect_model"):
+        assert getattr(batchserve, name).__module__.startswith("batchserve.pipeline")
 
 
 def _imports(path: Path) -> set[str]:
@@ -32,14 +40,14 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_only_io_imports_pyarrow_parquet_and_fsspec() -> None:
-    for path in PKG.glob("*.py"):
-        if path.stem == "io":
+    for path in PKG.rglob("*.py"):
+        if path.stem == "io" or "io" in path.relative_to(PKG).parts[:-1]:
             continue
         bad = {m for m in _imports(path) if m.startswith(("pyarrow.parquet", "fsspec", "s3fs"))}
         assert not bad, f"{path.name} imports {bad}; storage access belongs in io.py"
 
 
 def test_only_model_imports_onnxruntime() -> None:
-    for path in PKG.glob("*.py"):
+    for path in PKG.rglob("*.py"):
         if path.stem != "model":
             assert not {m for m in _imports(path) if m.startswith("onnxruntime")}, path.name

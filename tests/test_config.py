@@ -81,3 +81,31 @@ def test_shipped_job_file_resolves() -> None:
     repo = Path(__file__).resolve().parents[1]
     cfg = resolve_score_config({}, job_file=str(repo / "jobs" / "nightly.toml"), env={})
     assert cfg.model == "sample_data/model" and cfg.overwrite and cfg.keep == ("transaction_id", "card_id", "amount")
+
+
+def test_the_api_resolves_settings_like_the_cli(tmp_path, monkeypatch) -> None:
+    """Keywords > BATCHSERVE_* > job file > defaults, for batchserve.score/validate/profile too."""
+    from batchserve.config import resolve_config
+
+    job = tmp_path / "job.toml"
+    job.write_text('[score]\nmodel = "from-job.onnx"\ninput = "in/"\noutput = "out/"\nbatch_size = 7\nretries = 5\n')
+    monkeypatch.setenv("BATCHSERVE_BATCH_SIZE", "11")
+    cfg = resolve_config({"job": str(job), "retries": 1})
+    assert (cfg.model, cfg.batch_size, cfg.retries) == ("from-job.onnx", 11, 1)
+    assert resolve_config({"model": "m", "input": "i"}, command="validate").output == ""
+    assert resolve_config({"input": "i", "output": "p.json"}, command="profile").model == ""
+    with pytest.raises(ConfigError, match="missing required setting"):
+        resolve_config({"input": "i"}, command="profile")
+    with pytest.raises(ConfigError, match="unknown setting 'batchsize'"):
+        resolve_config({"model": "m", "input": "i", "output": "o", "batchsize": 3})
+
+
+def test_a_config_and_keywords_together_are_refused_not_dropped() -> None:
+    import batchserve
+    from batchserve.config import resolve_config
+
+    cfg = resolve_config({"model": "m", "input": "i", "output": "o"}, env={})
+    with pytest.raises(ConfigError, match="not both.*batch_size"):
+        batchserve.score(cfg, batch_size=10)
+    with pytest.raises(ConfigError, match="not both"):
+        batchserve.validate(cfg, features=["a"])

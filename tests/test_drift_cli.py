@@ -165,3 +165,19 @@ def test_report_text_and_self_contained_html(tmp_path: Path, drifted: Path, refe
                         f"--screenshot={shot}", "--window-size=1400,1800", html_path.as_uri()],
                        capture_output=True, timeout=120)
         assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def test_the_api_fails_on_drift_like_the_cli_after_committing(tmp_path: Path, drifted: Path, reference: Path,
+                                                               cluster: str) -> None:
+    import batchserve
+
+    out = tmp_path / "out"
+    with pytest.raises(batchserve.DriftError, match="drift detected in 2 of 8 features") as info:
+        batchserve.score(model=str(SAMPLE_MODEL), input=str(drifted), output=str(out), reference=str(reference),
+                         scheduler=cluster, fail_on_drift=True)
+    assert info.value.exit_code == 3
+    assert (out / "_SUCCESS").exists()  # the scored data stands; the caller decides what drift means
+    assert set(info.value.result.manifest.drift["drifted_features"]) == SHIFTED
+    result = batchserve.score(model=str(SAMPLE_MODEL), input=str(drifted), output=str(tmp_path / "ok"),
+                              reference=str(reference), scheduler=cluster, fail_on_drift=True, max_drift_share=0.5)
+    assert set(result.manifest.drift["drifted_features"]) == SHIFTED  # 2 of 8 is within the share

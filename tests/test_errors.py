@@ -37,3 +37,16 @@ def test_message_names_where_to_look() -> None:
 def test_transient_flags() -> None:
     assert errors.StorageError("x").transient and errors.ClusterError("x").transient
     assert not errors.DataError("x").transient and not errors.SchemaError("x").transient
+
+
+def test_each_class_carries_its_exit_code_and_the_cli_table_is_derived_from_them() -> None:
+    from batchserve.cli import EXIT_CODES
+
+    assert {cls.__name__: cls("x").exit_code for cls in ALL if cls not in (errors.Interrupted,)} == {
+        cls.__name__: (3 if cls is errors.DriftError else 1) for cls in ALL if cls is not errors.Interrupted
+    }
+    assert errors.Interrupted("x", signum=2).exit_code == 130 and errors.Interrupted("x", signum=15).exit_code == 143
+    assert pickle.loads(pickle.dumps(errors.Interrupted("x", signum=15))).exit_code == 143
+    assert EXIT_CODES == {"ok": 0, "failed": 1, "usage": 2, "drift": 3, "interrupted": 130}
+    assert errors.exit_code_of(KeyboardInterrupt()) == 130 and errors.exit_code_of(ValueError()) == 1
+    assert errors.exit_code_of(errors.DriftError("d")) == 3

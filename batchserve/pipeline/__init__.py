@@ -3,7 +3,7 @@
 ``plan`` (model, inputs, footers, schema) → ``output`` (what may be written, lock, journal) →
 ``cluster`` (where tasks run) → ``submit`` (tasks in, receipts out) → ``record`` (receipts to
 manifest, drift verdict) → ``run`` (one scoring run, start to finish); beside them ``resume``,
-``signals`` and ``profile``. This facade is what the CLI and the Python API call.
+``signals`` and ``profiling``. This facade is what the CLI and the Python API call.
 
 Example::
 
@@ -16,15 +16,15 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Unpack
 
 from batchserve import io, manifest
-from batchserve.config import DEFAULT_BATCH_SIZE, ScoreConfig, resolve_score_config
-from batchserve.errors import InputError
+from batchserve.config import Command, ScoreConfig, ScoreSettings, resolve_config
+from batchserve.errors import ConfigError, InputError
 from batchserve.pipeline.cluster import default_workers
 from batchserve.pipeline.output import MANIFEST_NAME
 from batchserve.pipeline.plan import RunPlan, inspect_model, plan_run
-from batchserve.pipeline.profile import profile_config
+from batchserve.pipeline.profiling import profile_config
 from batchserve.pipeline.record import drift_failure
 from batchserve.pipeline.run import RunResult, new_run_id, score_config
 from batchserve.pipeline.submit import ProgressEvent
@@ -45,13 +45,15 @@ __all__ = [
 ]
 
 
-def _config_from(settings: Mapping[str, Any], *, need_output: bool = True) -> ScoreConfig:
-    flags = dict(settings)
-    if not need_output:
-        flags.setdefault("output", "")
-    if "storage_options" in flags and isinstance(flags["storage_options"], Mapping):
-        flags["storage_options"] = {k: str(v) for k, v in flags["storage_options"].items()}
-    return resolve_score_config(flags, env={})
+def _resolve(config: ScoreConfig | None, settings: Mapping[str, Any], command: Command) -> ScoreConfig:
+    """A resolved config, or settings resolved the way the CLI resolves them (environment and job
+    file included); both at once would silently drop one, so that is an error."""
+    if config is not None and settings:
+        raise ConfigError(
+            f"pass either a ScoreConfig or keyword settings, not both (got {', '.join(sorted(settings))} "
+            "beside a config); use dataclasses.replace(config, ...) to change a config"
+        )
+    return config if config is not None else resolve_config(settings, command=command)
 
 
 def score(
@@ -60,50 +62,38 @@ def score(
     *,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     run_id: str | None = None,
-    **settings: Any,
+    **settings: Unpack[ScoreSettings],
 ) -> RunResult:
-    """Score a dataset; returns the manifest. Raises :class:`BatchserveError` on user errors.
+    """Score a dataset; returns the result. Raises :class:`BatchserveError` on user errors, and
+    :class:`DriftError` after committing when ``fail_on_drift`` finds drift past the policy.
 
+    Settings resolve as on the command line: keywords > ``BATCHSERVE_*`` > ``job`` file > defaults.
     Commit protocol: files are committed one by one (staged, then renamed/copied);
     ``_manifest.json`` is journaled as ``running`` while they commit, rewritten as
     ``succeeded``/``failed``/``interrupted`` at the end, and ``_SUCCESS`` comes last.
     """
-    return score_config(config or _config_from(settings), on_progress=on_progress, run_id=run_id)
+    return score_config(_resolve(config, settings, "score"), on_progress=on_progress, run_id=run_id)
 
 
-def validate(config: ScoreConfig | None = None, /, **settings: Any) -> RunPlan:
+def validate(config: ScoreConfig | None = None, /, **settings: Unpack[ScoreSettings]) -> RunPlan:
     """Check the model-to-data mapping and every file's schema without scoring."""
-    cfg = config or _config_from(settings, need_output=False)
-    return plan_run(cfg)
+    return plan_run(_resolve(config, settings, "validate"))
 
 
 def profile(
+    config: ScoreConfig | None = None,
+    /,
     *,
-    input: str,
-    output: str,
-    features: list[str] | tuple[str, ...] | None = None,
-    model: str | None = None,
-    model_version: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    device: str = "auto",
-    prefix: str = "",
-    storage_options: Mapping[str, Any] | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
+    **settings: Unpack[ScoreSettings],
 ) -> manifest.Profile:
-    """Build a reference profile of trusted data through the same Dask path as ``score``.
+    """Build a reference profile of trusted data through the same Dask path as ``score``;
+    ``output`` is the profile's path.
 
     Without ``model``, the features are ``features`` or every numeric column; with it, the
     model's features, and the prediction columns are profiled too.
     """
-    opts = {k: str(v) for k, v in (storage_options or {}).items()}
-    cfg = _config_from({
-        "model": model or "", "input": input, "output": output, "features": features, "model_version": model_version,
-        "batch_size": batch_size, "workers": workers, "scheduler": scheduler, "device": device, "prefix": prefix,
-        "storage_options": opts,
-    })
-    return profile_config(cfg, on_progress=on_progress)
+    return profile_config(_resolve(config, settings, "profile"), on_progress=on_progress)
 
 
 def read_manifest(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -36,12 +36,9 @@ class RunContext:
 
 def tool_version() -> str:
     """This batchserve's version, as the manifest records it."""
-    from importlib.metadata import PackageNotFoundError, version
+    from batchserve import __version__
 
-    try:
-        return version("batchserve")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0+unknown"
+    return __version__
 
 
 def file_entries(receipts: list[Receipt], notes: Mapping[str, str]) -> list[manifest.FileEntry]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from batchserve import io, manifest
 from batchserve.config import ScoreConfig
-from batchserve.errors import BatchserveError, DataError, Interrupted, OutputError
+from batchserve.errors import BatchserveError, DataError, DriftError, Interrupted, OutputError
 from batchserve.pipeline.output import (
     MANIFEST_NAME,
     SUCCESS_NAME,
@@ -26,7 +26,7 @@ from batchserve.pipeline.output import (
     verify_outputs,
 )
 from batchserve.pipeline.plan import absolute_paths, plan_run
-from batchserve.pipeline.record import RunContext, build_manifest, drift_data
+from batchserve.pipeline.record import RunContext, build_manifest, drift_data, drift_failure
 from batchserve.pipeline.resume import resume_decisions
 from batchserve.pipeline.signals import deferred, raise_interrupted
 from batchserve.pipeline.submit import ProgressEvent, Submission
@@ -62,7 +62,12 @@ def score_config(
         survey = check_output(cfg)
         reused, notes = resume_decisions(cfg, plan, survey.previous) if cfg.resume else ([], {})
         ctx = RunContext(cfg, plan, run_id, started_at, t0, tuple(reused), notes)
-        return _score_locked(ctx, survey, on_progress)
+        result = _score_locked(ctx, survey, on_progress)
+    if cfg.fail_on_drift:  # after _SUCCESS and the lock: the scored data stands, the caller decides
+        reason = drift_failure(result.manifest, cfg.max_drift_share)
+        if reason:
+            raise DriftError(reason, result=result, path=result.manifest_url)
+    return result
 
 
 def _score_locked(ctx: RunContext, survey: OutputSurvey, on_progress: Callable[[ProgressEvent], None] | None,
