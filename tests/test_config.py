@@ -105,7 +105,7 @@ def test_a_config_and_keywords_together_are_refused_not_dropped() -> None:
     from batchserve.config import resolve_config
 
     cfg = resolve_config({"model": "m", "input": "i", "output": "o"}, env={})
-    with pytest.raises(ConfigError, match="not both.*batch_size"):
+    with pytest.raises(ConfigError, match=r"not both.*batch_size"):
         batchserve.score(cfg, batch_size=10)
     with pytest.raises(ConfigError, match="not both"):
         batchserve.validate(cfg, features=["a"])

@@ -293,8 +293,8 @@ def test_relative_paths_with_workers_in_another_directory(tmp_path: Path, dask_p
 def test_client_side_check_finds_a_committed_file_that_is_not_there(tmp_path: Path) -> None:
     """The last check before _SUCCESS: one listing, from the client's side."""
     from batchserve import manifest
-    from batchserve.pipeline import output as pipeline
     from batchserve.config import resolve_score_config
+    from batchserve.pipeline import output as pipeline
 
     out = write_dataset(tmp_path / "out", {"a.parquet": make_table(5)})
     cfg = resolve_score_config({"model": "m", "input": "i", "output": str(out)}, env={})
