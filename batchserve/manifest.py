@@ -252,7 +252,7 @@ def loads(text: str, *, source: str | None = None) -> Manifest:
     ):
         raise ConfigError(
             f"unsupported manifest schema_version {version!r}; this batchserve reads up to {SCHEMA_VERSION}",
-            path=source,
+            path=source, expected=f"schema_version <= {SCHEMA_VERSION}", found=repr(version),
         )
     while version < SCHEMA_VERSION:
         data = UPGRADES[version](data)
@@ -353,9 +353,8 @@ def load_reference(text: str, uri: str, sha256: str) -> Reference:
         version = data.get("schema_version")
         if version != PROFILE_SCHEMA_VERSION:
             raise ConfigError(
-                f"unsupported reference profile schema_version {version!r}; this batchserve reads "
-                f"{PROFILE_SCHEMA_VERSION}; rebuild it with `batchserve profile`",
-                path=uri,
+                "unsupported reference profile schema_version; rebuild it with `batchserve profile`",
+                path=uri, expected=f"schema_version {PROFILE_SCHEMA_VERSION}", found=repr(version),
             )
         _check_against_schema(data, profile_json_schema(), "reference profile", uri)
         columns = data["columns"]

@@ -28,6 +28,17 @@ SAMPLE_DATA = REPO / "sample_data" / "transactions"
 FEATURES = [f"f{i}" for i in range(6)]
 
 
+#: Fixtures that start processes (a Dask cluster, a moto server, dask workers): tests using them are slow.
+PROCESS_FIXTURES = {"cluster", "inproc_cluster", "dask_processes", "s3", "slow_job", "reference", "drifted"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that starts processes ``slow`` (``make test-fast`` leaves them out)."""
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,6 +20,9 @@ from typer.testing import CliRunner
 from batchserve.cli import app
 from tests.conftest import FEATURES, SAMPLE_DATA, SAMPLE_MODEL, make_table, write_dataset
 
+#: Every test here runs the real console script or real processes.
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent / "batchserve"
 runner = CliRunner()
 

@@ -15,6 +15,9 @@ from batchserve.pipeline import ProgressEvent
 from tests import models
 from tests.conftest import FEATURES, features_matrix, make_table, write_dataset
 
+#: Every test here runs the real console script or real processes.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.slow
 def test_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -148,6 +151,24 @@ def test_sigterm_writes_interrupted_manifest_and_exits_143(tmp_path: Path, slow_
 
     for e in m["outputs"]:
         assert e["checksum"] == "sha256:" + hashlib.sha256((out / e["relpath"]).read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_sigint_exits_130_with_one_line(tmp_path: Path, slow_job, cluster: str) -> None:
+    model_path, inp, _ = slow_job
+    out = tmp_path / "out"
+    proc = start_cli(model_path, inp, out, cluster)
+    wait_for_journal(out, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "interrupted by SIGINT" in errors[0] and "Traceback" not in stderr
+    m = json.loads((out / "_manifest.json").read_text())
+    assert m["run"]["status"] == "interrupted" and not (out / "_SUCCESS").exists()
+    time.sleep(1.5)
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*.parquet") if "_temporary" not in p.parts}
+    assert on_disk == {e["relpath"] for e in m["outputs"]}
 
 
 @pytest.mark.slow

@@ -74,3 +74,55 @@ def test_unknown_versions_and_foreign_json_are_refused() -> None:
         manifest.loads('{"hello": 1}')
     with pytest.raises(ConfigError, match="not valid JSON"):
         manifest.loads("{")
+
+
+# --- artifacts written by an earlier batchserve, read by this one -------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_v1_manifest_written_by_batchserve_0_1_0_reads_back() -> None:
+    """tests/fixtures/run-manifest.v1.json was written by batchserve 0.1.0 before issue 7 (no
+    `undefined`/`categorical` drift fields yet): every later reader must still take it."""
+    text = (FIXTURES / "run-manifest.v1.json").read_text()
+    m = manifest.loads(text, source="fixture")
+    assert m.run.status == "succeeded" and m.totals.rows == 20_000 and len(m.outputs) == 2
+    assert m.drift is not None and m.drift["reference"]["kind"] == "profile"
+    assert manifest.loads(manifest.dumps(m)) == m
+    ref = manifest.load_reference(text, "fixture", "0" * 64)
+    assert ref.kind == "manifest" and ref.rows == 20_000 and "amount" in ref.summaries
+
+
+def test_a_v1_profile_written_by_batchserve_0_1_0_reads_back_and_matches_its_schema() -> None:
+    text = (FIXTURES / "reference-profile.v1.json").read_text()
+    jsonschema.validate(json.loads(text), manifest.profile_json_schema())
+    ref = manifest.load_reference(text, "fixture", "0" * 64)
+    assert ref.kind == "profile" and ref.rows == 20_000
+    assert {"amount", "hour", "probabilities.1"} <= set(ref.summaries)
+
+
+def test_profile_schema_matches_the_dataclass() -> None:
+    s = manifest.profile_json_schema()
+    fields = {f.name for f in dataclasses.fields(manifest.Profile)}
+    assert set(s["properties"]) == fields and set(s["required"]) == fields
+
+
+def test_older_versions_go_through_the_upgrade_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UPGRADES path, exercised: pretend this batchserve writes v2; a v1 file is lifted on read."""
+    calls: list[int] = []
+
+    def v1_to_v2(data: dict) -> dict:
+        calls.append(data["schema_version"])
+        return {**data, "schema_version": 2}
+
+    schema_v2 = manifest.json_schema()
+    schema_v2["properties"]["schema_version"] = {"const": 2}
+    monkeypatch.setattr(manifest, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(manifest, "UPGRADES", {1: v1_to_v2})
+    monkeypatch.setattr(manifest, "json_schema", lambda: schema_v2)
+    m = manifest.loads((FIXTURES / "run-manifest.v1.json").read_text())
+    assert calls == [1] and m.totals.rows == 20_000
+    monkeypatch.setattr(manifest, "UPGRADES", {})
+    with pytest.raises(ConfigError, match="unsupported manifest schema_version 1") as info:
+        manifest.loads((FIXTURES / "run-manifest.v1.json").read_text())
+    assert (info.value.expected, info.value.found) == ("schema_version <= 2", "1")

@@ -19,6 +19,9 @@ from tests.conftest import make_table, write_dataset
 from tests.test_cli import BIN, assert_one_error_line, run_cli
 from tests.test_safety import assert_scored, data_files, linear_model, score
 
+#: Every test here runs the real console script or real processes.
+pytestmark = pytest.mark.slow
+
 
 def model_file(tmp_path: Path, name: str, **kw: object) -> Path:
     data, _ = linear_model(**kw)  # type: ignore[arg-type]

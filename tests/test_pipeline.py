@@ -241,11 +241,17 @@ def test_overwrite_replaces_previous_output(tmp_path: Path, cluster: str, model_
     assert (out / "_SUCCESS").exists()
 
 
+@pytest.mark.slow
 def test_local_cluster_is_started_and_closed(tmp_path: Path, model_dir: dict) -> None:
+    from multiprocessing import resource_tracker
+
     import psutil
 
     path, _ = model_dir["logreg"]
     write_dataset(tmp_path / "in", {"a.parquet": make_table(500)})
+    # multiprocessing's resource tracker is one long-lived helper per process, started by the first
+    # cluster: start it now, so the test holds whether or not another test started a cluster first.
+    resource_tracker.ensure_running()
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     result = batchserve.score(model=str(path), input=str(tmp_path / "in"), output=str(tmp_path / "out"), workers=1)
     engine = result.manifest.run.engine

@@ -20,6 +20,9 @@ from batchserve import io as bio
 from tests.conftest import FEATURES, features_matrix, make_table, write_dataset
 from tests.test_cli import BIN, assert_one_error_line, run_cli
 
+#: Every test here runs the real console script or real processes.
+pytestmark = pytest.mark.slow
+
 
 def linear_model(
     n: int = len(FEATURES), *, batch: int | str = "N", scalar: bool = False, ir: int | None = None,

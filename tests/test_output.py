@@ -1,0 +1,65 @@
+"""pipeline/output.py: the output lock (live, stale, taken over) and the checks around the output."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchserve.config import resolve_score_config
+from batchserve.errors import LockedError
+from batchserve.pipeline import output
+
+
+def _ago(hours: float) -> str:
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_which_locks_are_live() -> None:
+    here = socket.gethostname()
+    assert output.lock_is_live({"host": here, "pid": os.getpid()})
+    assert not output.lock_is_live({"host": here, "pid": _dead_pid()})
+    assert not output.lock_is_live({"host": here, "pid": "not-a-pid"})
+    # another host: its pid means nothing here, so age decides
+    assert output.lock_is_live({"host": "elsewhere", "pid": 1, "started_at": _ago(1)})
+    assert not output.lock_is_live({"host": "elsewhere", "pid": 1, "started_at": _ago(output.STALE_LOCK_HOURS + 1)})
+    assert not output.lock_is_live({"host": "elsewhere", "started_at": "garbage"})
+
+
+@pytest.mark.parametrize("holder", ["same-host-dead-pid", "other-host-stale"])
+def test_a_stale_lock_is_taken_over_and_released(tmp_path: Path, holder: str, caplog) -> None:
+    cfg = resolve_score_config({"model": "m", "input": "i", "output": str(tmp_path)}, env={})
+    lock = tmp_path / output.LOCK_NAME
+    stale = ({"run_id": "old", "host": socket.gethostname(), "pid": _dead_pid(), "started_at": _ago(0)}
+             if holder == "same-host-dead-pid" else
+             {"run_id": "old", "host": "elsewhere", "pid": 1, "started_at": _ago(output.STALE_LOCK_HOURS + 1)})
+    lock.write_text(json.dumps(stale))
+    with caplog.at_level(logging.WARNING, logger="batchserve"):
+        with output.output_lock(cfg, "new-run"):
+            assert json.loads(lock.read_text())["run_id"] == "new-run"
+    assert "taking over a stale lock from run old" in caplog.text
+    assert not lock.exists()
+
+
+def test_a_live_lock_from_another_host_is_refused_and_kept(tmp_path: Path) -> None:
+    cfg = resolve_score_config({"model": "m", "input": "i", "output": str(tmp_path)}, env={})
+    lock = tmp_path / output.LOCK_NAME
+    lock.write_text(json.dumps({"run_id": "theirs", "host": "elsewhere", "pid": 1, "started_at": _ago(1)}))
+    before = lock.read_text()
+    with pytest.raises(LockedError, match="run theirs, pid 1 on elsewhere"):
+        with output.output_lock(cfg, "mine"):
+            pass
+    assert lock.read_text() == before

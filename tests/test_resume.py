@@ -1,0 +1,84 @@
+"""pipeline/resume.py: every decision --resume makes, and the reason it records."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from batchserve import manifest
+from batchserve.config import resolve_score_config
+from batchserve.pipeline.plan import fingerprint, plan_run
+from batchserve.pipeline.resume import resume_decisions
+from tests.conftest import FEATURES, make_table, write_dataset
+
+
+@pytest.fixture
+def setup(tmp_path: Path, model_dir: dict):
+    write_dataset(tmp_path / "in", {"a.parquet": make_table(10), "b.parquet": make_table(12, seed=1)})
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = resolve_score_config({"model": str(model_dir["logreg"][0]), "input": str(tmp_path / "in"),
+                                "output": str(out), "features": FEATURES, "resume": True}, env={})
+    plan = plan_run(cfg)
+    outputs = []
+    for p in plan.partitions:
+        (out / p.relpath).write_bytes(b"x" * 7)
+        outputs.append(manifest.FileEntry(str(out / p.relpath), p.relpath, 1, 7, status="scored"))
+    prev = manifest.example_manifest()
+    prev.run.id, prev.run.status = "earlier", "interrupted"
+    prev.model.sha256 = plan.info.sha256
+    prev.fingerprint = fingerprint(cfg, plan)
+    prev.inputs = [manifest.FileEntry(p.url, p.relpath, 1, p.size, version=p.version) for p in plan.partitions]
+    prev.outputs = outputs
+    return cfg, plan, prev, out
+
+
+def test_everything_unchanged_is_reused(setup) -> None:
+    cfg, plan, prev, _ = setup
+    reused, notes = resume_decisions(cfg, plan, prev)
+    assert [e.relpath for e in reused] == ["a.parquet", "b.parquet"] and notes == {}
+    assert {e.status for e in reused} == {"reused"} and reused[0].note == "committed by run earlier"
+
+
+def test_no_earlier_manifest(setup) -> None:
+    cfg, plan, _, _ = setup
+    reused, notes = resume_decisions(cfg, plan, None)
+    assert reused == [] and set(notes.values()) == {"no earlier manifest to resume from"}
+
+
+def test_model_changed_rescores_all(setup) -> None:
+    cfg, plan, prev, _ = setup
+    prev.model.sha256 = "f" * 64
+    reused, notes = resume_decisions(cfg, plan, prev)
+    assert reused == [] and all(n.startswith("model changed (sha256 ffffffffffff ->") for n in notes.values())
+
+
+def test_settings_changed_rescores_all(setup) -> None:
+    cfg, plan, prev, _ = setup
+    reused, notes = resume_decisions(dataclasses.replace(cfg, prefix="pred_"), plan, prev)
+    assert reused == [] and set(notes.values()) == {"features, --keep or --prefix changed"}
+
+
+def test_a_file_the_earlier_run_did_not_commit(setup) -> None:
+    cfg, plan, prev, _ = setup
+    prev.outputs = prev.outputs[:1]
+    reused, notes = resume_decisions(cfg, plan, prev)
+    assert [e.relpath for e in reused] == ["a.parquet"]
+    assert notes == {"b.parquet": "not committed by run earlier (interrupted)"}
+
+
+def test_an_input_that_changed(setup) -> None:
+    cfg, plan, prev, _ = setup
+    prev.inputs[1] = dataclasses.replace(prev.inputs[1], bytes=prev.inputs[1].bytes + 1)
+    reused, notes = resume_decisions(cfg, plan, prev)
+    assert notes == {"b.parquet": "input changed (size or modification time)"} and len(reused) == 1
+
+
+def test_an_output_missing_or_changed_since(setup) -> None:
+    cfg, plan, prev, out = setup
+    (out / "a.parquet").unlink()
+    (out / "b.parquet").write_bytes(b"longer than before")
+    reused, notes = resume_decisions(cfg, plan, prev)
+    assert reused == [] and set(notes.values()) == {"committed output is missing or changed"}

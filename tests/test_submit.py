@@ -1,0 +1,34 @@
+"""pipeline/submit.py: how large files are split into row-group pieces."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batchserve.io import Footer
+from batchserve.pipeline.submit import pieces
+
+
+def _footer(groups: list[int]) -> Footer:
+    return Footer(pa.schema([("x", pa.float64())]), sum(groups), tuple(groups))
+
+
+def test_small_or_single_group_files_stay_whole() -> None:
+    assert pieces(_footer([100, 100]), 100) is None  # not above 2x the target
+    assert pieces(_footer([10_000]), 100) is None  # one row group cannot be split
+
+
+def test_groups_are_cut_at_about_the_target() -> None:
+    assert pieces(_footer([40] * 10), 100) == [(0, 1, 2), (3, 4, 5), (6, 7, 8), (9,)]
+
+
+@given(groups=st.lists(st.integers(0, 500), min_size=1, max_size=40), target=st.integers(1, 2000))
+def test_pieces_cover_every_group_once_in_order(groups: list[int], target: int) -> None:
+    ranges = pieces(_footer(groups), target)
+    if ranges is None:
+        return
+    assert len(ranges) > 1
+    assert [g for r in ranges for g in r] == list(range(len(groups)))  # each group once, in order
+    for r in ranges[:-1]:
+        assert sum(groups[g] for g in r) >= target  # only the last piece may be short
