@@ -194,10 +194,10 @@ def score(
         f"-> {result.output}  manifest: {result.manifest_url}"
     )
     d = result.manifest.drift
-    if d and d.get("reference"):
+    if d is not None and d.reference is not None:
         typer.echo(
-            f"drift: {len(d['drifted_features'])} of {len(d['features'])} features drifted"
-            + (f" ({', '.join(d['drifted_features'])})" if d["drifted_features"] else "")
+            f"drift: {len(d.drifted_features)} of {len(d.features)} features drifted"
+            + (f" ({', '.join(d.drifted_features)})" if d.drifted_features else "")
             + f"; report: batchserve report {result.manifest_url} --output report.html"
         )
     if drifted is not None:

@@ -1,12 +1,12 @@
 """Drift report: a run manifest rendered as one self-contained HTML page, or as plain text.
 
-Pure: a manifest dict in, a string out. The page has no scripts and fetches
+Pure: a typed manifest in, a string out. The page has no scripts and fetches
 nothing (inline CSS and SVG), so it opens from an e-mail attachment or an
 object-store link the same way. People look at drift; they do not read it.
 
 Example::
 
-    >>> html = render_html(json.load(open("out/_manifest.json")))  # doctest: +SKIP
+    >>> html = render_html(manifest.loads(open("out/_manifest.json").read()))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from batchserve.manifest import category_order
+from batchserve.manifest import Manifest
+from batchserve.reference import ColumnDrift, DriftSection, category_order
 
 __all__ = ["render_html", "render_text", "ranked_columns"]
 
@@ -33,49 +34,46 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _severity(entry: Mapping[str, Any]) -> float:
+def _severity(col: ColumnDrift) -> float:
     """How far past its threshold a column is (deciding metric value / threshold)."""
-    metric, threshold = entry.get("metric"), entry.get("threshold")
-    value = entry.get(metric) if metric else None
-    if value is None or not threshold:
+    value = col.value(col.metric) if col.metric else None
+    if value is None or not col.threshold:
         return -1.0
-    return float(value) / float(threshold)
+    return float(value) / float(col.threshold)
 
 
-def ranked_columns(drift: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+def ranked_columns(drift: DriftSection) -> list[tuple[str, ColumnDrift]]:
     """Every feature and prediction column, most drifted first."""
-    cols = [*drift.get("features", {}).items(), *drift.get("predictions", {}).items()]
-    return sorted(cols, key=lambda kv: (not kv[1].get("drifted"), -_severity(kv[1]), kv[0]))
+    return sorted(drift.columns().items(), key=lambda kv: (not kv[1].drifted, -_severity(kv[1]), kv[0]))
 
 
-def render_text(manifest: Mapping[str, Any]) -> str:
-    drift = manifest.get("drift") or {}
-    ref = drift.get("reference")
-    lines = [
-        f"run {manifest['run']['id']} ({manifest['run']['status']}): {manifest['totals']['rows']:,} rows, "
-        f"model sha256 {manifest['model']['sha256'][:12]}",
-    ]
-    if not drift:
+def _status_text(drift: DriftSection, col: ColumnDrift) -> str:
+    if drift.reference is None:
+        return "no reference"
+    return f"DRIFT ({col.decided_by})" if col.drifted else "ok"
+
+
+def render_text(m: Manifest) -> str:
+    drift, ref = m.drift, m.drift.reference if m.drift else None
+    lines = [f"run {m.run.id} ({m.run.status}): {m.totals.rows:,} rows, model sha256 {m.model.sha256[:12]}"]
+    if drift is None:
         return lines[0] + "\nno drift statistics in this manifest (scored with --no-drift)\n"
     if ref is None:
         lines.append("no reference: statistics recorded, metrics not computed (score with --reference)")
     else:
-        share = drift.get("drift_share")
         lines.append(
-            f"reference {ref['uri']} ({ref['kind']}, {ref['rows']:,} rows): "
-            f"{len(drift['drifted_features'])} of {len(drift['features'])} features drifted "
-            f"(share {_fmt(share, 2)})"
+            f"reference {ref.uri} ({ref.kind}, {ref.rows:,} rows): "
+            f"{len(drift.drifted_features)} of {len(drift.features)} features drifted "
+            f"(share {_fmt(drift.drift_share, 2)})"
         )
     header = f"{'column':28} {'role':10} {'metric':11} {'value':>8} {'limit':>6}  {'psi':>7} {'ks':>7} {'js':>7} {'wass':>7} {'null Δ':>7}  status"
     lines += [header, "-" * len(header)]
-    for name, e in ranked_columns(drift):
-        metric = e.get("metric") or "-"
-        status = "no reference" if ref is None else (f"DRIFT ({e['decided_by']})" if e.get("drifted") else "ok")
+    for name, col in ranked_columns(drift):
+        value = col.value(col.metric) if col.metric else None
         lines.append(
-            f"{name[:28]:28} {e.get('role', ''):10} {metric:11} {_fmt(e.get(metric) if e.get('metric') else None):>8} "
-            f"{_fmt(e.get('threshold'), 2):>6}  "
-            + " ".join(f"{_fmt(e.get(m)):>7}" for m in _METRICS)
-            + f"  {status}"
+            f"{name[:28]:28} {col.role:10} {col.metric or '-':11} {_fmt(value):>8} {_fmt(col.threshold, 2):>6}  "
+            + " ".join(f"{_fmt(col.value(k)):>7}" for k in _METRICS)
+            + f"  {_status_text(drift, col)}"
         )
     return "\n".join(lines) + "\n"
 
@@ -149,80 +147,81 @@ svg text{font-size:10px;fill:#6b7280} .ref{fill:#cbd5e1} .cur{fill:rgba(37,99,23
 """
 
 
-def _metric_cells(e: Mapping[str, Any]) -> str:
-    cells = []
-    for m in _METRICS:
-        value = e.get(m)
-        over = e.get("decided_by") == m
-        cells.append(f'<td class="{"over" if over else ""}">{_fmt(value)}</td>')
-    return "".join(cells)
-
-
-def render_html(manifest: Mapping[str, Any]) -> str:
-    run, model, totals = manifest["run"], manifest["model"], manifest["totals"]
-    drift = manifest.get("drift") or {}
-    ref = drift.get("reference")
-    esc = html.escape
-    head = (
-        f"<h1>batchserve drift report</h1><p class=muted>run {esc(run['id'])} · {esc(run['status'])} · "
-        f"{totals['rows']:,} rows in {totals['files']} files · model {esc(model['uri'])} "
-        f"(sha256 {esc(model['sha256'][:12])}) · finished {esc(str(run.get('finished_at')))}</p>"
+def _metric_cells(col: ColumnDrift) -> str:
+    return "".join(
+        f'<td class="{"over" if col.decided_by == k else ""}">{_fmt(col.value(k))}</td>' for k in _METRICS
     )
-    if not drift:
-        return f"<!doctype html><meta charset=utf-8><title>batchserve report</title><style>{_CSS}</style>{head}<p>No drift statistics in this manifest.</p>"
-    if ref is None:
-        verdict = "<p>No reference: statistics were recorded, metrics were not computed. Score with <code>--reference</code>.</p>"
-    else:
-        n_bad = len(drift["drifted_features"])
-        cls = "bad" if n_bad else "ok"
-        verdict = (
-            f'<p><span class="badge {cls}">{n_bad} of {len(drift["features"])} features drifted</span> '
-            f'(share {_fmt(drift.get("drift_share"), 2)}) against <code>{esc(ref["uri"])}</code> '
-            f'({esc(ref["kind"])}, {ref["rows"]:,} rows, sha256 {esc(ref["sha256"][:12])}). '
-            f'Prediction columns drifted: {esc(", ".join(drift["drifted_predictions"]) or "none")}.</p>'
-        )
-    policy = drift.get("policy", {})
-    defaults = ", ".join(f"{k} {v}" for k, v in policy.get("defaults", {}).items())
-    rows = []
-    for name, e in ranked_columns(drift):
-        if ref is None:
-            status = '<span class="badge none">no reference</span>'
-        elif e.get("drifted"):
-            status = f'<span class="badge bad">drift: {esc(str(e["decided_by"]))}</span>'
-        else:
-            status = '<span class="badge ok">ok</span>'
 
-        rows.append(
-            f"<tr><td>{esc(name)}</td><td>{esc(str(e.get('role')))}</td><td>{esc(str(e.get('metric') or '–'))}</td>"
-            f"<td>{_fmt(e.get('threshold'), 2)}</td>{_metric_cells(e)}<td>{status}</td></tr>"
-        )
-    table = (
+
+def _verdict(drift: DriftSection) -> str:
+    ref, esc = drift.reference, html.escape
+    if ref is None:
+        return "<p>No reference: statistics were recorded, metrics were not computed. Score with <code>--reference</code>.</p>"
+    n_bad = len(drift.drifted_features)
+    return (
+        f'<p><span class="badge {"bad" if n_bad else "ok"}">{n_bad} of {len(drift.features)} features drifted</span> '
+        f"(share {_fmt(drift.drift_share, 2)}) against <code>{esc(ref.uri)}</code> "
+        f"({esc(ref.kind)}, {ref.rows:,} rows, sha256 {esc(ref.sha256[:12])}). "
+        f'Prediction columns drifted: {esc(", ".join(drift.drifted_predictions) or "none")}.</p>'
+    )
+
+
+def _status_badge(drift: DriftSection, col: ColumnDrift) -> str:
+    if drift.reference is None:
+        return '<span class="badge none">no reference</span>'
+    if col.drifted:
+        return f'<span class="badge bad">drift: {html.escape(str(col.decided_by))}</span>'
+    return '<span class="badge ok">ok</span>'
+
+
+def _summary_table(drift: DriftSection) -> str:
+    esc = html.escape
+    defaults = ", ".join(f"{k} {v}" for k, v in drift.policy.get("defaults", {}).items())
+    rows = "".join(
+        f"<tr><td>{esc(name)}</td><td>{esc(col.role)}</td><td>{esc(col.metric or '–')}</td>"
+        f"<td>{_fmt(col.threshold, 2)}</td>{_metric_cells(col)}<td>{_status_badge(drift, col)}</td></tr>"
+        for name, col in ranked_columns(drift)
+    )
+    return (
         "<table><tr><th>column</th><th>role</th><th>decides</th><th>threshold</th><th>PSI</th><th>KS</th>"
-        "<th>JS</th><th>Wasserstein/σ</th><th>null-rate Δ</th><th>status</th></tr>" + "".join(rows) + "</table>"
+        "<th>JS</th><th>Wasserstein/σ</th><th>null-rate Δ</th><th>status</th></tr>" + rows + "</table>"
         f"<p class=muted>Default thresholds: {esc(defaults)}. PSI on the reference's deciles (empty bins floored at "
-        f"{drift.get('psi_epsilon')}), JS distance (base 2) on its 20 quantile bins, KS and Wasserstein from the "
+        f"{drift.psi_epsilon}), JS distance (base 2) on its 20 quantile bins, KS and Wasserstein from the "
         "quantile sketches; all four exact from the value counts for columns with at most 50 distinct values.</p>"
     )
-    cards = []
-    for name, e in ranked_columns(drift):
-        hist = e.get("histogram") or {}
-        legend = (
-            '<div class="legend muted"><span class=ref></span>reference<span class=cur></span>current</div>'
-            if hist.get("reference") else '<div class="legend muted"><span class=cur></span>current</div>'
-        )
-        mean, std = e.get("mean"), e.get("std")
-        cards.append(
-            f'<div class="card{" drift" if e.get("drifted") else ""}"><h3>{esc(name)} '
-            f'<span class=muted>({esc(str(e.get("role")))}, {esc(str(e.get("kind") or "no reference"))})</span></h3>'
-            f"{_svg_histogram(hist)}{legend}"
-            f"<table><tr><th>count</th><th>nulls</th><th>mean</th><th>std</th><th>min</th><th>max</th></tr>"
-            f"<tr><td>{e.get('count')}</td><td>{e.get('nulls')}</td><td>{_fmt(mean)}</td><td>{_fmt(std)}</td>"
-            f"<td>{_fmt(e.get('min'))}</td><td>{_fmt(e.get('max'))}</td></tr></table>"
-            f"<table><tr><th>PSI</th><th>KS</th><th>JS</th><th>W/σ</th><th>null Δ</th></tr>"
-            f"<tr>{_metric_cells(e)}</tr></table></div>"
-        )
+
+
+def _card(name: str, col: ColumnDrift) -> str:
+    esc, hist = html.escape, col.histogram or {}
+    legend = (
+        '<div class="legend muted"><span class=ref></span>reference<span class=cur></span>current</div>'
+        if hist.get("reference") else '<div class="legend muted"><span class=cur></span>current</div>'
+    )
+    return (
+        f'<div class="card{" drift" if col.drifted else ""}"><h3>{esc(name)} '
+        f'<span class=muted>({esc(col.role)}, {esc(col.kind or "no reference")})</span></h3>'
+        f"{_svg_histogram(hist)}{legend}"
+        f"<table><tr><th>count</th><th>nulls</th><th>mean</th><th>std</th><th>min</th><th>max</th></tr>"
+        f"<tr><td>{col.count}</td><td>{col.nulls}</td><td>{_fmt(col.mean)}</td><td>{_fmt(col.std)}</td>"
+        f"<td>{_fmt(col.min)}</td><td>{_fmt(col.max)}</td></tr></table>"
+        f"<table><tr><th>PSI</th><th>KS</th><th>JS</th><th>W/σ</th><th>null Δ</th></tr>"
+        f"<tr>{_metric_cells(col)}</tr></table></div>"
+    )
+
+
+def render_html(m: Manifest) -> str:
+    esc = html.escape
+    head = (
+        f"<h1>batchserve drift report</h1><p class=muted>run {esc(m.run.id)} · {esc(m.run.status)} · "
+        f"{m.totals.rows:,} rows in {m.totals.files} files · model {esc(m.model.uri)} "
+        f"(sha256 {esc(m.model.sha256[:12])}) · finished {esc(str(m.run.finished_at))}</p>"
+    )
+    drift = m.drift
+    if drift is None:
+        return f"<!doctype html><meta charset=utf-8><title>batchserve report</title><style>{_CSS}</style>{head}<p>No drift statistics in this manifest.</p>"
+    cards = "".join(_card(name, col) for name, col in ranked_columns(drift))
     return (
         "<!doctype html><html lang=en><meta charset=utf-8><title>batchserve drift report</title>"
-        f"<style>{_CSS}</style><body>{head}{verdict}<h2>Summary, most drifted first</h2>{table}"
-        f'<h2>Distributions</h2><div class="cards">{"".join(cards)}</div></body></html>'
+        f"<style>{_CSS}</style><body>{head}{_verdict(drift)}<h2>Summary, most drifted first</h2>"
+        f'{_summary_table(drift)}<h2>Distributions</h2><div class="cards">{cards}</div></body></html>'
     )

@@ -181,7 +181,7 @@ def test_the_api_fails_on_drift_like_the_cli_after_committing(tmp_path: Path, dr
                          scheduler=cluster, fail_on_drift=True)
     assert info.value.exit_code == 3
     assert (out / "_SUCCESS").exists()  # the scored data stands; the caller decides what drift means
-    assert set(info.value.result.manifest.drift["drifted_features"]) == SHIFTED
+    assert set(info.value.result.manifest.drift.drifted_features) == SHIFTED
     result = batchserve.score(model=str(SAMPLE_MODEL), input=str(drifted), output=str(tmp_path / "ok"),
                               reference=str(reference), scheduler=cluster, fail_on_drift=True, max_drift_share=0.5)
-    assert set(result.manifest.drift["drifted_features"]) == SHIFTED  # 2 of 8 is within the share
+    assert set(result.manifest.drift.drifted_features) == SHIFTED  # 2 of 8 is within the share

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import batchserve
-from batchserve import manifest
+from batchserve import manifest, reference
 from batchserve.errors import ConfigError
 from tests.conftest import make_table, write_dataset
 
@@ -87,7 +87,8 @@ def test_a_v1_manifest_written_by_batchserve_0_1_0_reads_back() -> None:
     text = (FIXTURES / "run-manifest.v1.json").read_text()
     m = manifest.loads(text, source="fixture")
     assert m.run.status == "succeeded" and m.totals.rows == 20_000 and len(m.outputs) == 2
-    assert m.drift is not None and m.drift["reference"]["kind"] == "profile"
+    assert m.drift is not None and m.drift.reference is not None and m.drift.reference.kind == "profile"
+    assert m.drift.features["amount"].undefined == {}  # a field added since: defaulted for older files
     assert manifest.loads(manifest.dumps(m)) == m
     ref = manifest.load_reference(text, "fixture", "0" * 64)
     assert ref.kind == "manifest" and ref.rows == 20_000 and "amount" in ref.summaries
@@ -95,15 +96,15 @@ def test_a_v1_manifest_written_by_batchserve_0_1_0_reads_back() -> None:
 
 def test_a_v1_profile_written_by_batchserve_0_1_0_reads_back_and_matches_its_schema() -> None:
     text = (FIXTURES / "reference-profile.v1.json").read_text()
-    jsonschema.validate(json.loads(text), manifest.profile_json_schema())
+    jsonschema.validate(json.loads(text), reference.profile_json_schema())
     ref = manifest.load_reference(text, "fixture", "0" * 64)
     assert ref.kind == "profile" and ref.rows == 20_000
     assert {"amount", "hour", "probabilities.1"} <= set(ref.summaries)
 
 
 def test_profile_schema_matches_the_dataclass() -> None:
-    s = manifest.profile_json_schema()
-    fields = {f.name for f in dataclasses.fields(manifest.Profile)}
+    s = reference.profile_json_schema()
+    fields = {f.name for f in dataclasses.fields(reference.Profile)}
     assert set(s["properties"]) == fields and set(s["required"]) == fields
 
 

@@ -169,10 +169,11 @@ def test_resume_over_a_malformed_manifest_is_one_line(tmp_path: Path, cluster: s
 
 @pytest.mark.parametrize("breakage", ["rows-as-text", "summary-as-list", "count-negative"])
 def test_reference_profile_with_wrong_types(tmp_path: Path, cluster: str, breakage: str) -> None:
-    from batchserve import drift, manifest
+    from batchserve import drift
+    from batchserve import reference as ref_mod
 
     summary = drift.summarize_numeric(make_table(50).column("f0").to_numpy(zero_copy_only=False)).to_dict()
-    prof = manifest.Profile("t", "0", {"input": "x", "files": 1, "rows": 50}, None, ["f0"], [],
+    prof = ref_mod.Profile("t", "0", {"input": "x", "files": 1, "rows": 50}, None, ["f0"], [],
                             {"f0": {"role": "feature", "summary": summary}}).to_dict()
     if breakage == "rows-as-text":
         prof["source"]["rows"] = "fifty"

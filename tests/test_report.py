@@ -7,21 +7,22 @@ import re
 import numpy as np
 
 from batchserve import drift, manifest, report
+from batchserve import reference as ref_mod
 
 
-def _manifest(with_reference: bool) -> dict:
+def _manifest(with_reference: bool) -> manifest.Manifest:
     g = np.random.default_rng(0)
     ref = drift.summarize_numeric(g.integers(0, 15, 5000).astype(float), categorical=True)
     cur = drift.summarize_numeric(g.integers(0, 15, 4000).astype(float), categorical=True)
-    reference = manifest.Reference("profile", "ref.json", "0" * 64, 5000, {"hour": ref}) if with_reference else None
-    m = manifest.example_manifest().to_dict()
-    m["drift"] = manifest.drift_section({"hour": cur}, ["hour"], [], reference, drift.DriftPolicy())
-    return m
+    reference = ref_mod.Reference("profile", "ref.json", "0" * 64, 5000, {"hour": ref}) if with_reference else None
+    m = manifest.example_manifest()
+    m.drift = ref_mod.drift_section({"hour": cur}, ["hour"], [], reference, drift.DriftPolicy())
+    return manifest.loads(manifest.dumps(m))  # as the report gets it: written, then read back
 
 
 def test_numeric_categories_read_in_numeric_order() -> None:
     m = _manifest(True)
-    cats = m["drift"]["features"]["hour"]["histogram"]["categories"]
+    cats = m.drift.features["hour"].histogram["categories"]
     assert cats == [str(h) for h in range(15)]  # not 0, 1, 10, 11, ..., 2
     html = report.render_html(m)
     labels = [int(x) for x in re.findall(r'text-anchor="middle">(\d+)</text>', html)]
@@ -30,7 +31,7 @@ def test_numeric_categories_read_in_numeric_order() -> None:
 
 def test_an_older_manifest_with_text_sorted_categories_is_shown_in_numeric_order() -> None:
     m = _manifest(True)
-    hist = m["drift"]["features"]["hour"]["histogram"]
+    hist = m.drift.features["hour"].histogram
     order = sorted(range(15), key=lambda i: str(i))  # how manifests before issue 7 stored them
     hist["categories"] = [hist["categories"][i] for i in order]
     hist["reference"] = [hist["reference"][i] for i in order]

@@ -28,6 +28,7 @@ from batchserve.pipeline.profiling import profile_config
 from batchserve.pipeline.record import drift_failure
 from batchserve.pipeline.run import RunResult, new_run_id, score_config
 from batchserve.pipeline.submit import ProgressEvent
+from batchserve.reference import Profile
 
 __all__ = [
     "ProgressEvent",
@@ -86,7 +87,7 @@ def profile(
     *,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     **settings: Unpack[ScoreSettings],
-) -> manifest.Profile:
+) -> Profile:
     """Build a reference profile of trusted data through the same Dask path as ``score``;
     ``output`` is the profile's path.
 
@@ -96,14 +97,15 @@ def profile(
     return profile_config(_resolve(config, settings, "profile"), on_progress=on_progress)
 
 
-def read_manifest(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A run manifest as a dict (checked and upgraded to the current schema version)."""
+def read_manifest(uri: str, storage_options: Mapping[str, Any] | None = None) -> manifest.Manifest:
+    """A run's manifest, typed (checked against its schema and upgraded to the current version);
+    ``uri`` may be the output folder. ``.to_dict()`` gives the JSON form."""
     storage = dict(storage_options or {})
     if io.isdir(uri, storage):
         uri = io.join_url(uri, MANIFEST_NAME)
     if not io.exists(uri, storage):
         raise InputError("manifest not found", path=uri)
-    return manifest.loads(io.read_text(uri, storage), source=uri).to_dict()
+    return manifest.loads(io.read_text(uri, storage), source=uri)
 
 
 def write_text(uri: str, text: str, storage_options: Mapping[str, Any] | None = None) -> None:

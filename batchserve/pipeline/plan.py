@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from batchserve import drift, io, manifest, model, scoring
+from batchserve import reference as ref_mod
 from batchserve.config import ScoreConfig
 from batchserve.errors import BatchserveError, InputError, ModelError, SchemaError
 
@@ -40,7 +41,7 @@ class RunPlan:
     input_root: str
     partitions: tuple[io.Partition, ...]
     footers: tuple[io.Footer, ...]
-    reference: manifest.Reference | None = None
+    reference: ref_mod.Reference | None = None
     policy: drift.DriftPolicy = dataclasses.field(default_factory=drift.DriftPolicy)
     #: Files found bad while planning under --on-error skip.
     failures: tuple[manifest.FailureEntry, ...] = ()
@@ -266,11 +267,11 @@ def fingerprint(cfg: ScoreConfig, plan: RunPlan) -> str:
     return model.sha256_hex(json.dumps(basis, sort_keys=True).encode())
 
 
-def load_reference(uri: str, storage: Mapping[str, Any], features: tuple[str, ...]) -> manifest.Reference:
+def load_reference(uri: str, storage: Mapping[str, Any], features: tuple[str, ...]) -> ref_mod.Reference:
     """Read and check a reference up front: a bad one must fail before anything is scored."""
     if not io.exists(uri, storage):
         raise InputError("reference not found; pass a profile from `batchserve profile` or a _manifest.json", path=uri)
     data = io.read_bytes(uri, storage)
     ref = manifest.load_reference(data.decode("utf-8", errors="replace"), uri, model.sha256_hex(data))
-    manifest.check_reference_covers(ref, list(features))
+    ref_mod.check_reference_covers(ref, list(features))
     return ref

@@ -7,13 +7,14 @@ import secrets
 import time
 from collections.abc import Callable
 
-from batchserve import drift, io, manifest, scoring
+from batchserve import drift, io, scoring
 from batchserve.config import ScoreConfig
 from batchserve.errors import SchemaError
 from batchserve.pipeline.output import check_profile_output, now
 from batchserve.pipeline.plan import RunPlan, absolute_paths, plan_run, read_inputs
 from batchserve.pipeline.record import current_stats, tool_version
 from batchserve.pipeline.submit import ProgressEvent, Submission
+from batchserve.reference import Profile, column_record, profile_dumps, quantile_histogram
 from batchserve.worker import Receipt
 
 __all__ = ["profile_config"]
@@ -21,7 +22,7 @@ __all__ = ["profile_config"]
 
 def profile_config(
     cfg: ScoreConfig, *, on_progress: Callable[[ProgressEvent], None] | None = None
-) -> manifest.Profile:
+) -> Profile:
     """Profile with a resolved config: with ``cfg.model``, the model's features and its predictions;
     without, ``cfg.features`` or every numeric column."""
     cfg = absolute_paths(cfg)
@@ -33,7 +34,7 @@ def profile_config(
     sub = Submission(cfg, plan, "profile-" + secrets.token_hex(3), write=False)
     sub.run(with_model=bool(cfg.model), t0=t0, on_progress=on_progress)
     prof = _profile_of(cfg, plan, sub.receipts)
-    io.write_text_atomic(cfg.output, manifest.profile_dumps(prof), cfg.storage)
+    io.write_text_atomic(cfg.output, profile_dumps(prof), cfg.storage)
     if on_progress:
         n = len(sub.receipts)
         on_progress(ProgressEvent("done", n, n, plan.rows, plan.rows, time.perf_counter() - t0))
@@ -56,10 +57,10 @@ def _plan_without_model(cfg: ScoreConfig) -> RunPlan:
     )
 
 
-def _profile_of(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> manifest.Profile:
+def _profile_of(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> Profile:
     current, preds = current_stats(plan, receipts)
     feats = list(plan.features.features)
-    prof = manifest.Profile(
+    prof = Profile(
         created_at=now(),
         batchserve_version=tool_version(),
         source={"input": cfg.input, "files": len(plan.partitions), "rows": plan.rows},
@@ -68,15 +69,12 @@ def _profile_of(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> man
         features=feats,
         predictions=preds,
         columns={
-            **{n: manifest.column_record(current.get(n, drift.ColumnSummary()), "feature") for n in feats},
-            **{n: manifest.column_record(current[n], "prediction") for n in preds},
+            **{n: column_record(current.get(n, drift.ColumnSummary()), "feature") for n in feats},
+            **{n: column_record(current[n], "prediction") for n in preds},
         },
     )
     for name, col in prof.columns.items():
         s = current.get(name)
         if s is not None and s.count:
-            edges = drift.quantiles(s, [i / 20 for i in range(21)])
-            col["histogram"] = {"edges": edges, "counts": [
-                round(float(v) * s.count) for v in drift.bin_shares(s, [e for e in edges[1:-1] if e is not None])
-            ]}
+            col["histogram"] = quantile_histogram(s)
     return prof

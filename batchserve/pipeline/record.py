@@ -7,12 +7,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from batchserve import drift, manifest
 from batchserve.config import ScoreConfig
 from batchserve.pipeline.output import now
 from batchserve.pipeline.plan import RunPlan, fingerprint
+from batchserve.reference import DriftSection, drift_section
 from batchserve.worker import Receipt
 
 __all__ = ["RunContext", "tool_version", "build_manifest", "current_stats", "drift_data", "drift_failure"]
@@ -62,16 +62,16 @@ def current_stats(plan: RunPlan, receipts: list[Receipt]) -> tuple[dict[str, dri
     return current, sorted(preds, key=output_rank)
 
 
-def drift_data(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> dict[str, Any] | None:
+def drift_data(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> DriftSection | None:
     if not cfg.drift:
         return None
     current, preds = current_stats(plan, receipts)
-    section = manifest.drift_section(current, list(plan.features.features), preds, plan.reference, plan.policy)
+    section = drift_section(current, list(plan.features.features), preds, plan.reference, plan.policy)
     if plan.reference is not None:
+        drifted = section.drifted_features
         log.info(
-            "drift against %s: %d of %d feature(s) drifted%s", plan.reference.uri, len(section["drifted_features"]),
-            len(plan.features.features),
-            (": " + ", ".join(section["drifted_features"])) if section["drifted_features"] else "",
+            "drift against %s: %d of %d feature(s) drifted%s", plan.reference.uri, len(drifted),
+            len(plan.features.features), (": " + ", ".join(drifted)) if drifted else "",
         )
     return section
 
@@ -79,21 +79,20 @@ def drift_data(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> dict
 def drift_failure(result: manifest.Manifest, max_share: float | None) -> str | None:
     """The one-line reason to exit 3, or None when drift stays within the policy."""
     d = result.drift
-    if not d or d.get("reference") is None or not d["drifted_features"]:
+    if d is None or d.reference is None or not d.drifted_features or d.drift_share is None:
         return None
-    share = d["drift_share"]
-    if max_share is not None and share <= max_share:
+    if max_share is not None and d.drift_share <= max_share:
         return None
     parts = []
-    for name in d["drifted_features"]:
-        e = d["features"][name]
-        metric = e["decided_by"]
-        limit = e["threshold"] if metric == e["metric"] else "null-rate limit"
-        parts.append(f"{name} ({metric} {e[metric]:.3f} > {limit})")
+    for name in d.drifted_features:
+        col = d.features[name]
+        metric = col.decided_by or "psi"
+        limit = col.threshold if metric == col.metric else "null-rate limit"
+        parts.append(f"{name} ({metric} {col.value(metric) or 0.0:.3f} > {limit})")
     limit_text = f" > --max-drift-share {max_share}" if max_share is not None else ""
     return (
-        f"drift detected in {len(d['drifted_features'])} of {len(d['features'])} features "
-        f"(share {share:.2f}{limit_text}): {', '.join(parts)}; outputs are committed"
+        f"drift detected in {len(d.drifted_features)} of {len(d.features)} features "
+        f"(share {d.drift_share:.2f}{limit_text}): {', '.join(parts)}; outputs are committed"
     )
 
 
@@ -104,7 +103,7 @@ def build_manifest(
     engine: manifest.EngineInfo | None,
     status: str,
     error: str | None = None,
-    drift_section: dict[str, Any] | None = None,
+    section: DriftSection | None = None,
 ) -> manifest.Manifest:
     cfg, plan = ctx.cfg, ctx.plan
     seconds = time.perf_counter() - ctx.t0
@@ -137,7 +136,7 @@ def build_manifest(
             infer_seconds=round(sum(r.infer_s for r in receipts), 4),
             write_seconds=round(sum(r.write_s for r in receipts), 4),
         ),
-        drift=drift_section,
+        drift=section,
         fingerprint=fingerprint(cfg, plan),
         failures=list(plan.failures) + list(failures),
     )

@@ -130,7 +130,9 @@ def _finish_run(
     cfg, plan = ctx.cfg, ctx.plan
     section = drift_data(cfg, plan, sub.receipts)
     if section is not None and ctx.reused:
-        section["coverage"] = f"statistics cover the {len(sub.receipts)} file(s) scored by this run, not reused ones"
+        section = dataclasses.replace(
+            section, coverage=f"statistics cover the {len(sub.receipts)} file(s) scored by this run, not reused ones"
+        )
     draft = build_manifest(ctx, sub.receipts, sub.failures, sub.engine, "succeeded", None, section)
     remove_stale_outputs(cfg, survey, draft.outputs)
     failure: BatchserveError | None = None
