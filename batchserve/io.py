@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from batchserve.config import storage_dict as storage_of
 from batchserve.errors import BatchserveError, DataError, InputError, OutputError, StorageError
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "output_files",
     "is_local",
     "is_hidden",
+    "storage_of",
     "check_output_root",
     "STAGING_DIR",
     "OWNER_KEY",

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from batchserve import drift
 from batchserve.errors import DataError, ModelError, SchemaError
-from batchserve.model import ONNX_NUMPY_TYPES, LabeledProbabilities, ModelInfo, ModelRunner, TensorInfo
+from batchserve.signature import ONNX_NUMPY_TYPES, LabeledProbabilities, ModelInfo, ModelRunner, TensorInfo
 
 __all__ = [
     "InputBinding",

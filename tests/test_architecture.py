@@ -51,3 +51,14 @@ def test_only_model_imports_onnxruntime() -> None:
     for path in PKG.rglob("*.py"):
         if path.stem != "model":
             assert not {m for m in _imports(path) if m.startswith("onnxruntime")}, path.name
+
+
+def test_the_pure_core_imports_without_onnxruntime() -> None:
+    """scoring, drift, reference and report load without onnxruntime, Dask or fsspec."""
+    import subprocess
+    import sys
+
+    code = ("import sys, batchserve.scoring, batchserve.drift, batchserve.reference, batchserve.report; "
+            "print(sorted(m for m in ('onnxruntime', 'distributed', 'fsspec') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

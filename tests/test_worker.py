@@ -8,7 +8,7 @@ import time
 import pytest
 
 from batchserve.errors import WorkerStateError
-from batchserve.worker import _CommitGate
+from batchserve.worker import CommitGate as _CommitGate
 
 
 def test_stop_waits_for_a_commit_in_progress_then_refuses_that_run_only() -> None:

@@ -1,0 +1,29 @@
+"""The Dask worker side: the model plugin holding each worker's session, the per-file task, its
+overlapping read / infer / write stages, and the commit gate. Tasks return receipts, never data.
+
+Modules: ``plugin`` (sessions built where they live), ``task`` (one file or piece: read, infer,
+write, commit), ``stages`` (the reader and writer threads), ``commit`` (the gate a stopped run
+closes). Dask ships these by reference, so their import paths are part of the wire format.
+"""
+
+from __future__ import annotations
+
+from batchserve.worker.commit import CommitGate, commit_fence, stop_commits
+from batchserve.worker.plugin import ModelPlugin, ModelSpec, loaded_model, worker_report
+from batchserve.worker.stages import QUEUE_DEPTH
+from batchserve.worker.task import FileTask, Receipt, merge_pieces, score_file
+
+__all__ = [
+    "ModelSpec",
+    "ModelPlugin",
+    "FileTask",
+    "Receipt",
+    "loaded_model",
+    "score_file",
+    "merge_pieces",
+    "worker_report",
+    "QUEUE_DEPTH",
+    "CommitGate",
+    "commit_fence",
+    "stop_commits",
+]

@@ -1,0 +1,133 @@
+"""The worker's model: one ONNX Runtime session per worker, built where it lives.
+
+A task refers to the session by plugin name; :class:`ModelPlugin` builds it once per (model
+digest, device, feature plan) in ``setup()``: loaded, warmed up, and checked for the provider it
+really got. Registering the same model twice is a no-op (the digest is in the name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from distributed import WorkerPlugin
+
+from batchserve import io, model, scoring
+from batchserve.errors import WorkerStateError
+
+__all__ = ["ModelSpec", "ModelPlugin", "loaded_model", "worker_report"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The recipe for a session: where the model is and how to run it (no session inside)."""
+
+    url: str
+    sha256: str
+    device: str
+    plan: scoring.FeaturePlan
+    prefix: str = ""
+    storage_options: tuple[tuple[str, str], ...] = ()
+    #: host -> number of our workers on it, to split that host's cores between them.
+    workers_per_host: tuple[tuple[str, int], ...] = ()
+    #: worker address -> index among workers on its host, for "worker i takes GPU i mod n".
+    worker_slots: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def plugin_name(self) -> str:
+        # The digest in the name makes re-registering the same model a no-op.
+        plan_digest = model.sha256_hex(repr((self.plan, self.prefix)).encode())[:8]
+        return f"batchserve-model-{self.sha256[:16]}-{self.device}-{plan_digest}"
+
+    @property
+    def storage(self) -> dict[str, Any]:
+        return io.storage_of(self.storage_options)
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def _warmup_feeds(plan: scoring.FeaturePlan, rows: int = 2) -> dict[str, np.ndarray]:
+    feeds = {}
+    for b in plan.bindings:
+        shape = (rows,) if b.rank == 1 else (rows, len(b.columns))
+        feeds[b.input_name] = np.zeros(shape, dtype=np.dtype(b.dtype))
+    return feeds
+
+
+class ModelPlugin(WorkerPlugin):
+    """Builds and holds this worker's session; Dask runs ``setup`` on every (new) worker."""
+
+    idempotent = True
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.name = spec.plugin_name
+        self.model: model.LoadedModel | None = None
+        self.prediction_schema: pa.Schema | None = None
+        self.setup_seconds = 0.0
+
+    def setup(self, worker: Any) -> None:
+        start = time.perf_counter()
+        spec = self.spec
+        data = io.read_bytes(spec.url, spec.storage)
+        digest = model.sha256_hex(data)
+        if digest != spec.sha256:
+            raise WorkerStateError(
+                "model file changed since the run was planned (sha256 differs); re-run to pick up the new model",
+                path=spec.url, expected=spec.sha256[:12], found=digest[:12],
+            )
+        host = worker.address.rsplit(":", 1)[0].split("://")[-1]
+        per_host = dict(spec.workers_per_host).get(host, 1)
+        slot = dict(spec.worker_slots).get(worker.address)
+        if slot is None:  # a replacement worker that joined after planning
+            slot = int(worker.name) if str(worker.name).isdigit() else 0
+        task_threads = max(1, int(getattr(worker.state, "nthreads", 1)))
+        threads = max(1, _available_cores() // max(1, per_host) // task_threads)
+        gpu = model.pick_gpu(spec.device, slot)
+        loaded = model.build_session(data, device=spec.device, intra_op_threads=threads, gpu_id=gpu)
+        outputs = loaded.run(_warmup_feeds(spec.plan))
+        cols = scoring.outputs_to_columns(outputs, 2, spec.prefix)
+        self.prediction_schema = pa.schema([pa.field(k, v.type) for k, v in cols.items()])
+        self.model = loaded
+        self.setup_seconds = time.perf_counter() - start
+
+    def teardown(self, worker: Any) -> None:
+        self.model = None
+
+
+def loaded_model(worker: Any, plugin_name: str) -> ModelPlugin:
+    """The one accessor for worker state; says how to fix it when it is missing."""
+    plugin = worker.plugins.get(plugin_name)
+    if plugin is None or getattr(plugin, "model", None) is None:
+        raise WorkerStateError(
+            f"this worker has no session for plugin {plugin_name!r}; tasks must be submitted through "
+            "batchserve.score (which registers ModelPlugin) or after client.register_plugin(ModelPlugin(spec))"
+        )
+    return plugin  # type: ignore[no-any-return]
+
+
+def worker_report(plugin_name: str, dask_worker: Any = None) -> dict[str, Any]:
+    """Per-worker facts for the manifest (run with ``client.run``)."""
+    plugin = loaded_model(dask_worker, plugin_name)
+    m = plugin.model
+    assert m is not None
+    return {
+        "address": dask_worker.address,
+        "name": str(dask_worker.name),
+        "provider": m.provider,
+        "device": m.device,
+        "gpu_id": m.gpu_id,
+        "intra_op_threads": m.intra_op_threads,
+        "fallback_reason": m.fallback_reason,
+        "setup_seconds": round(plugin.setup_seconds, 4),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }

@@ -1,0 +1,237 @@
+"""The per-file task: read (streamed row groups), infer, write under a staging name, commit; a
+receipt back, never data. A large file's pieces are scored apart and merged in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+import time
+from typing import Any
+
+import pyarrow as pa
+from distributed import get_worker
+
+from batchserve import drift, io, scoring
+from batchserve.errors import BatchserveError
+from batchserve.worker.commit import commit_fence
+from batchserve.worker.plugin import ModelPlugin, loaded_model
+from batchserve.worker.stages import Stage, Writer
+
+__all__ = ["FileTask", "Receipt", "score_file", "merge_pieces"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileTask:
+    """One unit of work: a whole input file, or one row-group range (a piece) of a large one."""
+
+    run_id: str
+    input_url: str
+    relpath: str
+    output_url: str
+    staging_url: str
+    keep: tuple[str, ...] | None
+    batch_size: int
+    #: None when profiling without a model.
+    plugin_name: str | None
+    plan: scoring.FeaturePlan
+    prefix: str
+    storage_options: tuple[tuple[str, str], ...]
+    row_groups: tuple[int, ...] | None = None
+    piece: int | None = None
+    #: Summarise features and predictions for drift while scoring.
+    stats: bool = True
+    #: False for `batchserve profile`: read and summarise, write nothing.
+    write: bool = True
+    #: Retries after a transient error (StorageError etc.), with exponential backoff.
+    retries: int = 0
+
+    @property
+    def storage(self) -> dict[str, Any]:
+        return io.storage_of(self.storage_options)
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    """What a task reports back: where the output is, how much, and where time went."""
+
+    input_url: str
+    relpath: str
+    output_url: str
+    rows: int
+    bytes: int
+    read_s: float
+    infer_s: float
+    write_s: float
+    wall_s: float
+    worker: str
+    committed: bool
+    piece: int | None = None
+    #: Mergeable drift summaries of this file's features and predictions.
+    stats: dict[str, drift.ColumnSummary] | None = None
+    checksum: str | None = None
+    #: Attempts this task needed (transient storage errors are retried in place).
+    attempts: int = 1
+
+
+def _keep_columns(task: FileTask, schema: pa.Schema) -> list[str]:
+    return list(schema.names) if task.keep is None else list(task.keep)
+
+
+def score_file(task: FileTask) -> Receipt:
+    """Score one file (or piece), stage it, and commit it unless it is a piece.
+
+    Transient errors (storage hiccups, object-store 5xx) are retried here with
+    exponential backoff and jitter, ``task.retries`` times; data errors are not.
+    A retry rewrites the same staging name, so a half-written attempt is replaced,
+    never committed. With ``task.write`` false (profiling) it only reads and summarises.
+    """
+    attempts = 0
+
+    def attempt() -> Receipt:
+        nonlocal attempts
+        attempts += 1
+        return _score_file_once(task)
+
+    receipt = io.with_retries(attempt, task.retries)
+    return dataclasses.replace(receipt, attempts=attempts)
+
+
+def _score_file_once(task: FileTask) -> Receipt:
+    wall0 = time.perf_counter()
+    worker = get_worker()
+    plugin = loaded_model(worker, task.plugin_name) if task.plugin_name else None
+    source = io.ParquetInput(task.input_url, task.storage)  # one open: footer here, batches below
+    footer = source.footer
+    keep = _keep_columns(task, footer.schema) if task.write else []
+    stats: dict[str, drift.ColumnSummary] | None = {} if task.stats else None
+    stop = threading.Event()
+    reader = Stage(
+        source.batches(columns=list(dict.fromkeys([*keep, *task.plan.features])), batch_size=task.batch_size,
+                       row_groups=task.row_groups),
+        stop,
+    )
+    writer = Writer(functools.partial(_open_writer, task) if task.write else None, stop)
+    infer_s = _run_batches(task, plugin, keep, stats, reader, writer, stop)
+    rows = footer.num_rows if task.row_groups is None else sum(footer.row_group_rows[g] for g in task.row_groups)
+    size, checksum, output_url, write_s = 0, None, "", writer.stats_seconds
+    if task.write:
+        rows, size, checksum, output_url, write_s = _commit(task, plugin, footer, keep, writer)
+    return Receipt(
+        input_url=task.input_url, relpath=task.relpath, output_url=output_url, rows=rows, bytes=size,
+        read_s=round(reader.seconds, 6), infer_s=round(infer_s, 6), write_s=round(write_s, 6),
+        wall_s=round(time.perf_counter() - wall0, 6), worker=worker.address,
+        committed=task.write and task.piece is None, piece=task.piece, stats=stats, checksum=checksum,
+    )
+
+
+def _open_writer(task: FileTask, schema: pa.Schema) -> io.StagedWriter:
+    return io.StagedWriter(task.output_url, task.staging_url, schema, task.storage, owner=task.run_id)
+
+
+def _run_batches(
+    task: FileTask, plugin: ModelPlugin | None, keep: list[str], stats: dict[str, drift.ColumnSummary] | None,
+    reader: Stage, writer: Writer, stop: threading.Event,
+) -> float:
+    """The inference loop (this thread), between the reader and writer threads; returns its seconds."""
+    infer_s = 0.0
+    try:
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            t0 = time.perf_counter()
+            preds: dict[str, pa.Array] = {}
+            try:
+                if plugin is not None:
+                    assert plugin.model is not None
+                    feeds, preds = scoring.predict(batch, task.plan, plugin.model, task.prefix)
+                else:
+                    feeds = scoring.batch_to_feeds(batch, task.plan)
+            except BatchserveError as exc:
+                exc.path = exc.path or task.input_url
+                raise
+            infer_s += time.perf_counter() - t0
+            scored = scoring.assemble(batch, keep, preds) if task.write and plugin is not None else None
+            # Drift statistics run on the writer thread, overlapping the next inference.
+            job = functools.partial(scoring.merge_statistics, stats, batch, task.plan, feeds, preds) if (
+                stats is not None) else None
+            if scored is not None or job is not None:
+                writer.put(scored, job)
+        writer.finish()
+    except BaseException:
+        stop.set()
+        if writer.writer is not None:
+            writer.writer.abort()
+        raise
+    return infer_s
+
+
+def _commit(
+    task: FileTask, plugin: ModelPlugin | None, footer: io.Footer, keep: list[str], writer: Writer
+) -> tuple[int, int, str | None, str, float]:
+    """Finish the staged file: commit it (a whole file) or leave it staged (a piece for the merge).
+    Returns rows, bytes, checksum, where it is, and the write seconds."""
+    staged = writer.writer
+    if staged is None:  # 0 rows: still write a valid file with the output schema
+        assert plugin is not None and plugin.prediction_schema is not None
+        staged = _open_writer(task, scoring.output_schema(footer.schema, keep, plugin.prediction_schema)
+                              .remove_metadata())
+    t0 = time.perf_counter()
+    checksum: str | None = None
+    if task.piece is None:
+        size, checksum = staged.commit(commit_fence(task.run_id))
+        output_url = task.output_url
+    else:
+        size, output_url = staged.close_staged(), task.staging_url
+    return staged.rows, size, checksum, output_url, writer.seconds + time.perf_counter() - t0
+
+
+def merge_pieces(
+    final_url: str, staging_url: str, storage_options: tuple[tuple[str, str], ...], run_id: str, *pieces: Receipt
+) -> Receipt:
+    """Concatenate a split file's pieces, in order, into one committed output file."""
+    wall0 = time.perf_counter()
+    storage = io.storage_of(storage_options)
+    ordered = sorted(pieces, key=lambda r: r.piece or 0)
+    read_s = write_s = 0.0
+    writer: io.StagedWriter | None = None
+    try:
+        for piece in ordered:
+            source = io.ParquetInput(piece.output_url, storage)
+            if writer is None:
+                writer = io.StagedWriter(final_url, staging_url, source.footer.schema.remove_metadata(), storage,
+                                         owner=run_id)
+            batches = source.batches(columns=None, batch_size=65_536)
+            while True:  # streamed: a piece is never held whole in memory
+                t0 = time.perf_counter()
+                b = next(batches, None)
+                t1 = time.perf_counter()
+                read_s += t1 - t0
+                if b is None:
+                    break
+                writer.write(b)
+                write_s += time.perf_counter() - t1
+        assert writer is not None
+        size, checksum = writer.commit(commit_fence(run_id))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    for piece in ordered:
+        io.remove(piece.output_url, storage)
+    return Receipt(
+        input_url=ordered[0].input_url,
+        relpath=ordered[0].relpath,
+        output_url=final_url,
+        rows=writer.rows,
+        bytes=size,
+        read_s=round(sum(p.read_s for p in ordered) + read_s, 6),
+        infer_s=round(sum(p.infer_s for p in ordered), 6),
+        write_s=round(sum(p.write_s for p in ordered) + write_s, 6),
+        wall_s=round(sum(p.wall_s for p in ordered) + time.perf_counter() - wall0, 6),
+        worker=get_worker().address,
+        committed=True,
+        stats=None if ordered[0].stats is None else drift.merge_maps(p.stats for p in ordered if p.stats is not None),
+        checksum=checksum,
+    )
