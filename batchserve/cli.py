@@ -188,6 +188,13 @@ def score(
     finally:
         if bar is not None:
             bar.stop()
+    _echo_result(result)
+    if drifted is not None:
+        _fail(str(drifted), drifted.exit_code)
+
+
+def _echo_result(result: pipeline.RunResult) -> None:
+    """The summary a person (or a cron mail) reads after a run."""
     t = result.manifest.totals
     typer.echo(
         f"scored {t.files} file(s), {t.rows:,} rows in {t.seconds:.1f}s ({t.rows_per_second:,.0f} rows/s) "
@@ -200,8 +207,6 @@ def score(
             + (f" ({', '.join(d.drifted_features)})" if d.drifted_features else "")
             + f"; report: batchserve report {result.manifest_url} --output report.html"
         )
-    if drifted is not None:
-        _fail(str(drifted), drifted.exit_code)
 
 
 @app.command(epilog="Example: batchserve inspect sample_data/model --json")

@@ -40,7 +40,6 @@ __all__ = [
     "check_schema",
     "batch_to_feeds",
     "outputs_to_columns",
-    "score_batch",
     "predict",
     "assemble",
     "merge_statistics",
@@ -385,24 +384,6 @@ def merge_statistics(
     fresh = {**feature_statistics(batch, plan, feeds), **prediction_statistics(preds)}
     for k, v in fresh.items():
         stats[k] = drift.merge(stats[k], v) if k in stats else v
-
-
-def score_batch(
-    batch: pa.RecordBatch,
-    plan: FeaturePlan,
-    model: ModelRunner,
-    keep: Sequence[str],
-    prefix: str = "",
-    stats: dict[str, drift.ColumnSummary] | None = None,
-) -> pa.RecordBatch:
-    """Kept input columns followed by the predictions; with ``stats``, also their summaries.
-
-    The worker runs the same three steps, but on separate threads.
-    """
-    feeds, preds = predict(batch, plan, model, prefix)
-    if stats is not None:
-        merge_statistics(stats, batch, plan, feeds, preds)
-    return assemble(batch, keep, preds)
 
 
 def output_schema(input_schema: pa.Schema, keep: Sequence[str], prediction_schema: pa.Schema) -> pa.Schema:

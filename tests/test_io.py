@@ -70,11 +70,12 @@ def test_footer_and_streamed_batches(store: tuple[str, dict]) -> None:
     put(url, opts, table, row_group_size=200)
     footer = io.read_footer(url, opts)
     assert footer.num_rows == 1050 and footer.row_group_rows == (200,) * 5 + (50,)
-    batches = list(io.iter_batches(url, opts, columns=["id", "f1"], batch_size=128))
+    batches = list(io.ParquetInput(url, opts).batches(columns=["id", "f1"], batch_size=128))
     assert max(b.num_rows for b in batches) <= 128
     got = pa.Table.from_batches(batches)
     assert got.column_names == ["id", "f1"] and got.column("id").equals(table.column("id"))
-    some = pa.Table.from_batches(list(io.iter_batches(url, opts, columns=["id"], batch_size=999, row_groups=[1, 2])))
+    some = pa.Table.from_batches(list(io.ParquetInput(url, opts).batches(columns=["id"], batch_size=999,
+                                                                         row_groups=[1, 2])))
     assert some.column("id").to_pylist() == table.column("id").to_pylist()[200:600]
 
 

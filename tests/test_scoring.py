@@ -118,6 +118,7 @@ def test_score_batch_keeps_rows_and_order(x: np.ndarray) -> None:
     batch = pa.record_batch({**{n: x[:, i] for i, n in enumerate(names)}, "id": np.arange(len(x))})
     if len(x) == 0:
         return  # empty batches are skipped before the model (covered end to end)
-    out = scoring.score_batch(batch, plan, m, ["id"])
+    _, preds = scoring.predict(batch, plan, m)
+    out = scoring.assemble(batch, ["id"], preds)  # the worker's steps, on one thread
     assert out.num_rows == len(x) and out.column("id").to_pylist() == list(range(len(x)))
     np.testing.assert_allclose(out.column("score").to_numpy(), oracle(x)["score"], rtol=1e-4, atol=1e-2)

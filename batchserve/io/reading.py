@@ -30,7 +30,6 @@ __all__ = [
     "read_footer",
     "with_retries",
     "read_footers",
-    "iter_batches",
     "read_bytes",
     "read_text",
     "file_size",
@@ -258,18 +257,6 @@ def read_footers(
         return [one(u) for u in urls]
     with ThreadPoolExecutor(max_workers=min(threads, len(urls))) as pool:
         return list(pool.map(one, urls))
-
-
-def iter_batches(
-    url: str,
-    storage: Mapping[str, Any],
-    *,
-    columns: Sequence[str] | None,
-    batch_size: int,
-    row_groups: Sequence[int] | None = None,
-) -> Iterator[pa.RecordBatch]:
-    """Stream record batches of at most ``batch_size`` rows, one row group at a time."""
-    yield from ParquetInput(url, storage).batches(columns=columns, batch_size=batch_size, row_groups=row_groups)
 
 
 def _read_all(fs: Any, path: str) -> bytes:

@@ -116,11 +116,7 @@ def build_manifest(
             batchserve_version=tool_version(), config=cfg.redacted(), engine=engine, error=error,
         ),
         model=manifest.ModelSection(
-            uri=plan.model_uri, resolved_uri=plan.model_url, version=plan.model_version,
-            sha256=info.sha256, bytes=info.bytes, producer_name=info.producer_name,
-            producer_version=info.producer_version, ir_version=info.ir_version, opset=dict(info.opset),
-            graph_name=info.graph_name, metadata_props=dict(info.metadata_props),
-            inputs=[t.as_dict() for t in info.inputs], outputs=[t.as_dict() for t in info.outputs],
+            uri=plan.model_uri, resolved_uri=plan.model_url, version=plan.model_version, **info.as_dict(),
             features=list(plan.features.features), feature_source=plan.features.source,
         ),
         inputs=[
