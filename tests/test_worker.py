@@ -59,3 +59,46 @@ def test_commits_of_one_run_pass_the_gate_concurrently() -> None:
     for t in threads:
         t.join(5)
     assert gate.stop("run", timeout=1)
+
+
+# --- the model plugin, on a real (in-process) Dask cluster ----------------------------------------
+
+
+def _spec(path, **kw):
+    from batchserve import model, scoring
+    from batchserve.worker import ModelSpec
+    from tests.conftest import FEATURES
+
+    data = open(path, "rb").read()
+    info = model.describe(data)
+    plan = scoring.plan_features(info, FEATURES, FEATURES)
+    return ModelSpec(url=str(path), sha256=kw.pop("sha256", info.sha256), device="cpu", plan=plan, **kw)
+
+
+def test_a_model_changed_since_planning_is_refused_on_the_worker(inproc_cluster: str, model_dir: dict) -> None:
+    from distributed import Client
+
+    from batchserve.worker import ModelPlugin
+
+    spec = _spec(model_dir["logreg"][0], sha256="0" * 64)  # what the client planned with
+    with Client(inproc_cluster) as client, pytest.raises(WorkerStateError, match="model file changed"):
+        client.register_plugin(ModelPlugin(spec), name=spec.plugin_name)
+
+
+def test_registering_the_same_model_twice_keeps_the_session(inproc_cluster: str, model_dir: dict) -> None:
+    from distributed import Client
+
+    from batchserve.worker import ModelPlugin
+
+    spec = _spec(model_dir["logreg"][0])
+
+    def session_id(dask_worker) -> int:  # type: ignore[no-untyped-def]
+        return id(dask_worker.plugins[spec.plugin_name].model.session)
+
+    with Client(inproc_cluster) as client:
+        client.register_plugin(ModelPlugin(spec), name=spec.plugin_name)
+        first = client.run(session_id)
+        client.register_plugin(ModelPlugin(spec), name=spec.plugin_name)
+        assert client.run(session_id) == first  # idempotent: no second session, no second warm-up
+        other = _spec(model_dir["lgbm"][0])
+        assert other.plugin_name != spec.plugin_name  # another model gets its own plugin
