@@ -33,6 +33,7 @@ __all__ = [
     "parse_storage_options",
     "storage_dict",
     "redact",
+    "current_actor",
     "load_job_file",
 ]
 
@@ -154,6 +155,22 @@ class ScoreConfig:
         data["drift_threshold"] = list(self.drift_threshold)
         data["storage_options"] = redact(dict(self.storage_options))
         return data
+
+
+def current_actor(env: Mapping[str, str] | None = None) -> str:
+    """Who changes the model repository, for its audit trail: ``BATCHSERVE_ACTOR`` or user@host."""
+    import getpass
+    import socket
+
+    env = os.environ if env is None else env
+    actor = env.get("BATCHSERVE_ACTOR", "").strip()
+    if actor:
+        return actor
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def redact(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -133,6 +133,8 @@ class ModelSection:
     outputs: list[dict[str, Any]]
     features: list[str]
     feature_source: str
+    #: The audit event that last moved the alias the model was named by: who promoted it, when, why.
+    alias_event: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass

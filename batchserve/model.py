@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,6 @@ __all__ = [
     "ModelRunner",
     "describe",
     "sha256_hex",
-    "choose_version",
     "visible_gpu_count",
     "pick_gpu",
     "build_session",
@@ -110,24 +109,6 @@ def describe(data: bytes) -> ModelInfo:
         inputs=inputs,
         outputs=outputs,
     )
-
-
-def choose_version(entries: Sequence[str], requested: int | None, root: str) -> str:
-    """Pick ``<root>/<version>`` the way Triton and TF Serving do: highest integer wins."""
-    versions = sorted(int(e) for e in entries if e.isdigit())
-    if not versions:
-        raise ModelError(
-            "model folder has no integer version folders; expected <root>/<version>/model.onnx",
-            path=root,
-        )
-    if requested is None:
-        return str(versions[-1])
-    if requested not in versions:
-        raise ModelError(
-            f"model version {requested} not found; available: {', '.join(map(str, versions))}",
-            path=root,
-        )
-    return str(requested)
 
 
 def visible_gpu_count(env: Mapping[str, str] | None = None) -> int:

@@ -35,15 +35,6 @@ def test_describe_refuses_non_onnx_and_bad_metadata() -> None:
         _ = model.describe(proto.SerializeToString()).feature_names
 
 
-def test_choose_version_highest_integer_or_requested() -> None:
-    assert model.choose_version(["1", "10", "2", "latest", "README"], None, "r") == "10"
-    assert model.choose_version(["1", "2"], 1, "r") == "1"
-    with pytest.raises(ModelError, match="version 3 not found; available: 1, 2"):
-        model.choose_version(["1", "2"], 3, "r")
-    with pytest.raises(ModelError, match="no integer version folders"):
-        model.choose_version(["latest"], None, "r")
-
-
 @pytest.mark.parametrize(
     ("device", "index", "env", "want"),
     [

@@ -58,11 +58,13 @@ from batchserve.io.writing import (
     prepare_output,
     remove,
     remove_staging,
+    write_bytes_atomic,
     write_text_atomic,
     writer_options,
 )
 
 __all__ = [
+    "write_bytes_atomic",
     "isdir",
     "list_dir",
     "Partition",

@@ -291,9 +291,11 @@ def isdir(url: str, storage: Mapping[str, Any]) -> bool:
 
 
 def list_dir(url: str, storage: Mapping[str, Any]) -> list[str]:
-    """Names directly under a folder/prefix (empty when it does not exist)."""
+    """Names directly under a folder/prefix (empty when it does not exist), listed afresh: another
+    process may have added one since (a concurrent promote appending to the audit trail)."""
 
     def names(fs: Any, path: str) -> list[str]:
+        fs.invalidate_cache(path)
         if not fs.isdir(path):
             return []
         return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))

@@ -27,6 +27,7 @@ from batchserve.io.paths import (
 )
 
 __all__ = [
+    "write_bytes_atomic",
     "writer_options",
     "StagedWriter",
     "output_entries",
@@ -249,14 +250,14 @@ def prepare_output(url: str, storage: Mapping[str, Any]) -> None:
             pass
 
 
-def write_text_atomic(url: str, text: str, storage: Mapping[str, Any]) -> None:
-    """Write a small text file so that readers see the old or the new content, never half."""
+def write_bytes_atomic(url: str, data: bytes, storage: Mapping[str, Any]) -> None:
+    """Write a file so that readers see the old or the new content, never half (staged, then moved)."""
     fs, path = _fs(url, storage)
     tmp = join_url(posixpath.dirname(path), STAGING_DIR, "." + posixpath.basename(path) + ".tmp")
     try:
         fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
         with fs.open(tmp, "wb") as fh:
-            fh.write(text.encode("utf-8"))
+            fh.write(data)
         _move(fs, tmp, path)
     except Exception as exc:  # noqa: BLE001
         try:  # no temporary file left behind by a failed write
@@ -271,6 +272,11 @@ def write_text_atomic(url: str, text: str, storage: Mapping[str, Any]) -> None:
                 os.rmdir(posixpath.dirname(tmp))
             except OSError:
                 pass
+
+
+def write_text_atomic(url: str, text: str, storage: Mapping[str, Any]) -> None:
+    """Write a small text file so that readers see the old or the new content, never half."""
+    write_bytes_atomic(url, text.encode("utf-8"), storage)
 
 
 def create_exclusive(url: str, text: str, storage: Mapping[str, Any]) -> bool:

@@ -20,10 +20,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from batchserve import drift, io, manifest, model, scoring
+from batchserve import drift, io, manifest, model, registry, scoring
 from batchserve import reference as ref_mod
 from batchserve.config import ScoreConfig
-from batchserve.errors import BatchserveError, InputError, ModelError, SchemaError
+from batchserve.errors import BatchserveError, InputError, SchemaError
 
 __all__ = ["RunPlan", "resolve_model", "inspect_model", "plan_run", "read_inputs", "fingerprint", "load_reference",
            "absolute_paths"]
@@ -45,32 +45,26 @@ class RunPlan:
     policy: drift.DriftPolicy = dataclasses.field(default_factory=drift.DriftPolicy)
     #: Files found bad while planning under --on-error skip.
     failures: tuple[manifest.FailureEntry, ...] = ()
+    #: The audit event that last moved the alias the model was named by (``fraud@production``).
+    alias_event: registry.Event | None = None
 
     @property
     def rows(self) -> int:
         return sum(f.num_rows for f in self.footers)
 
 
-def resolve_model(uri: str, version: int | None, storage: Mapping[str, Any]) -> tuple[str, str | None, bytes]:
-    """A model file, or ``<root>/<version>/model.onnx`` from a model repository."""
-    if io.isdir(uri, storage):
-        chosen = model.choose_version(io.list_dir(uri, storage), version, uri)
-        url = io.join_url(uri, chosen, "model.onnx")
-        if not io.exists(url, storage):
-            raise ModelError(f"model version {chosen} has no model.onnx", path=url)
-        return url, chosen, io.read_bytes(url, storage)
-    if version is not None:
-        raise ModelError("--model-version needs a model repository folder, not a file", path=uri)
-    if not io.exists(uri, storage):
-        raise ModelError("model not found", path=uri)
-    return uri, None, io.read_bytes(uri, storage)
+def resolve_model(uri: str, version: int | None, storage: Mapping[str, Any]) -> registry.Resolved:
+    """A model file, or a version of a model repository: plain (the highest complete version),
+    ``@N``, ``@alias``, or ``--model-version N`` (see :mod:`batchserve.registry`)."""
+    return registry.resolve(uri, storage, version=version)
 
 
 def inspect_model(
     uri: str, *, model_version: int | None = None, storage_options: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The model's signature and provenance, as ``batchserve inspect`` shows it."""
-    url, version, data = resolve_model(uri, model_version, storage_options or {})
+    resolved = resolve_model(uri, model_version, storage_options or {})
+    url, version, data = resolved.url, resolved.version, resolved.data
     try:
         info = model.describe(data)
     except BatchserveError as exc:
@@ -80,8 +74,9 @@ def inspect_model(
         names, problem = info.feature_names, None
     except BatchserveError as exc:  # inspect is where one looks at a broken model: show it, say what is wrong
         names, problem = None, str(exc)
+    event = resolved.alias_event.as_dict() if resolved.alias_event else None
     return {"uri": uri, "resolved_uri": url, "version": version, **info.as_dict(),
-            "feature_names": names, "feature_names_error": problem}
+            "feature_names": names, "feature_names_error": problem, "alias_event": event}
 
 
 def absolute_paths(cfg: ScoreConfig) -> ScoreConfig:
@@ -105,7 +100,8 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
     by whichever file sorts first; under ``--on-error skip`` only the odd files are skipped.
     """
     storage = cfg.storage
-    url, version, data = resolve_model(cfg.model, cfg.model_version, storage)
+    resolved = resolve_model(cfg.model, cfg.model_version, storage)
+    url, version, data = resolved.url, resolved.version, resolved.data
     try:
         info = model.describe(data)
         model.check_runnable(info, data)
@@ -149,7 +145,7 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
     reference = load_reference(cfg.reference, storage, fplan.features) if cfg.reference else None
     return RunPlan(
         cfg.model, url, version, info, fplan, root, tuple(p for p, _ in good), tuple(f for _, f in good),
-        reference, policy, tuple(failures),
+        reference, policy, tuple(failures), resolved.alias_event,
     )
 
 

@@ -118,6 +118,7 @@ def build_manifest(
         model=manifest.ModelSection(
             uri=plan.model_uri, resolved_uri=plan.model_url, version=plan.model_version, **info.as_dict(),
             features=list(plan.features.features), feature_source=plan.features.source,
+            alias_event=plan.alias_event.as_dict() if plan.alias_event else None,
         ),
         inputs=[
             manifest.FileEntry(p.url, p.relpath, f.num_rows, p.size, version=p.version)

@@ -9,19 +9,18 @@ bug and keeps its traceback; ``--debug`` shows tracebacks always.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from batchserve import pipeline, report
+from batchserve.cli.common import BarProgress, columns, err_console, fail, guard, setup_logging
+from batchserve.cli.models import models_app
 from batchserve.config import parse_storage_options, resolve_config, resolve_score_config
 from batchserve.errors import EXIT_OK, EXIT_USAGE, BatchserveError, DriftError, Interrupted, exit_code_of
 
@@ -47,74 +46,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-_err = Console(stderr=True)
-T = TypeVar("T")
-
-
-def _fail(message: str, code: int = BatchserveError.exit_code) -> NoReturn:
-    # One line, no markup interpretation: paths may contain [brackets].
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-    raise typer.Exit(code)
-
-
-def _guard(debug: bool, fn: Callable[[], T]) -> T:
-    """Run a library call, turning user errors into the one-line contract."""
-    try:
-        return fn()
-    except BatchserveError as exc:
-        if debug:
-            traceback.print_exc()
-        _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt as exc:
-        _fail("interrupted", exit_code_of(exc))
-
-
-def _setup_logging(debug: bool, quiet: bool) -> None:
-    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
-    root = logging.getLogger("batchserve")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
-def _columns(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [c.strip() for c in value.split(",") if c.strip()]
-
-
-class _BarProgress:
-    """A rich progress bar (files and rows, rows/s) for people at a terminal."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]scoring"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("files  {task.fields[rows]} rows  {task.fields[rate]} rows/s"),
-            TimeElapsedColumn(),
-            console=_err,
-            transient=True,
-        )
-        self.task: Any = None
-
-    def __call__(self, ev: pipeline.ProgressEvent) -> None:
-        if ev.phase == "planned":
-            self.progress.start()
-            self.task = self.progress.add_task("score", total=ev.files_total, rows="0", rate="-")
-            return
-        rate = f"{ev.rows_done / ev.elapsed_s:,.0f}" if ev.elapsed_s > 0 else "-"
-        self.progress.update(self.task, completed=ev.files_done, rows=f"{ev.rows_done:,}/{ev.rows_total:,}", rate=rate)
-        if ev.phase == "done":
-            self.progress.stop()
-
-    def stop(self) -> None:
-        self.progress.stop()
-
-
 @app.command(
     epilog=(
         "Example: batchserve score --model models/churn --input s3://lake/events/ "
@@ -157,12 +88,12 @@ def score(
     3 drift past the threshold with --fail-on-drift (outputs committed),
     130/143 interrupted by SIGINT/SIGTERM (committed files kept; re-run with --resume).
     """
-    _setup_logging(debug, quiet)
+    setup_logging(debug, quiet)
 
     def resolve() -> Any:
         flags: dict[str, Any] = {
-            "model": model, "input": input, "output": output, "features": _columns(features),
-            "keep": _columns(keep), "batch_size": batch_size, "workers": workers, "scheduler": scheduler,
+            "model": model, "input": input, "output": output, "features": columns(features),
+            "keep": columns(keep), "batch_size": batch_size, "workers": workers, "scheduler": scheduler,
             "device": device, "overwrite": overwrite, "model_version": model_version, "prefix": prefix,
             "split_rows": split_rows, "reference": reference, "drift": drift, "fail_on_drift": fail_on_drift,
             "max_drift_share": max_drift_share, "drift_metric": drift_metric or None,
@@ -172,10 +103,10 @@ def score(
         }
         return resolve_score_config(flags, job_file=job)
 
-    cfg = _guard(debug, resolve)
+    cfg = guard(debug, resolve)
     run_id = pipeline.new_run_id()
     _current_run["id"] = run_id
-    bar = _BarProgress() if _err.is_terminal and not quiet else None
+    bar = BarProgress() if err_console.is_terminal and not quiet else None
 
     def run() -> tuple[Any, DriftError | None]:
         try:
@@ -184,13 +115,13 @@ def score(
             return exc.result, exc
 
     try:
-        result, drifted = _guard(debug, run)
+        result, drifted = guard(debug, run)
     finally:
         if bar is not None:
             bar.stop()
     _echo_result(result)
     if drifted is not None:
-        _fail(str(drifted), drifted.exit_code)
+        fail(str(drifted), drifted.exit_code)
 
 
 def _echo_result(result: pipeline.RunResult) -> None:
@@ -218,8 +149,8 @@ def inspect(
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Show a model's inputs, outputs, ONNX metadata and sha256."""
-    opts = _guard(debug, lambda: dict(parse_storage_options(storage_option or [])))
-    info = _guard(debug, lambda: pipeline.inspect_model(model, model_version=model_version, storage_options=opts))
+    opts = guard(debug, lambda: dict(parse_storage_options(storage_option or [])))
+    info = guard(debug, lambda: pipeline.inspect_model(model, model_version=model_version, storage_options=opts))
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -259,14 +190,14 @@ def validate(
     """Check the feature mapping and every file's schema without scoring (exit 0 or 1)."""
     def resolve() -> Any:
         flags: dict[str, Any] = {
-            "model": model, "input": input, "output": "", "features": _columns(features), "keep": _columns(keep),
+            "model": model, "input": input, "output": "", "features": columns(features), "keep": columns(keep),
             "model_version": model_version, "prefix": prefix,
             "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
         }
         return resolve_config(flags, command="validate")
 
-    cfg = _guard(debug, resolve)
-    plan = _guard(debug, lambda: pipeline.validate(cfg))
+    cfg = guard(debug, resolve)
+    plan = guard(debug, lambda: pipeline.validate(cfg))
     typer.echo(
         f"ok: {len(plan.partitions)} file(s), {plan.rows:,} rows; features ({plan.features.source}): "
         f"{', '.join(plan.features.features)}"
@@ -292,19 +223,19 @@ def profile(
     debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     """Build a reference profile (per-column statistics) to compare nightly runs against."""
-    _setup_logging(debug, quiet)
+    setup_logging(debug, quiet)
 
     def resolve() -> Any:
         flags: dict[str, Any] = {
-            "input": input, "output": output, "features": _columns(features), "model": model,
+            "input": input, "output": output, "features": columns(features), "model": model,
             "model_version": model_version, "batch_size": batch_size, "workers": workers, "scheduler": scheduler,
             "device": device, "prefix": prefix,
             "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
         }
         return resolve_config(flags, command="profile")
 
-    cfg = _guard(debug, resolve)
-    prof = _guard(debug, lambda: pipeline.profile(cfg))
+    cfg = guard(debug, resolve)
+    prof = guard(debug, lambda: pipeline.profile(cfg))
     typer.echo(
         f"profiled {prof.source['rows']:,} rows in {prof.source['files']} file(s): {len(prof.features)} feature(s)"
         f", {len(prof.predictions)} prediction column(s) -> {output}"
@@ -319,15 +250,16 @@ def report_cmd(
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Show a run's drift: a plain-text summary here, and an HTML page with --output."""
-    opts = _guard(debug, lambda: dict(parse_storage_options(storage_option or [])))
-    data = _guard(debug, lambda: pipeline.read_manifest(manifest_uri, opts))
+    opts = guard(debug, lambda: dict(parse_storage_options(storage_option or [])))
+    data = guard(debug, lambda: pipeline.read_manifest(manifest_uri, opts))
     typer.echo(report.render_text(data), nl=False)
     if output:
-        _guard(debug, lambda: pipeline.write_text(output, report.render_html(data), opts))
+        guard(debug, lambda: pipeline.write_text(output, report.render_html(data), opts))
         typer.echo(f"report: {output}")
 
 
 app.registered_commands[-1].name = "report"
+app.add_typer(models_app, name="models")
 
 
 def main() -> None:

@@ -1,0 +1,338 @@
+"""The model repository: versions, aliases, and an append-only audit trail, on any fsspec store.
+
+Layout (today's ``<model>/<version>/model.onnx`` stays readable as it is)::
+
+    <model>/<version>/model.onnx
+    <model>/<version>/version.json     written last by `register`: sha256, bytes, who, when, why
+    <model>/_events/00000001.json      one object per event (register, promote, rollback)
+
+A version is *complete* once ``version.json`` stands beside a ``model.onnx`` of the size it records
+(a folder being uploaded by hand, or cut off by a crash, is not). In a repository with no
+``version.json`` at all (the layout before registration existed) every version folder with a
+``model.onnx`` counts. Aliases are not stored anywhere mutable: an alias points where its last event
+says, so there is no read-modify-write to lose. Each event is created with the store's exclusive
+create (``O_EXCL`` locally, ``If-None-Match: *`` on S3), so two promotes at the same moment cannot
+both take one sequence number: the loser re-reads and appends after the winner.
+
+Example::
+
+    >>> resolve("models/fraud@production", {})  # doctest: +SKIP
+    Resolved(url='models/fraud/3/model.onnx', version='3', ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from batchserve import io, model
+from batchserve.errors import ModelError
+
+__all__ = ["ModelRef", "Resolved", "VersionInfo", "Event", "parse_ref", "resolve", "versions", "events", "aliases",
+           "register", "promote", "rollback"]
+
+log = logging.getLogger("batchserve")
+MODEL_FILE = "model.onnx"
+VERSION_FILE = "version.json"
+EVENTS_DIR = "_events"
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_APPEND_TRIES = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """``<uri>``, ``<uri>@<version>`` or ``<uri>@<alias>``, as a user wrote it."""
+
+    uri: str
+    tag: str | None = None
+
+    @property
+    def version(self) -> int | None:
+        return int(self.tag) if self.tag is not None and self.tag.isdigit() else None
+
+    @property
+    def alias(self) -> str | None:
+        return self.tag if self.tag is not None and not self.tag.isdigit() else None
+
+    def __str__(self) -> str:
+        return self.uri if self.tag is None else f"{self.uri}@{self.tag}"
+
+
+def parse_ref(text: str) -> ModelRef:
+    """Split ``models/fraud@production``; an ``@`` inside a path (``s3://a@b/...``) is not a tag."""
+    uri, sep, tag = text.rpartition("@")
+    if sep and uri and _TAG.match(tag):
+        return ModelRef(uri, tag)
+    return ModelRef(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    complete: bool
+    #: Why an incomplete version is incomplete.
+    problem: str | None = None
+    record: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One line of the audit trail; never rewritten."""
+
+    seq: int
+    time: str
+    actor: str
+    action: str
+    alias: str | None
+    from_version: int | None
+    to_version: int | None
+    sha256: str | None
+    message: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """What a model reference resolved to, and the audit event that last moved its alias."""
+
+    ref: str
+    url: str
+    version: str | None
+    data: bytes
+    alias_event: Event | None = None
+
+
+# --- reading the repository ------------------------------------------------------------------------
+
+
+def _version_record(root: str, v: int, storage: Mapping[str, Any]) -> dict[str, Any] | None:
+    url = io.join_url(root, str(v), VERSION_FILE)
+    if not io.exists(url, storage):
+        return None
+    try:
+        record = json.loads(io.read_text(url, storage))
+    except (ValueError, RecursionError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def versions(root: str, storage: Mapping[str, Any]) -> list[VersionInfo]:
+    """Every integer version folder, oldest first, each complete or not (and why not)."""
+    numbers = sorted(int(e) for e in io.list_dir(root, storage) if e.isdigit())
+    records = {v: _version_record(root, v, storage) for v in numbers}
+    registered = any(r is not None for r in records.values())
+    out = []
+    for v in numbers:
+        model_url = io.join_url(root, str(v), MODEL_FILE)
+        record = records[v]
+        if not io.exists(model_url, storage):
+            out.append(VersionInfo(v, False, "no model.onnx"))
+        elif registered and record is None:
+            out.append(VersionInfo(v, False, "not registered (no version.json): an upload in progress or cut off"))
+        elif record is not None and record.get("bytes") != io.file_size(model_url, storage):
+            out.append(VersionInfo(v, False, "model.onnx does not match its version.json (truncated?)", record))
+        else:
+            out.append(VersionInfo(v, True, None, record or {}))
+    return out
+
+
+def events(root: str, storage: Mapping[str, Any]) -> list[Event]:
+    """The audit trail, oldest first."""
+    url = io.join_url(root, EVENTS_DIR)
+    out = []
+    for name in io.list_dir(url, storage):
+        if not name.endswith(".json") or not name[:-5].isdigit():
+            continue
+        try:
+            out.append(Event(**json.loads(io.read_text(io.join_url(url, name), storage))))
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"unreadable audit event {name}: {exc}", path=url) from None
+    return sorted(out, key=lambda e: e.seq)
+
+
+def aliases(trail: list[Event]) -> dict[str, Event]:
+    """Each alias and the event that last moved it (an alias points where its last event says)."""
+    out: dict[str, Event] = {}
+    for e in trail:
+        if e.alias is not None and e.action in ("promote", "rollback"):
+            out[e.alias] = e
+    return out
+
+
+# --- resolving a reference --------------------------------------------------------------------------
+
+
+def resolve(text: str, storage: Mapping[str, Any], *, version: int | None = None) -> Resolved:
+    """A model file, or a version of a repository: plain (highest complete), ``@N`` or ``@alias``."""
+    ref = parse_ref(text)
+    if ref.tag is not None and io.exists(text, storage):
+        ref = ModelRef(text)  # a path that exists is a path, even with an @ in its name
+    if not io.isdir(ref.uri, storage):
+        if ref.tag is not None or version is not None:
+            raise ModelError("@version, @alias and --model-version need a model repository folder, not a file",
+                             path=ref.uri)
+        if not io.exists(ref.uri, storage):
+            raise ModelError("model not found", path=ref.uri)
+        return Resolved(str(ref), ref.uri, None, io.read_bytes(ref.uri, storage))
+    if ref.tag is not None and version is not None:
+        raise ModelError(f"pass either {ref} or --model-version, not both", path=ref.uri)
+    found = versions(ref.uri, storage)
+    if not found:
+        raise ModelError("model folder has no integer version folders; expected <root>/<version>/model.onnx",
+                         path=ref.uri)
+    event = None
+    wanted = version if version is not None else ref.version
+    if ref.alias is not None:
+        moved = aliases(events(ref.uri, storage))
+        if ref.alias not in moved:
+            known = ", ".join(sorted(moved)) or "none yet (batchserve models promote)"
+            raise ModelError(f"unknown alias {ref.alias!r}; aliases: {known}", path=ref.uri)
+        event = moved[ref.alias]
+        wanted = event.to_version
+    if wanted is None:  # plain: the highest complete version that also parses (an unregistered
+        return _highest_readable(found, ref, storage)  # repository may hold a truncated upload)
+    chosen = _pick(found, wanted, ref, event)
+    url = io.join_url(ref.uri, str(chosen.version), MODEL_FILE)
+    data = io.read_bytes(url, storage)
+    sha = chosen.record.get("sha256")
+    if sha and model.sha256_hex(data) != sha:
+        raise ModelError(f"model version {chosen.version} does not match the sha256 it was registered with",
+                         path=url, expected=str(sha)[:12], found=model.sha256_hex(data)[:12])
+    return Resolved(str(ref), url, str(chosen.version), data, event)
+
+
+def _highest_readable(found: list[VersionInfo], ref: ModelRef, storage: Mapping[str, Any]) -> Resolved:
+    for v in reversed(found):
+        if not v.complete:
+            log.warning("skipping model version %d of %s: %s", v.version, ref.uri, v.problem)
+            continue
+        url = io.join_url(ref.uri, str(v.version), MODEL_FILE)
+        data = io.read_bytes(url, storage)
+        sha = v.record.get("sha256")
+        if sha and model.sha256_hex(data) != sha:
+            log.warning("skipping model version %d of %s: it does not match its registered sha256", v.version, ref.uri)
+            continue
+        if not sha:  # unregistered: only parsing tells a truncated upload from a model
+            try:
+                model.describe(data)
+            except ModelError:
+                log.warning("skipping model version %d of %s: model.onnx does not parse (truncated?)", v.version,
+                            ref.uri)
+                continue
+        return Resolved(str(ref), url, str(v.version), data, None)
+    raise ModelError("model repository has no complete version", path=ref.uri)
+
+
+def _pick(found: list[VersionInfo], wanted: int, ref: ModelRef, event: Event | None) -> VersionInfo:
+    by_number = {v.version: v for v in found}
+    target = by_number.get(wanted)
+    where = f"alias {ref.alias!r} points to version {wanted}" if event else f"model version {wanted}"
+    if target is None:
+        available = ", ".join(str(v.version) for v in found if v.complete) or "none"
+        raise ModelError(f"{where}, which does not exist; complete versions: {available}", path=ref.uri)
+    if not target.complete:
+        raise ModelError(f"{where}, which is incomplete: {target.problem}", path=ref.uri)
+    return target
+
+
+# --- changing the repository: register, promote, rollback -----------------------------------------
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _append(root: str, storage: Mapping[str, Any], make: Any) -> Event:
+    """Append one event, created exclusively at the next sequence number; on a race, re-read and retry.
+
+    ``make(trail)`` builds the event from the trail as it is now (so a promote that lost the race
+    records where the alias really was, and still may refuse)."""
+    for _ in range(_APPEND_TRIES):
+        trail = events(root, storage)
+        event: Event = make(trail)
+        event = dataclasses.replace(event, seq=(trail[-1].seq + 1) if trail else 1)
+        url = io.join_url(root, EVENTS_DIR, f"{event.seq:08d}.json")
+        try:
+            io.create_exclusive(url, json.dumps(event.as_dict(), indent=1), storage)
+            return event
+        except FileExistsError:
+            continue
+    raise ModelError(f"could not append to the audit trail after {_APPEND_TRIES} tries (too many concurrent "
+                     "changes)", path=root)
+
+
+def register(root: str, data: bytes, storage: Mapping[str, Any], *, actor: str, message: str | None) -> Event:
+    """Check the file is ONNX and loads, copy it into the next version folder through a staging name,
+    write its record beside it (the version is visible from then on), and append the event."""
+    info = model.describe(data)
+    model.check_runnable(info, data)
+    for _ in range(_APPEND_TRIES):
+        existing = [int(e) for e in io.list_dir(root, storage) if e.isdigit()]
+        v = max(existing, default=0) + 1
+        try:  # reserve the number: two registers at once must not share a folder
+            io.create_exclusive(io.join_url(root, str(v), "_reserved"), actor, storage)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise ModelError("could not reserve a version number (too many concurrent registers)", path=root)
+    folder = io.join_url(root, str(v))
+    io.write_bytes_atomic(io.join_url(folder, MODEL_FILE), data, storage)
+    try:
+        names = info.feature_names
+    except ModelError:
+        names = None
+    record = {
+        "version": v, "sha256": info.sha256, "bytes": info.bytes, "created_at": _now(), "actor": actor,
+        "message": message, "producer": f"{info.producer_name} {info.producer_version}".strip(),
+        "opset": info.opset, "feature_names": names,
+    }
+    io.write_text_atomic(io.join_url(folder, VERSION_FILE), json.dumps(record, indent=1), storage)
+    return _append(root, storage, lambda _t: Event(0, _now(), actor, "register", None, None, v, info.sha256, message))
+
+
+def promote(root: str, version: int, alias: str, storage: Mapping[str, Any], *, actor: str,
+            message: str | None) -> Event:
+    """Point ``alias`` at a complete ``version``; the event records where it pointed before."""
+    _check_alias(alias, root)
+    target = {v.version: v for v in versions(root, storage)}.get(version)
+    if target is None or not target.complete:
+        why = "does not exist" if target is None else f"is incomplete: {target.problem}"
+        raise ModelError(f"cannot promote version {version} to {alias!r}: it {why}", path=root)
+
+    def make(trail: list[Event]) -> Event:
+        current = aliases(trail).get(alias)
+        return Event(0, _now(), actor, "promote", alias, current.to_version if current else None, version,
+                     target.record.get("sha256"), message)
+
+    return _append(root, storage, make)
+
+
+def rollback(root: str, alias: str, storage: Mapping[str, Any], *, actor: str, message: str | None) -> Event:
+    """Move ``alias`` back to the version it pointed to before its last change."""
+    _check_alias(alias, root)
+    complete = {v.version: v for v in versions(root, storage) if v.complete}
+
+    def make(trail: list[Event]) -> Event:
+        current = aliases(trail).get(alias)
+        if current is None or current.from_version is None:
+            raise ModelError(f"cannot roll back {alias!r}: it has no earlier version to go back to", path=root)
+        back = current.from_version
+        if back not in complete:
+            raise ModelError(f"cannot roll back {alias!r} to version {back}: it is no longer complete", path=root)
+        return Event(0, _now(), actor, "rollback", alias, current.to_version, back,
+                     complete[back].record.get("sha256"), message)
+
+    return _append(root, storage, make)
+
+
+def _check_alias(alias: str, root: str) -> None:
+    if not _TAG.match(alias) or alias.isdigit():
+        raise ModelError(f"alias {alias!r} must be a name (letters, digits, _ . -), not a number", path=root)

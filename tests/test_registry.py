@@ -1,0 +1,175 @@
+"""The model repository: register -> promote -> score -> rollback with real models and real oracles,
+half-written versions, concurrent promotes from real processes, and bad input as one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from batchserve import registry
+from batchserve.errors import ModelError
+from tests.conftest import features_matrix, make_table, write_dataset
+from tests.test_cli import BIN, assert_one_error_line
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str, opts: dict | None = None) -> subprocess.CompletedProcess[str]:
+    extra = [a for k, v in (opts or {}).items() for a in ("--storage-option", f"{k}={v}")]
+    return subprocess.run([str(BIN), *args, *extra], capture_output=True, text=True, timeout=180)
+
+
+def _probabilities(out: str, rel: str, opts: dict | None) -> np.ndarray:
+    if out.startswith("s3://"):
+        import s3fs
+
+        fs = s3fs.S3FileSystem(key=opts["key"], secret=opts["secret"], endpoint_url=opts["endpoint_url"])
+        fs.invalidate_cache()
+        with fs.open(f"{out}/{rel}", "rb") as fh:
+            table = pq.read_table(fh)
+    else:
+        table = pq.read_table(Path(out) / rel)
+    rows = table.column("probabilities").to_pylist()
+    # a plain [N, 2] tensor (logreg) or a ZipMap struct keyed by class label (LightGBM)
+    return np.array([[r["0"], r["1"]] if isinstance(r, dict) else r for r in rows], dtype=np.float64)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_register_promote_score_rollback_with_oracles(where: str, tmp_path: Path, model_dir: dict, cluster: str,
+                                                      request: pytest.FixtureRequest) -> None:
+    opts = request.getfixturevalue("s3") if where == "s3" else None
+    repo = f"s3://lake/repo-{tmp_path.name}/fraud" if opts else str(tmp_path / "repo" / "fraud")
+    out = f"s3://lake/scored-{tmp_path.name}" if opts else str(tmp_path / "scored")
+    table = make_table(400, seed=21)
+    write_dataset(tmp_path / "in", {"a.parquet": table})
+    x = features_matrix(table)
+    (logreg, logreg_clf), (lgbm, lgbm_clf) = model_dir["logreg"], model_dir["lgbm"]
+
+    def score_and_check(clf, run: str) -> None:
+        proc = cli("score", "--model", f"{repo}@production", "--input", str(tmp_path / "in"), "--output",
+                   f"{out}/{run}", "--scheduler", cluster, opts=opts)
+        assert proc.returncode == 0, proc.stderr
+        want = clf.predict_proba(x)
+        np.testing.assert_allclose(_probabilities(f"{out}/{run}", "a.parquet", opts), want, rtol=1e-4, atol=1e-5)
+
+    assert cli("models", "register", repo, str(logreg), "-m", "logistic baseline", opts=opts).returncode == 0
+    assert cli("models", "register", repo, str(lgbm), "-m", "gradient boosting", opts=opts).returncode == 0
+    assert cli("models", "promote", repo, "1", "--alias", "production", "-m", "go live", opts=opts).returncode == 0
+    score_and_check(logreg_clf, "r1")
+    assert cli("models", "promote", repo, "2", "--alias", "production", "-m", "better AUC", opts=opts).returncode == 0
+    score_and_check(lgbm_clf, "r2")
+    assert cli("models", "rollback", repo, "--alias", "production", "-m", "scores too high", opts=opts).returncode == 0
+    score_and_check(logreg_clf, "r3")
+    hist = cli("models", "history", repo, "--json", opts=opts)
+    assert hist.returncode == 0, hist.stderr
+    steps = [json.loads(line) for line in hist.stdout.splitlines()]
+    assert [(e["action"], e.get("alias"), e["from_version"], e["to_version"], e["message"]) for e in steps] == [
+        ("rollback", "production", 2, 1, "scores too high"),
+        ("promote", "production", 1, 2, "better AUC"),
+        ("promote", "production", None, 1, "go live"),
+        ("register", None, None, 2, "gradient boosting"),
+        ("register", None, None, 1, "logistic baseline"),
+    ]
+    assert all(e["actor"] for e in steps) and [e["seq"] for e in steps] == [5, 4, 3, 2, 1]
+    if opts is None:  # the manifest traces the scored file to who moved the alias, and why
+        m = json.loads((Path(out) / "r3" / "_manifest.json").read_text())["model"]
+        assert m["uri"].endswith("fraud@production") and m["version"] == "1"
+        assert m["alias_event"]["action"] == "rollback" and m["alias_event"]["message"] == "scores too high"
+
+
+def test_half_written_versions_are_skipped_by_plain_resolution_and_refused_by_number(
+    tmp_path: Path, model_dir: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = tmp_path / "fraud"
+    registry.register(str(repo), Path(model_dir["logreg"][0]).read_bytes(), {}, actor="t", message=None)
+    (repo / "2").mkdir()  # an upload cut off before model.onnx
+    registry.register(str(repo), Path(model_dir["lgbm"][0]).read_bytes(), {}, actor="t", message=None)
+    data = (repo / "3" / "model.onnx").read_bytes()
+    (repo / "3" / "model.onnx").write_bytes(data[: len(data) // 2])  # truncated after registration
+    with caplog.at_level("WARNING", logger="batchserve"):
+        got = registry.resolve(str(repo), {})
+    assert got.version == "1"
+    assert "skipping model version 3" in caplog.text and "skipping model version 2" in caplog.text
+    with pytest.raises(ModelError, match=r"model version 2, which is incomplete: no model\.onnx"):
+        registry.resolve(f"{repo}@2", {})
+    with pytest.raises(ModelError, match=r"model version 3, which is incomplete: model\.onnx does not match"):
+        registry.resolve(f"{repo}@3", {})
+
+
+def test_an_unregistered_repository_reads_as_before_and_skips_a_truncated_upload(tmp_path: Path,
+                                                                                 model_dir: dict) -> None:
+    repo = tmp_path / "legacy"
+    for v, name in ((1, "logreg"), (2, "lgbm")):
+        (repo / str(v)).mkdir(parents=True)
+        (repo / str(v) / "model.onnx").write_bytes(Path(model_dir[name][0]).read_bytes())
+    assert registry.resolve(str(repo), {}).version == "2"  # today's layout: highest wins
+    (repo / "3").mkdir()
+    (repo / "3" / "model.onnx").write_bytes(b"\x08\x07\x12")  # a truncated upload
+    assert registry.resolve(str(repo), {}).version == "2"
+    (repo / "10").mkdir()
+    (repo / "10" / "model.onnx").write_bytes(Path(model_dir["logreg"][0]).read_bytes())
+    (repo / "latest").mkdir()  # not a version: ignored
+    assert registry.resolve(str(repo), {}).version == "10"  # as integers: 10 beats 2
+    assert registry.resolve(str(repo), {}, version=1).version == "1"  # --model-version N
+
+
+_PROMOTER = """
+import sys
+from batchserve import registry
+root, opts, who = sys.argv[1], dict(a.split("=", 1) for a in sys.argv[3:]), sys.argv[2]
+for i in range(8):
+    registry.promote(root, 1 + i % 2, "production", opts, actor=who, message=f"{who} {i}")
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_concurrent_promotes_lose_no_event_and_the_alias_follows_the_last(
+    where: str, tmp_path: Path, model_dir: dict, request: pytest.FixtureRequest
+) -> None:
+    opts = request.getfixturevalue("s3") if where == "s3" else {}
+    repo = f"s3://lake/race-{tmp_path.name}/fraud" if opts else str(tmp_path / "fraud")
+    for name in ("logreg", "lgbm"):
+        registry.register(repo, Path(model_dir[name][0]).read_bytes(), opts, actor="setup", message=None)
+    args = [f"{k}={v}" for k, v in opts.items()]
+    procs = [subprocess.Popen([sys.executable, "-c", _PROMOTER, repo, who, *args]) for who in ("a", "b")]
+    assert [p.wait(timeout=180) for p in procs] == [0, 0]
+    trail = registry.events(repo, opts)
+    assert [e.seq for e in trail] == list(range(1, 19))  # 2 registers + 16 promotes, no gap, no loss
+    promotes = [e for e in trail if e.action == "promote"]
+    assert sorted(e.message for e in promotes) == sorted(f"{w} {i}" for w in "ab" for i in range(8))
+    for before, after in zip(promotes, promotes[1:], strict=False):  # each knew where the alias really was
+        assert after.from_version == before.to_version
+    assert registry.resolve(f"{repo}@production", opts).version == str(promotes[-1].to_version)
+
+
+def test_bad_input_is_one_line_and_changes_nothing(tmp_path: Path, model_dir: dict) -> None:
+    repo = tmp_path / "fraud"
+    registry.register(str(repo), Path(model_dir["logreg"][0]).read_bytes(), {}, actor="t", message=None)
+    registry.promote(str(repo), 1, "production", {}, actor="t", message=None)
+    before = sorted(p.name for p in (repo / "_events").iterdir())
+    single = model_dir["logreg"][0]
+    write_dataset(tmp_path / "in", {"a.parquet": make_table(5)})
+    cases = [
+        (["inspect", f"{repo}@staging"], ["unknown alias 'staging'", "aliases: production"]),
+        (["inspect", f"{repo}@7"], ["model version 7, which does not exist", "complete versions: 1"]),
+        (["inspect", f"{single}@production"], ["need a model repository folder, not a file"]),
+        (["models", "promote", str(repo), "9", "--alias", "production"], ["cannot promote version 9", "does not exist"]),
+        (["models", "rollback", str(repo), "--alias", "production"], ["cannot roll back 'production'",
+                                                                     "no earlier version"]),
+        (["models", "rollback", str(repo), "--alias", "canary"], ["cannot roll back 'canary'"]),
+        (["models", "register", str(repo), str(tmp_path / "in" / "a.parquet")], ["not an ONNX model"]),
+        (["score", "--model", f"{repo}@staging", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")],
+         ["unknown alias 'staging'"]),
+    ]
+    for args, needles in cases:
+        proc = cli(*args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert_one_error_line(proc, *needles)
+    assert sorted(p.name for p in (repo / "_events").iterdir()) == before
+    assert sorted(p.name for p in repo.iterdir()) == ["1", "_events"] and not (tmp_path / "o").exists()
