@@ -19,9 +19,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from batchserve import pipeline, report
-from batchserve.cli.common import BarProgress, columns, err_console, fail, guard, setup_logging
+from batchserve.cli.common import (
+    BarProgress,
+    columns,
+    err_console,
+    fail,
+    guard,
+    setup_logging,
+    storage_flag,
+    storage_options,
+)
 from batchserve.cli.models import models_app
-from batchserve.config import parse_storage_options, resolve_config, resolve_score_config
+from batchserve.config import resolve_config, resolve_score_config
 from batchserve.errors import EXIT_OK, EXIT_USAGE, BatchserveError, DriftError, Interrupted, exit_code_of
 
 __all__ = ["app", "main", "EXIT_CODES"]
@@ -99,7 +108,7 @@ def score(
             "max_drift_share": max_drift_share, "drift_metric": drift_metric or None,
             "drift_threshold": drift_threshold or None, "resume": resume, "retries": retries,
             "on_error": on_error, "max_failed_files": max_failed_files, "nan": nan,
-            "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
+            "storage_options": storage_flag(storage_option),
         }
         return resolve_score_config(flags, job_file=job)
 
@@ -149,7 +158,7 @@ def inspect(
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Show a model's inputs, outputs, ONNX metadata and sha256."""
-    opts = guard(debug, lambda: dict(parse_storage_options(storage_option or [])))
+    opts = storage_options(storage_option, debug)
     info = guard(debug, lambda: pipeline.inspect_model(model, model_version=model_version, storage_options=opts))
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -192,7 +201,7 @@ def validate(
         flags: dict[str, Any] = {
             "model": model, "input": input, "output": "", "features": columns(features), "keep": columns(keep),
             "model_version": model_version, "prefix": prefix,
-            "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
+            "storage_options": storage_flag(storage_option),
         }
         return resolve_config(flags, command="validate")
 
@@ -230,7 +239,7 @@ def profile(
             "input": input, "output": output, "features": columns(features), "model": model,
             "model_version": model_version, "batch_size": batch_size, "workers": workers, "scheduler": scheduler,
             "device": device, "prefix": prefix,
-            "storage_options": dict(parse_storage_options(storage_option)) if storage_option else None,
+            "storage_options": storage_flag(storage_option),
         }
         return resolve_config(flags, command="profile")
 
@@ -250,7 +259,7 @@ def report_cmd(
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Show a run's drift: a plain-text summary here, and an HTML page with --output."""
-    opts = guard(debug, lambda: dict(parse_storage_options(storage_option or [])))
+    opts = storage_options(storage_option, debug)
     data = guard(debug, lambda: pipeline.read_manifest(manifest_uri, opts))
     typer.echo(report.render_text(data), nl=False)
     if output:

@@ -16,7 +16,7 @@ from batchserve import pipeline
 from batchserve.config import parse_storage_options
 from batchserve.errors import BatchserveError, exit_code_of
 
-__all__ = ["fail", "guard", "setup_logging", "columns", "BarProgress", "storage_options", "err_console"]
+__all__ = ["fail", "guard", "setup_logging", "columns", "BarProgress", "storage_options", "storage_flag", "err_console"]
 
 err_console = Console(stderr=True)
 T = TypeVar("T")
@@ -86,6 +86,11 @@ class BarProgress:
         self.progress.stop()
 
 
+
+
+def storage_flag(items: list[str] | None) -> dict[str, str] | None:
+    """Repeated ``--storage-option key=value`` as a settings value (None: not given)."""
+    return dict(parse_storage_options(items)) if items else None
 
 
 def storage_options(items: list[str] | None, debug: bool) -> dict[str, Any]:

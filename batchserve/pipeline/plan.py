@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -118,35 +118,35 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
         exc.path = exc.path or url
         raise
     fplan = dataclasses.replace(fplan, nan=cfg.nan)
-    fitting = []
-    for part, footer in pairs:
-        try:
-            _check_file(cfg, fplan, out_names, part, footer)
-        except BatchserveError as exc:
-            if not skip:
-                raise
-            failures.append(manifest.FailureEntry(part.url, part.relpath, str(exc)))
-            continue
-        fitting.append((part, footer))
+    fitting = _passing(pairs, lambda p, f: _check_file(cfg, fplan, out_names, p, f), skip, failures)
     if not fitting:
         raise SchemaError(f"no input file fits the model; first: {failures[0].error}", path=cfg.input)
-    good = []
     expected = _majority_types(cfg, fitting)
-    for part, footer in fitting:
-        try:
-            _check_majority(cfg, expected, len(fitting), part, footer)
-        except BatchserveError as exc:
-            if not skip:
-                raise
-            failures.append(manifest.FailureEntry(part.url, part.relpath, str(exc)))
-            continue
-        good.append((part, footer))
+    good = _passing(fitting, lambda p, f: _check_majority(cfg, expected, len(fitting), p, f), skip, failures)
     policy = drift.parse_policy(cfg.drift_metric, cfg.drift_threshold)
     reference = load_reference(cfg.reference, storage, fplan.features) if cfg.reference else None
     return RunPlan(
         cfg.model, url, version, info, fplan, root, tuple(p for p, _ in good), tuple(f for _, f in good),
         reference, policy, tuple(failures), resolved.alias_event,
     )
+
+
+def _passing(
+    pairs: list[tuple[io.Partition, io.Footer]], check: Callable[[io.Partition, io.Footer], None], skip: bool,
+    failures: list[manifest.FailureEntry],
+) -> list[tuple[io.Partition, io.Footer]]:
+    """The files that pass ``check``: under --on-error skip the others are recorded, else the first raises."""
+    kept = []
+    for part, footer in pairs:
+        try:
+            check(part, footer)
+        except BatchserveError as exc:
+            if not skip:
+                raise
+            failures.append(manifest.FailureEntry(part.url, part.relpath, str(exc)))
+            continue
+        kept.append((part, footer))
+    return kept
 
 
 def _majority_names(pairs: list[tuple[io.Partition, io.Footer]]) -> list[str]:
