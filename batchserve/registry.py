@@ -123,38 +123,48 @@ def _version_record(root: str, v: int, storage: Mapping[str, Any]) -> dict[str, 
     return record if isinstance(record, dict) else {}
 
 
+def _numbers(root: str, storage: Mapping[str, Any]) -> list[int]:
+    return sorted(int(e) for e in io.list_dir(root, storage) if e.isdigit())
+
+
+def _info(root: str, v: int, record: dict[str, Any] | None, registered: bool,
+          storage: Mapping[str, Any]) -> VersionInfo:
+    """One version, complete or not (and why not), given its record and whether the repository registers."""
+    model_url = io.join_url(root, str(v), MODEL_FILE)
+    if not io.exists(model_url, storage):
+        return VersionInfo(v, False, "no model.onnx")
+    if registered and record is None:
+        return VersionInfo(v, False, "not registered (no version.json): an upload in progress or cut off")
+    if record is not None and record.get("bytes") != io.file_size(model_url, storage):
+        return VersionInfo(v, False, "model.onnx does not match its version.json (truncated?)", record)
+    return VersionInfo(v, True, None, record or {})
+
+
 def versions(root: str, storage: Mapping[str, Any]) -> list[VersionInfo]:
-    """Every integer version folder, oldest first, each complete or not (and why not)."""
-    numbers = sorted(int(e) for e in io.list_dir(root, storage) if e.isdigit())
+    """Every integer version folder, oldest first, each complete or not (and why not): for
+    ``models show``; resolving a model reads only the versions it needs."""
+    numbers = _numbers(root, storage)
     records = {v: _version_record(root, v, storage) for v in numbers}
     registered = any(r is not None for r in records.values())
-    out = []
-    for v in numbers:
-        model_url = io.join_url(root, str(v), MODEL_FILE)
-        record = records[v]
-        if not io.exists(model_url, storage):
-            out.append(VersionInfo(v, False, "no model.onnx"))
-        elif registered and record is None:
-            out.append(VersionInfo(v, False, "not registered (no version.json): an upload in progress or cut off"))
-        elif record is not None and record.get("bytes") != io.file_size(model_url, storage):
-            out.append(VersionInfo(v, False, "model.onnx does not match its version.json (truncated?)", record))
-        else:
-            out.append(VersionInfo(v, True, None, record or {}))
-    return out
+    return [_info(root, v, records[v], registered, storage) for v in numbers]
+
+
+def _event_numbers(root: str, storage: Mapping[str, Any]) -> list[int]:
+    names = io.list_dir(io.join_url(root, EVENTS_DIR), storage)
+    return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+
+
+def _event(root: str, seq: int, storage: Mapping[str, Any]) -> Event:
+    url = io.join_url(root, EVENTS_DIR, f"{seq:08d}.json")
+    try:
+        return Event(**json.loads(io.read_text(url, storage)))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"unreadable audit event: {exc}", path=url) from None
 
 
 def events(root: str, storage: Mapping[str, Any]) -> list[Event]:
-    """The audit trail, oldest first."""
-    url = io.join_url(root, EVENTS_DIR)
-    out = []
-    for name in io.list_dir(url, storage):
-        if not name.endswith(".json") or not name[:-5].isdigit():
-            continue
-        try:
-            out.append(Event(**json.loads(io.read_text(io.join_url(url, name), storage))))
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"unreadable audit event {name}: {exc}", path=url) from None
-    return sorted(out, key=lambda e: e.seq)
+    """The whole audit trail, oldest first."""
+    return [_event(root, seq, storage) for seq in _event_numbers(root, storage)]
 
 
 def aliases(trail: list[Event]) -> dict[str, Event]:
@@ -164,6 +174,16 @@ def aliases(trail: list[Event]) -> dict[str, Event]:
         if e.alias is not None and e.action in ("promote", "rollback"):
             out[e.alias] = e
     return out
+
+
+def _last_move(root: str, alias: str, numbers: list[int], storage: Mapping[str, Any]) -> Event | None:
+    """The event that last moved ``alias``, read newest first: a year of nightly events costs one
+    listing and a few reads, not one read per event."""
+    for seq in reversed(numbers):
+        e = _event(root, seq, storage)
+        if e.alias == alias and e.action in ("promote", "rollback"):
+            return e
+    return None
 
 
 # --- resolving a reference --------------------------------------------------------------------------
@@ -183,22 +203,21 @@ def resolve(text: str, storage: Mapping[str, Any], *, version: int | None = None
         return Resolved(str(ref), ref.uri, None, io.read_bytes(ref.uri, storage))
     if ref.tag is not None and version is not None:
         raise ModelError(f"pass either {ref} or --model-version, not both", path=ref.uri)
-    found = versions(ref.uri, storage)
-    if not found:
+    numbers = _numbers(ref.uri, storage)
+    if not numbers:
         raise ModelError("model folder has no integer version folders; expected <root>/<version>/model.onnx",
                          path=ref.uri)
     event = None
     wanted = version if version is not None else ref.version
     if ref.alias is not None:
-        moved = aliases(events(ref.uri, storage))
-        if ref.alias not in moved:
-            known = ", ".join(sorted(moved)) or "none yet (batchserve models promote)"
+        event = _last_move(ref.uri, ref.alias, _event_numbers(ref.uri, storage), storage)
+        if event is None:
+            known = ", ".join(sorted(aliases(events(ref.uri, storage)))) or "none yet (batchserve models promote)"
             raise ModelError(f"unknown alias {ref.alias!r}; aliases: {known}", path=ref.uri)
-        event = moved[ref.alias]
         wanted = event.to_version
     if wanted is None:  # plain: the highest complete version that also parses (an unregistered
-        return _highest_readable(found, ref, storage)  # repository may hold a truncated upload)
-    chosen = _pick(found, wanted, ref, event)
+        return _highest_readable(ref, numbers, storage)  # repository may hold a truncated upload)
+    chosen = _pick(ref, numbers, wanted, event, storage)
     url = io.join_url(ref.uri, str(chosen.version), MODEL_FILE)
     data = io.read_bytes(url, storage)
     sha = chosen.record.get("sha256")
@@ -208,35 +227,52 @@ def resolve(text: str, storage: Mapping[str, Any], *, version: int | None = None
     return Resolved(str(ref), url, str(chosen.version), data, event)
 
 
-def _highest_readable(found: list[VersionInfo], ref: ModelRef, storage: Mapping[str, Any]) -> Resolved:
-    for v in reversed(found):
-        if not v.complete:
-            log.warning("skipping model version %d of %s: %s", v.version, ref.uri, v.problem)
+def _registered(root: str, numbers: list[int], storage: Mapping[str, Any], known: dict[int, Any]) -> bool:
+    """Whether any version has a record (read lazily; ``known`` caches what was read)."""
+    for v in reversed(numbers):
+        if v not in known:
+            known[v] = _version_record(root, v, storage)
+        if known[v] is not None:
+            return True
+    return False
+
+
+def _highest_readable(ref: ModelRef, numbers: list[int], storage: Mapping[str, Any]) -> Resolved:
+    """From the top down, the first complete version (reading only as far as that)."""
+    known: dict[int, Any] = {}
+    for v in reversed(numbers):
+        known[v] = _version_record(ref.uri, v, storage)
+        registered = known[v] is not None or _registered(ref.uri, numbers, storage, known)
+        info = _info(ref.uri, v, known[v], registered, storage)
+        if not info.complete:
+            log.warning("skipping model version %d of %s: %s", v, ref.uri, info.problem)
             continue
-        url = io.join_url(ref.uri, str(v.version), MODEL_FILE)
+        url = io.join_url(ref.uri, str(v), MODEL_FILE)
         data = io.read_bytes(url, storage)
-        sha = v.record.get("sha256")
+        sha = info.record.get("sha256")
         if sha and model.sha256_hex(data) != sha:
-            log.warning("skipping model version %d of %s: it does not match its registered sha256", v.version, ref.uri)
+            log.warning("skipping model version %d of %s: it does not match its registered sha256", v, ref.uri)
             continue
         if not sha:  # unregistered: only parsing tells a truncated upload from a model
             try:
                 model.describe(data)
             except ModelError:
-                log.warning("skipping model version %d of %s: model.onnx does not parse (truncated?)", v.version,
-                            ref.uri)
+                log.warning("skipping model version %d of %s: model.onnx does not parse (truncated?)", v, ref.uri)
                 continue
-        return Resolved(str(ref), url, str(v.version), data, None)
+        return Resolved(str(ref), url, str(v), data, None)
     raise ModelError("model repository has no complete version", path=ref.uri)
 
 
-def _pick(found: list[VersionInfo], wanted: int, ref: ModelRef, event: Event | None) -> VersionInfo:
-    by_number = {v.version: v for v in found}
-    target = by_number.get(wanted)
+def _pick(ref: ModelRef, numbers: list[int], wanted: int, event: Event | None,
+          storage: Mapping[str, Any]) -> VersionInfo:
     where = f"alias {ref.alias!r} points to version {wanted}" if event else f"model version {wanted}"
-    if target is None:
-        available = ", ".join(str(v.version) for v in found if v.complete) or "none"
-        raise ModelError(f"{where}, which does not exist; complete versions: {available}", path=ref.uri)
+    if wanted not in numbers:
+        complete = [str(v.version) for v in versions(ref.uri, storage) if v.complete]  # only on the error path
+        raise ModelError(f"{where}, which does not exist; complete versions: {', '.join(complete) or 'none'}",
+                         path=ref.uri)
+    known: dict[int, Any] = {wanted: _version_record(ref.uri, wanted, storage)}
+    registered = known[wanted] is not None or _registered(ref.uri, numbers, storage, known)
+    target = _info(ref.uri, wanted, known[wanted], registered, storage)
     if not target.complete:
         raise ModelError(f"{where}, which is incomplete: {target.problem}", path=ref.uri)
     return target
@@ -249,15 +285,15 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _append(root: str, storage: Mapping[str, Any], make: Any) -> Event:
+def _append(root: str, storage: Mapping[str, Any], make: Any, alias: str | None = None) -> Event:
     """Append one event, created exclusively at the next sequence number; on a race, re-read and retry.
 
-    ``make(trail)`` builds the event from the trail as it is now (so a promote that lost the race
-    records where the alias really was, and still may refuse)."""
+    ``make(last)`` builds the event from ``alias``'s last move as it is now (so a promote that lost the
+    race records where the alias really was, and still may refuse)."""
     for _ in range(_APPEND_TRIES):
-        trail = events(root, storage)
-        event: Event = make(trail)
-        event = dataclasses.replace(event, seq=(trail[-1].seq + 1) if trail else 1)
+        numbers = _event_numbers(root, storage)
+        event: Event = make(_last_move(root, alias, numbers, storage) if alias is not None else None)
+        event = dataclasses.replace(event, seq=(numbers[-1] + 1) if numbers else 1)
         url = io.join_url(root, EVENTS_DIR, f"{event.seq:08d}.json")
         try:
             io.create_exclusive(url, json.dumps(event.as_dict(), indent=1), storage)
@@ -295,7 +331,8 @@ def register(root: str, data: bytes, storage: Mapping[str, Any], *, actor: str, 
         "opset": info.opset, "feature_names": names,
     }
     io.write_text_atomic(io.join_url(folder, VERSION_FILE), json.dumps(record, indent=1), storage)
-    return _append(root, storage, lambda _t: Event(0, _now(), actor, "register", None, None, v, info.sha256, message))
+    return _append(root, storage, lambda _last: Event(0, _now(), actor, "register", None, None, v, info.sha256,
+                                                      message))
 
 
 def promote(root: str, version: int, alias: str, storage: Mapping[str, Any], *, actor: str,
@@ -307,12 +344,11 @@ def promote(root: str, version: int, alias: str, storage: Mapping[str, Any], *, 
         why = "does not exist" if target is None else f"is incomplete: {target.problem}"
         raise ModelError(f"cannot promote version {version} to {alias!r}: it {why}", path=root)
 
-    def make(trail: list[Event]) -> Event:
-        current = aliases(trail).get(alias)
+    def make(current: Event | None) -> Event:
         return Event(0, _now(), actor, "promote", alias, current.to_version if current else None, version,
                      target.record.get("sha256"), message)
 
-    return _append(root, storage, make)
+    return _append(root, storage, make, alias)
 
 
 def rollback(root: str, alias: str, storage: Mapping[str, Any], *, actor: str, message: str | None) -> Event:
@@ -320,8 +356,7 @@ def rollback(root: str, alias: str, storage: Mapping[str, Any], *, actor: str, m
     _check_alias(alias, root)
     complete = {v.version: v for v in versions(root, storage) if v.complete}
 
-    def make(trail: list[Event]) -> Event:
-        current = aliases(trail).get(alias)
+    def make(current: Event | None) -> Event:
         if current is None or current.from_version is None:
             raise ModelError(f"cannot roll back {alias!r}: it has no earlier version to go back to", path=root)
         back = current.from_version
@@ -330,7 +365,7 @@ def rollback(root: str, alias: str, storage: Mapping[str, Any], *, actor: str, m
         return Event(0, _now(), actor, "rollback", alias, current.to_version, back,
                      complete[back].record.get("sha256"), message)
 
-    return _append(root, storage, make)
+    return _append(root, storage, make, alias)
 
 
 def _check_alias(alias: str, root: str) -> None:

@@ -173,3 +173,24 @@ def test_bad_input_is_one_line_and_changes_nothing(tmp_path: Path, model_dir: di
         assert_one_error_line(proc, *needles)
     assert sorted(p.name for p in (repo / "_events").iterdir()) == before
     assert sorted(p.name for p in repo.iterdir()) == ["1", "_events"] and not (tmp_path / "o").exists()
+
+
+def test_resolution_reads_only_what_it_needs(tmp_path: Path, model_dir: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model retrained nightly for a month: resolving it must not read every version and event
+    (on an object store each read is a request)."""
+    from batchserve import io
+
+    repo = str(tmp_path / "fraud")
+    data = Path(model_dir["logreg"][0]).read_bytes()
+    for _ in range(30):
+        registry.register(repo, data, {}, actor="t", message=None)
+    for v in range(1, 31):
+        registry.promote(repo, v, "production", {}, actor="t", message=None)
+    reads: list[str] = []
+    real = io.read_text
+    monkeypatch.setattr(io, "read_text", lambda url, storage: reads.append(url) or real(url, storage))
+    assert registry.resolve(repo, {}).version == "30"
+    assert len(reads) == 1, reads  # version 30's record
+    reads.clear()
+    assert registry.resolve(f"{repo}@production", {}).version == "30"
+    assert len(reads) == 2, reads  # the newest event, and version 30's record
