@@ -93,6 +93,11 @@ class ScoreConfig:
     max_failed_files: int | None = None
     #: "pass": NaN/inf/nulls in float features reach the model as NaN; "fail": they fail the file.
     nan: str = "pass"
+    #: A second model scored beside the champion in the same pass (shadow scoring), and where its
+    #: predictions go, with these input columns beside them (default: the --keep columns).
+    challenger: str | None = None
+    challenger_output: str | None = None
+    challenger_keep: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
@@ -131,9 +136,15 @@ class ScoreConfig:
             raise ConfigError("--fail-on-drift needs --reference (a profile or an earlier run's _manifest.json)")
         if self.reference and not self.drift:
             raise ConfigError("--reference needs drift statistics; drop --no-drift")
+        if (self.challenger is None) != (self.challenger_output is None):
+            raise ConfigError("--challenger and --challenger-output go together: name the model and its output")
+        if self.challenger_keep is not None and self.challenger is None:
+            raise ConfigError("--challenger-keep needs --challenger")
+        if self.challenger is not None and self.resume:
+            raise ConfigError("--resume is not supported with --challenger yet; re-run both with --overwrite")
         if self.model_version is not None and self.model_version < 0:
             raise ConfigError(f"--model-version must be >= 0, got {self.model_version}")
-        for name in ("features", "keep"):
+        for name in ("features", "keep", "challenger_keep"):
             cols = getattr(self, name)
             if cols is not None and len(set(cols)) != len(cols):
                 dup = sorted({c for c in cols if cols.count(c) > 1})
@@ -151,6 +162,7 @@ class ScoreConfig:
         data = dataclasses.asdict(self)
         data["features"] = list(self.features) if self.features is not None else None
         data["keep"] = list(self.keep) if self.keep is not None else None
+        data["challenger_keep"] = list(self.challenger_keep) if self.challenger_keep is not None else None
         data["drift_metric"] = list(self.drift_metric)
         data["drift_threshold"] = list(self.drift_threshold)
         data["storage_options"] = redact(dict(self.storage_options))
@@ -291,6 +303,9 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "on_error": _to_str,
     "max_failed_files": _to_int,
     "nan": _to_str,
+    "challenger": _to_str,
+    "challenger_output": _to_str,
+    "challenger_keep": _split_columns,
 }
 
 
@@ -371,6 +386,9 @@ class ScoreSettings(TypedDict, total=False):
     on_error: OnError
     max_failed_files: int | None
     nan: NanPolicy
+    challenger: str | None
+    challenger_output: str | None
+    challenger_keep: Sequence[str] | str | None
     job: str | None
 
 

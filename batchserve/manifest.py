@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from batchserve.compare import ChallengerSection
 from batchserve.errors import ConfigError
 from batchserve.reference import (
     PROFILE_SCHEMA_NAME,
@@ -164,12 +165,15 @@ class Manifest:
     fingerprint: str | None = None
     #: Files skipped under --on-error skip, with their errors.
     failures: list[FailureEntry] = dataclasses.field(default_factory=list)
+    #: With --challenger: the second model, where its output went, and how its predictions differ.
+    challenger: ChallengerSection | None = None
     schema: str = SCHEMA_NAME
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         data = schema_first(self)
         data["drift"] = self.drift.to_dict() if self.drift is not None else None
+        data["challenger"] = self.challenger.to_dict() if self.challenger is not None else None
         return data
 
 
@@ -196,6 +200,7 @@ def _from_v1(data: dict[str, Any]) -> Manifest:
         drift=DriftSection.from_dict(data["drift"]) if data.get("drift") else None,
         fingerprint=data.get("fingerprint"),
         failures=[FailureEntry(**f) for f in data.get("failures", [])],
+        challenger=ChallengerSection.from_dict(data["challenger"]) if data.get("challenger") else None,
     )
 
 

@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from batchserve.compare import ChallengerSection
 from batchserve.manifest import Manifest
 from batchserve.reference import ColumnDrift, DriftSection, category_order
 
@@ -75,6 +76,12 @@ def render_text(m: Manifest) -> str:
             + " ".join(f"{_fmt(col.value(k)):>7}" for k in _METRICS)
             + f"  {_status_text(drift, col)}"
         )
+    if m.challenger is not None:
+        ch = m.challenger
+        lines.append(f"challenger {ch.model.get('uri')} (version {ch.model.get('version')}) -> {ch.output}")
+        for name, c in ch.columns.items():
+            lines.append(f"  {name[:26]:26} mean |d| {_fmt(c.mean_abs_diff, 4):>8}  max |d| {_fmt(c.max_abs_diff, 4):>8}"
+                         f"  agreement {_fmt(c.agreement, 4):>6}  psi {_fmt(c.psi):>6}")
     return "\n".join(lines) + "\n"
 
 
@@ -209,6 +216,31 @@ def _card(name: str, col: ColumnDrift) -> str:
     )
 
 
+def _challenger_html(ch: ChallengerSection) -> str:
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(name)}</td><td>{c.rows:,}</td><td>{_fmt(c.mean_abs_diff, 4)}</td><td>{_fmt(c.max_abs_diff, 4)}</td>"
+        f"<td>{_fmt(c.agreement, 4)}</td><td>{_fmt(c.psi)}</td></tr>"
+        for name, c in ch.columns.items()
+    )
+    cards = "".join(
+        f'<div class="card"><h3>{esc(name)}</h3>'
+        f'{_svg_histogram({"edges": c.distributions.get("edges"), "reference": c.distributions.get("champion"), "current": c.distributions.get("challenger")})}'
+        '<div class="legend muted"><span class=ref></span>champion<span class=cur></span>challenger</div>'
+        f'{_svg_histogram({"edges": c.diff_histogram.get("edges"), "current": c.diff_histogram.get("shares")})}'
+        '<div class="legend muted"><span class=cur></span>challenger − champion</div></div>'
+        for name, c in ch.columns.items()
+    )
+    return (
+        f"<h2>Challenger</h2><p>{esc(str(ch.model.get('uri')))} (version {esc(str(ch.model.get('version') or '-'))}, sha256 "
+        f"{esc(str(ch.model.get('sha256'))[:12])}) scored beside the champion in the same pass → <code>{esc(ch.output)}</code>; "
+        f"inference {ch.infer_seconds.get('challenger', 0):.2f} s beside the champion's "
+        f"{ch.infer_seconds.get('champion', 0):.2f} s.</p>"
+        "<table><tr><th>column</th><th>rows</th><th>mean |Δ|</th><th>max |Δ|</th><th>label agreement</th>"
+        f"<th>PSI</th></tr>{rows}</table><div class=\"cards\">{cards}</div>"
+    )
+
+
 def render_html(m: Manifest) -> str:
     esc = html.escape
     head = (
@@ -217,11 +249,13 @@ def render_html(m: Manifest) -> str:
         f"(sha256 {esc(m.model.sha256[:12])}) · finished {esc(str(m.run.finished_at))}</p>"
     )
     drift = m.drift
+    versus = _challenger_html(m.challenger) if m.challenger is not None else ""
     if drift is None:
-        return f"<!doctype html><meta charset=utf-8><title>batchserve report</title><style>{_CSS}</style>{head}<p>No drift statistics in this manifest.</p>"
+        return (f"<!doctype html><meta charset=utf-8><title>batchserve report</title><style>{_CSS}</style>{head}"
+                f"<p>No drift statistics in this manifest.</p>{versus}")
     cards = "".join(_card(name, col) for name, col in ranked_columns(drift))
     return (
         "<!doctype html><html lang=en><meta charset=utf-8><title>batchserve drift report</title>"
         f"<style>{_CSS}</style><body>{head}{_verdict(drift)}<h2>Summary, most drifted first</h2>"
-        f'{_summary_table(drift)}<h2>Distributions</h2><div class="cards">{cards}</div></body></html>'
+        f'{_summary_table(drift)}<h2>Distributions</h2><div class="cards">{cards}</div>{versus}</body></html>'
     )

@@ -47,6 +47,7 @@ __all__ = [
     "is_numeric_type",
     "feature_statistics",
     "prediction_statistics",
+    "flat_prediction_columns",
     "column_statistics",
 ]
 
@@ -325,7 +326,7 @@ def feature_statistics(
     return out
 
 
-def _flat_prediction_columns(name: str, arr: pa.Array) -> list[tuple[str, pa.Array]]:
+def flat_prediction_columns(name: str, arr: pa.Array) -> list[tuple[str, pa.Array]]:
     if pa.types.is_struct(arr.type):
         return [(f"{name}.{arr.type.field(i).name}", arr.field(i)) for i in range(arr.type.num_fields)]
     small_list = pa.types.is_fixed_size_list(arr.type) and arr.type.list_size <= 16
@@ -352,7 +353,7 @@ def column_statistics(name: str, arr: pa.Array) -> drift.ColumnSummary:
 def prediction_statistics(preds: Mapping[str, pa.Array]) -> dict[str, drift.ColumnSummary]:
     out: dict[str, drift.ColumnSummary] = {}
     for name, arr in preds.items():
-        for flat_name, flat in _flat_prediction_columns(name, arr):
+        for flat_name, flat in flat_prediction_columns(name, arr):
             out[flat_name] = column_statistics(flat_name, flat)
     return out
 

@@ -3,7 +3,9 @@
 For each model (LogisticRegression, 200-tree LightGBM, MLP 32-512-512-1):
   (a) onnxruntime alone, features already in memory, same batch size and threads;
   (b) pyarrow reading and writing the same files, no model (measured once);
-  (c) `batchserve score` end to end (CLI in a subprocess, local cluster included).
+  (c) `batchserve score` end to end (CLI in a subprocess, local cluster included);
+  (e) with `--challenger` (champion-challenger in one pass): against (c) and the challenger's raw
+      onnxruntime time, i.e. what the run would cost if the challenger added its inference and nothing else.
 Prints rows/s, peak RSS (whole process tree) and the ratios c/a and c/b, so that
 noise on a shared machine cancels out. Not a test: nothing here asserts a speed.
 
@@ -171,6 +173,30 @@ def bench_batchserve(model_path: Path, data: Path, out: Path, extra: list[str]) 
     return manifest["totals"]["rows"] / secs, mem.peak, manifest
 
 
+def bench_challenger(args: argparse.Namespace, by_name: dict, paths: dict, work: Path, extra: list[str]) -> None:
+    """(e): the same run with a challenger; its cost should be its own inference and nothing else."""
+    champ, chall = args.challenger.split(":")
+    if champ not in by_name or chall not in by_name:
+        print(f"# (e) skipped: --models must include {champ} and {chall}")
+        return
+    c, raw = by_name[champ]["batchserve_rows_s"], by_name[chall]["raw_ort_rows_s"]
+    with_ch = 0.0
+    for _ in range(args.repeat):
+        out2 = work / f"out_{champ}_vs_{chall}"
+        if out2.exists():
+            shutil.rmtree(out2)
+        rps = bench_batchserve(paths[champ], work / "data", work / f"out_{champ}_ch", [
+            *extra, "--challenger", str(paths[chall]), "--challenger-output", str(out2)])[0]
+        with_ch = max(with_ch, rps)
+    expected = 1 / (1 / c + 1 / raw)
+    print()
+    print("| champion | challenger | (c) rows/s alone | (e) rows/s with challenger | e/c "
+          "| challenger raw ORT rows/s | expected if only its inference is added | e/expected |")
+    print("|" + "---|" * 8)
+    print(f"| {champ} | {chall} | {c:,.0f} | {with_ch:,.0f} | {with_ch / c:.2f} | {raw:,.0f} | {expected:,.0f} "
+          f"| {with_ch / expected:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=4_000_000)
@@ -180,6 +206,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="batchserve --workers (default: its own choice)")
     ap.add_argument("--extra", default="", help="extra batchserve flags, e.g. '--device cpu'")
     ap.add_argument("--repeat", type=int, default=2, help="runs of (c) and (d), alternated; best of each is kept")
+    ap.add_argument("--challenger", default="lgbm:mlp", help="CHAMPION:CHALLENGER for (e), or '' to skip")
     args = ap.parse_args()
     work = Path(args.workdir)
     threads = len(os.sched_getaffinity(0))
@@ -218,6 +245,9 @@ def main() -> None:
         results.append(row)
         print(f"| {name} | {raw:,.0f} | {copy_rps:,.0f} | {bs:,.0f} | {bs / raw:.2f} | {bs / copy_rps:.2f} "
               f"| {peak / 2**20:,.0f} MiB | {nodrift:,.0f} | {bs / nodrift:.2f} |", flush=True)
+    by_name = {r["model"]: r for r in results}
+    if args.challenger:
+        bench_challenger(args, by_name, paths, work, extra)
     print()
     print(f"# (b) pyarrow copy peak RSS {copy_peak / 2**20:,.0f} MiB (bench process, features not loaded yet); "
           f"(a) holds all features in memory: {x.nbytes / 2**20:,.0f} MiB")

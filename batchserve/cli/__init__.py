@@ -87,6 +87,9 @@ def score(
     on_error: Annotated[str | None, typer.Option(help="fail: the first bad file fails the run; skip: bad files are skipped and listed in the manifest [default: fail].")] = None,
     max_failed_files: Annotated[int | None, typer.Option(help="With --on-error skip: exit 1 when more files than this are bad.")] = None,
     nan: Annotated[str | None, typer.Option(help="pass: NaN/inf/nulls in float features reach the model as NaN; fail: they fail the file [default: pass].")] = None,
+    challenger: Annotated[str | None, typer.Option(help="A second model scored beside --model in the same pass (shadow scoring), e.g. models/fraud@candidate.")] = None,
+    challenger_output: Annotated[str | None, typer.Option(help="Where the challenger's predictions go (mirrors the layout); required with --challenger.")] = None,
+    challenger_keep: Annotated[str | None, typer.Option(help="Input columns beside the challenger's predictions, e.g. a key (default: the --keep columns).")] = None,
     job: Annotated[str | None, typer.Option(help="TOML job file; flags and BATCHSERVE_* variables override it.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
@@ -107,7 +110,8 @@ def score(
             "split_rows": split_rows, "reference": reference, "drift": drift, "fail_on_drift": fail_on_drift,
             "max_drift_share": max_drift_share, "drift_metric": drift_metric or None,
             "drift_threshold": drift_threshold or None, "resume": resume, "retries": retries,
-            "on_error": on_error, "max_failed_files": max_failed_files, "nan": nan,
+            "on_error": on_error, "max_failed_files": max_failed_files, "nan": nan, "challenger": challenger,
+            "challenger_output": challenger_output, "challenger_keep": columns(challenger_keep),
             "storage_options": storage_flag(storage_option),
         }
         return resolve_score_config(flags, job_file=job)
@@ -146,6 +150,14 @@ def _echo_result(result: pipeline.RunResult) -> None:
             f"drift: {len(d.drifted_features)} of {len(d.features)} features drifted"
             + (f" ({', '.join(d.drifted_features)})" if d.drifted_features else "")
             + f"; report: batchserve report {result.manifest_url} --output report.html"
+        )
+    ch = result.manifest.challenger
+    if ch is not None:
+        worst = max((c.mean_abs_diff or 0.0 for c in ch.columns.values()), default=0.0)
+        typer.echo(
+            f"challenger {ch.model['uri']} (version {ch.model['version']}) -> {ch.output}: "
+            f"largest mean |difference| {worst:.4g}; inference {ch.infer_seconds['challenger']:.2f}s beside "
+            f"{ch.infer_seconds['champion']:.2f}s"
         )
 
 

@@ -11,13 +11,13 @@ from contextlib import contextmanager
 
 from distributed import Client, Nanny, Scheduler, SpecCluster
 
-from batchserve import manifest, model
+from batchserve import manifest, model, scoring
 from batchserve.config import ScoreConfig
 from batchserve.errors import ClusterError
 from batchserve.pipeline.plan import RunPlan
 from batchserve.worker import ModelPlugin, ModelSpec, worker_report
 
-__all__ = ["default_workers", "gpu_env", "attach", "install_model"]
+__all__ = ["default_workers", "gpu_env", "attach", "install_model", "install_challenger", "worker_count"]
 
 log = logging.getLogger("batchserve")
 
@@ -96,13 +96,26 @@ def install_model(
 ) -> tuple[ModelSpec, list[manifest.WorkerInfo], int]:
     """Register the model plugin on every worker (a no-op for one that has it) and read back what each
     really runs on: the spec tasks refer to, the per-worker facts for the manifest, the worker count."""
+    return _install(client, cfg, plan.model_url, plan.info.sha256, plan.features)
+
+
+def install_challenger(client: Client, cfg: ScoreConfig, plan: RunPlan) -> ModelSpec:
+    """The challenger's session beside the champion's on every worker (its own plugin name)."""
+    assert plan.challenger is not None
+    ch = plan.challenger
+    return _install(client, cfg, ch.model_url, ch.info.sha256, ch.features)[0]
+
+
+def _install(
+    client: Client, cfg: ScoreConfig, url: str, sha256: str, features: scoring.FeaturePlan
+) -> tuple[ModelSpec, list[manifest.WorkerInfo], int]:
     workers_info = client.scheduler_info(n_workers=-1)["workers"]
     hosts: dict[str, list[str]] = {}
     for addr, w in sorted(workers_info.items()):
         hosts.setdefault(w.get("host", addr), []).append(addr)
     spec = ModelSpec(
-        url=plan.model_url, sha256=plan.info.sha256, device=cfg.device, plan=plan.features,
-        prefix=cfg.prefix, storage_options=cfg.storage_options,
+        url=url, sha256=sha256, device=cfg.device, plan=features, prefix=cfg.prefix,
+        storage_options=cfg.storage_options,
         workers_per_host=tuple((h, len(a)) for h, a in hosts.items()),
         worker_slots=tuple((a, i) for addrs in hosts.values() for i, a in enumerate(addrs)),
     )

@@ -30,6 +30,23 @@ __all__ = ["RunPlan", "resolve_model", "inspect_model", "plan_run", "read_inputs
 
 
 @dataclasses.dataclass(frozen=True)
+class ChallengerPlan:
+    """The challenger, resolved and checked against every file before any scoring."""
+
+    model_uri: str
+    model_url: str
+    model_version: str | None
+    info: model.ModelInfo
+    features: scoring.FeaturePlan
+    keep: tuple[str, ...] | None
+    alias_event: registry.Event | None = None
+
+    def same_features_as(self, other: scoring.FeaturePlan) -> bool:
+        """Whether the challenger can run on the champion's feature arrays as they are (no second conversion)."""
+        return self.features.bindings == other.bindings
+
+
+@dataclasses.dataclass(frozen=True)
 class RunPlan:
     """What a run will do, decided and checked on the client before any scoring."""
 
@@ -47,6 +64,8 @@ class RunPlan:
     failures: tuple[manifest.FailureEntry, ...] = ()
     #: The audit event that last moved the alias the model was named by (``fraud@production``).
     alias_event: registry.Event | None = None
+    #: A second model scored beside this one in the same pass (shadow scoring).
+    challenger: ChallengerPlan | None = None
 
     @property
     def rows(self) -> int:
@@ -89,6 +108,8 @@ def absolute_paths(cfg: ScoreConfig) -> ScoreConfig:
         input=io.absolute_url(cfg.input, storage),
         output=io.absolute_url(cfg.output, storage),
         reference=io.absolute_url(cfg.reference, storage) if cfg.reference else cfg.reference,
+        challenger=io.absolute_url(cfg.challenger, storage) if cfg.challenger else cfg.challenger,
+        challenger_output=io.absolute_url(cfg.challenger_output, storage) if cfg.challenger_output else None,
     )
 
 
@@ -118,7 +139,10 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
         exc.path = exc.path or url
         raise
     fplan = dataclasses.replace(fplan, nan=cfg.nan)
+    challenger = _plan_challenger(cfg, names) if cfg.challenger else None
     fitting = _passing(pairs, lambda p, f: _check_file(cfg, fplan, out_names, p, f), skip, failures)
+    if challenger is not None:
+        fitting = _passing(fitting, lambda p, f: _check_challenger(cfg, challenger, p, f), skip, failures)
     if not fitting:
         raise SchemaError(f"no input file fits the model; first: {failures[0].error}", path=cfg.input)
     expected = _majority_types(cfg, fitting)
@@ -127,8 +151,42 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
     reference = load_reference(cfg.reference, storage, fplan.features) if cfg.reference else None
     return RunPlan(
         cfg.model, url, version, info, fplan, root, tuple(p for p, _ in good), tuple(f for _, f in good),
-        reference, policy, tuple(failures), resolved.alias_event,
+        reference, policy, tuple(failures), resolved.alias_event, challenger,
     )
+
+
+def _plan_challenger(cfg: ScoreConfig, names: list[str]) -> ChallengerPlan:
+    """Resolve and check the challenger like the champion; its features are its own (a new model may
+    read extra columns), so it needs feature_names metadata or one input per column."""
+    assert cfg.challenger is not None
+    resolved = resolve_model(cfg.challenger, None, cfg.storage)
+    try:
+        info = model.describe(resolved.data)
+        model.check_runnable(info, resolved.data)
+        fplan = scoring.plan_features(info, None, names)
+    except BatchserveError as exc:
+        exc.path = exc.path or resolved.url
+        exc.message = f"challenger: {exc.message}"
+        raise
+    return ChallengerPlan(cfg.challenger, resolved.url, resolved.version, info, dataclasses.replace(fplan, nan=cfg.nan),
+                          cfg.challenger_keep if cfg.challenger_keep is not None else cfg.keep, resolved.alias_event)
+
+
+def _check_challenger(cfg: ScoreConfig, ch: ChallengerPlan, part: io.Partition, footer: io.Footer) -> None:
+    """Every file must feed the challenger too, and carry the columns kept beside its predictions."""
+    try:
+        scoring.check_schema(ch.features, footer.schema, part.url)
+    except BatchserveError as exc:
+        exc.message = f"challenger {ch.model_uri}: {exc.message}"
+        raise
+    kept = footer.schema.names if ch.keep is None else list(ch.keep)
+    for col in kept:
+        if footer.schema.get_field_index(col) < 0:
+            raise SchemaError("column named in --challenger-keep is missing", path=part.url, column=col)
+    for col in (cfg.prefix + o.name for o in ch.info.outputs):
+        if col in kept:
+            raise SchemaError("challenger prediction column would overwrite a kept input column", path=part.url,
+                              column=col, hint="pass --prefix or --challenger-keep")
 
 
 def _passing(

@@ -8,14 +8,16 @@ import logging
 import time
 from collections.abc import Mapping
 
-from batchserve import drift, manifest
+from batchserve import compare, drift, manifest
+from batchserve.compare import ChallengerSection
 from batchserve.config import ScoreConfig
 from batchserve.pipeline.output import now
 from batchserve.pipeline.plan import RunPlan, fingerprint
 from batchserve.reference import DriftSection, drift_section
 from batchserve.worker import Receipt
 
-__all__ = ["RunContext", "tool_version", "build_manifest", "current_stats", "drift_data", "drift_failure"]
+__all__ = ["RunContext", "tool_version", "build_manifest", "current_stats", "drift_data", "drift_failure",
+           "challenger_section", "shadow_context"]
 
 log = logging.getLogger("batchserve")
 
@@ -104,6 +106,7 @@ def build_manifest(
     status: str,
     error: str | None = None,
     section: DriftSection | None = None,
+    challenger: ChallengerSection | None = None,
 ) -> manifest.Manifest:
     cfg, plan = ctx.cfg, ctx.plan
     seconds = time.perf_counter() - ctx.t0
@@ -136,4 +139,36 @@ def build_manifest(
         drift=section,
         fingerprint=fingerprint(cfg, plan),
         failures=list(plan.failures) + list(failures),
+        challenger=challenger,
     )
+
+
+def challenger_section(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> ChallengerSection | None:
+    """How the challenger's predictions differ from the champion's, merged over every file."""
+    ch = plan.challenger
+    if ch is None or cfg.challenger_output is None:
+        return None
+    comparisons = compare.merge_comparisons(r.comparisons for r in receipts if r.comparisons)
+    return ChallengerSection(
+        model={"uri": ch.model_uri, "resolved_uri": ch.model_url, "version": ch.model_version,
+               "sha256": ch.info.sha256, "alias_event": ch.alias_event.as_dict() if ch.alias_event else None},
+        output=cfg.challenger_output,
+        columns=compare.section_columns(comparisons),
+        infer_seconds={"champion": round(sum(r.infer_s for r in receipts), 4),
+                       "challenger": round(sum(r.challenger.infer_s for r in receipts if r.challenger), 4)},
+    )
+
+
+def shadow_context(ctx: RunContext) -> RunContext:
+    """The challenger output's own run: the same inputs and run id, the challenger as its model."""
+    ch, cfg = ctx.plan.challenger, ctx.cfg
+    assert ch is not None and cfg.challenger_output is not None
+    shadow_cfg = dataclasses.replace(
+        cfg, output=cfg.challenger_output, keep=ch.keep, challenger=None, challenger_output=None,
+        challenger_keep=None, drift=False, reference=None, fail_on_drift=False, max_drift_share=None,
+    )
+    shadow_plan = dataclasses.replace(
+        ctx.plan, model_uri=ch.model_uri, model_url=ch.model_url, model_version=ch.model_version, info=ch.info,
+        features=ch.features, alias_event=ch.alias_event, reference=None, challenger=None,
+    )
+    return dataclasses.replace(ctx, cfg=shadow_cfg, plan=shadow_plan)

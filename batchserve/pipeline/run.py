@@ -9,10 +9,12 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 
 from batchserve import io, manifest
 from batchserve.config import ScoreConfig
 from batchserve.errors import BatchserveError, DataError, DriftError, Interrupted, OutputError
+from batchserve.pipeline.challenger import ChallengerOutput, check_challenger_location
 from batchserve.pipeline.output import (
     MANIFEST_NAME,
     SUCCESS_NAME,
@@ -26,7 +28,7 @@ from batchserve.pipeline.output import (
     verify_outputs,
 )
 from batchserve.pipeline.plan import absolute_paths, plan_run
-from batchserve.pipeline.record import RunContext, build_manifest, drift_data, drift_failure
+from batchserve.pipeline.record import RunContext, build_manifest, challenger_section, drift_data, drift_failure
 from batchserve.pipeline.resume import resume_decisions
 from batchserve.pipeline.signals import deferred, raise_interrupted
 from batchserve.pipeline.submit import ProgressEvent, Submission
@@ -57,12 +59,17 @@ def score_config(
     t0 = time.perf_counter()
     plan = plan_run(cfg)
     check_output_location(cfg, plan)
+    check_challenger_location(cfg, plan)
     run_id = run_id or new_run_id()
-    with output_lock(cfg, run_id):
+    with output_lock(cfg, run_id), ExitStack() as stack:
         survey = check_output(cfg)
         reused, notes = resume_decisions(cfg, plan, survey.previous) if cfg.resume else ([], {})
         ctx = RunContext(cfg, plan, run_id, started_at, t0, tuple(reused), notes)
-        result = _score_locked(ctx, survey, on_progress)
+        shadow = None
+        if plan.challenger is not None:
+            shadow = ChallengerOutput(ctx)
+            stack.enter_context(shadow.locked())
+        result = _score_locked(ctx, survey, on_progress, shadow)
     if cfg.fail_on_drift:  # after _SUCCESS and the lock: the scored data stands, the caller decides
         reason = drift_failure(result.manifest, cfg.max_drift_share)
         if reason:
@@ -71,9 +78,11 @@ def score_config(
 
 
 def _score_locked(ctx: RunContext, survey: OutputSurvey, on_progress: Callable[[ProgressEvent], None] | None,
-                  ) -> RunResult:
+                  shadow: ChallengerOutput | None = None) -> RunResult:
     cfg, storage = ctx.cfg, ctx.cfg.storage
     _start_changing_output(ctx)
+    if shadow is not None:
+        shadow.start()
     if on_progress:
         on_progress(ProgressEvent("planned", 0, len(ctx.plan.partitions) - len(ctx.reused), 0, ctx.plan.rows, 0.0))
     sub = Submission(cfg, ctx.plan, ctx.run_id, skip_relpaths=frozenset(e.relpath for e in ctx.reused))
@@ -88,12 +97,22 @@ def _score_locked(ctx: RunContext, survey: OutputSurvey, on_progress: Callable[[
         error = str(exc) if isinstance(exc, BatchserveError) else f"{type(exc).__name__}: {exc}"
         with deferred():
             try:
-                journal.write(build_manifest(ctx, sub.receipts, sub.failures, sub.engine, status, error))
+                if shadow is not None:
+                    shadow.fail(sub, status, error)
+                journal.write(build_manifest(ctx, sub.receipts, sub.failures, sub.engine, status, error,
+                                             challenger=challenger_section(cfg, ctx.plan, sub.receipts)))
             finally:
                 io.remove_staging(cfg.output, storage, ctx.run_id)
         raise
     with deferred():
         result, failure = _finish_run(ctx, sub, survey)
+        if shadow is not None:  # the challenger's output is complete before the champion says so
+            shadow_result, shadow_failure = shadow.finish(sub)
+            failure = failure or shadow_failure
+            if shadow_failure is not None and result.run.status == "succeeded":
+                result = dataclasses.replace(result, run=dataclasses.replace(result.run, status="failed",
+                                                                             error=str(shadow_failure)))
+            shadow.commit(shadow_result, complete=failure is None)
         journal.write(result)
         io.remove_staging(cfg.output, storage)
         if failure is not None:
@@ -133,7 +152,8 @@ def _finish_run(
         section = dataclasses.replace(
             section, coverage=f"statistics cover the {len(sub.receipts)} file(s) scored by this run, not reused ones"
         )
-    draft = build_manifest(ctx, sub.receipts, sub.failures, sub.engine, "succeeded", None, section)
+    versus = challenger_section(cfg, plan, sub.receipts)
+    draft = build_manifest(ctx, sub.receipts, sub.failures, sub.engine, "succeeded", None, section, versus)
     remove_stale_outputs(cfg, survey, draft.outputs)
     failure: BatchserveError | None = None
     problem = verify_outputs(cfg, draft.outputs, survey)
@@ -148,4 +168,5 @@ def _finish_run(
         )
     if failure is None:
         return draft, None
-    return build_manifest(ctx, sub.receipts, sub.failures, sub.engine, "failed", str(failure), section), failure
+    return build_manifest(ctx, sub.receipts, sub.failures, sub.engine, "failed", str(failure), section,
+                          versus), failure

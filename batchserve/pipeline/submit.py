@@ -19,7 +19,7 @@ from batchserve.errors import BatchserveError, ClusterError
 from batchserve.pipeline import cluster
 from batchserve.pipeline.output import owners
 from batchserve.pipeline.plan import RunPlan
-from batchserve.worker import FileTask, ModelSpec, Receipt, merge_pieces, score_file, stop_commits
+from batchserve.worker import ChallengerTask, FileTask, ModelSpec, Receipt, merge_pieces, score_file, stop_commits
 
 __all__ = ["ProgressEvent", "Submission", "pieces", "submit_all"]
 
@@ -59,9 +59,11 @@ def pieces(footer: io.Footer, target_rows: int) -> list[tuple[int, ...]] | None:
 
 def submit_all(
     client: Client, cfg: ScoreConfig, plan: RunPlan, spec: ModelSpec | None, run_id: str, n_workers: int,
-    write: bool = True, skip_relpaths: frozenset[str] = frozenset(),
+    write: bool = True, skip_relpaths: frozenset[str] = frozenset(), challenger: ModelSpec | None = None,
 ) -> dict[Any, str]:
-    """One future per input file (a merge future for a split file), mapped to the file's relpath."""
+    """One future per input file (a merge future for a split file), mapped to the file's relpath.
+
+    With a challenger, files are not split: each task writes both models' files for its input."""
     storage_pairs = cfg.storage_options
     target = cfg.split_rows or max(4 * cfg.batch_size, math.ceil(plan.rows / max(1, 2 * n_workers)))
     futures: dict[Any, str] = {}
@@ -75,8 +77,9 @@ def submit_all(
             staging_url=staging, keep=cfg.keep, batch_size=cfg.batch_size,
             plugin_name=spec.plugin_name if spec else None, plan=plan.features, prefix=cfg.prefix,
             storage_options=storage_pairs, stats=cfg.drift, write=write, retries=cfg.retries,
+            challenger=_challenger_task(cfg, plan, challenger, run_id, part.relpath),
         )
-        ranges = pieces(footer, target) if write else None
+        ranges = pieces(footer, target) if write and challenger is None else None
         if ranges is None:
             futures[client.submit(score_file, base, key=f"score-{run_id}-{part.relpath}", pure=False)] = part.relpath
             continue
@@ -93,6 +96,20 @@ def submit_all(
         )
         futures[merged] = part.relpath
     return futures
+
+
+def _challenger_task(
+    cfg: ScoreConfig, plan: RunPlan, spec: ModelSpec | None, run_id: str, rel: str
+) -> ChallengerTask | None:
+    if spec is None or plan.challenger is None or cfg.challenger_output is None:
+        return None
+    out = cfg.challenger_output
+    return ChallengerTask(
+        plugin_name=spec.plugin_name, plan=plan.challenger.features,
+        same_features=plan.challenger.same_features_as(plan.features),
+        output_url=io.join_url(out, rel), staging_url=io.join_url(out, io.STAGING_DIR, run_id, rel),
+        keep=plan.challenger.keep,
+    )
 
 
 def stop_commits_everywhere(client: Client, run_id: str) -> None:
@@ -135,6 +152,14 @@ def settle_in_flight(
             continue
         io.remove(io.join_url(cfg.output, rel), cfg.storage)
         log.warning("removed %s: committed as the run stopped, but its receipt never came", rel)
+    if cfg.challenger_output:  # the challenger's file of a task whose receipt never came goes too
+        received = {r.relpath for r in receipts}
+        found2 = io.output_files(cfg.challenger_output, cfg.storage)
+        stray = [rel for rel in pending if rel not in received and rel in found2]
+        shadow_cfg = dataclasses.replace(cfg, output=cfg.challenger_output)
+        for rel, owner in owners(shadow_cfg, stray).items():
+            if owner == run_id:
+                io.remove(io.join_url(cfg.challenger_output, rel), cfg.storage)
 
 
 def harvest_finished(futures: list[Any], receipts: list[Receipt]) -> None:
@@ -174,13 +199,16 @@ class Submission:
         with cluster.attach(cfg) as (client, kind, address):
             spec: ModelSpec | None = None
             per_worker: list[manifest.WorkerInfo] = []
+            challenger: ModelSpec | None = None
             if with_model:
                 spec, per_worker, n_workers = cluster.install_model(client, cfg, self.plan)
+                if self.plan.challenger is not None:
+                    challenger = cluster.install_challenger(client, cfg, self.plan)
             else:
                 n_workers = cluster.worker_count(client)
             self.engine = manifest.EngineInfo(kind, address, n_workers, cfg.device, per_worker)
             futures = submit_all(client, cfg, self.plan, spec, self.run_id, n_workers, write=self.write,
-                                 skip_relpaths=self.skip)
+                                 skip_relpaths=self.skip, challenger=challenger)
             try:
                 self._collect(futures, t0, on_receipt, on_progress)
             except BaseException:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from batchserve.worker.commit import CommitGate, commit_fence, stop_commits
 from batchserve.worker.plugin import ModelPlugin, ModelSpec, loaded_model, worker_report
+from batchserve.worker.shadow import ChallengerTask
 from batchserve.worker.stages import QUEUE_DEPTH
 from batchserve.worker.task import FileTask, Receipt, merge_pieces, score_file
 
@@ -26,4 +27,5 @@ __all__ = [
     "CommitGate",
     "commit_fence",
     "stop_commits",
+    "ChallengerTask",
 ]

@@ -13,10 +13,11 @@ from typing import Any
 import pyarrow as pa
 from distributed import get_worker
 
-from batchserve import drift, io, scoring
+from batchserve import compare, drift, io, scoring
 from batchserve.errors import BatchserveError
 from batchserve.worker.commit import commit_fence
 from batchserve.worker.plugin import ModelPlugin, loaded_model
+from batchserve.worker.shadow import ChallengerTask, Shadow
 from batchserve.worker.stages import Stage, Writer
 
 __all__ = ["FileTask", "Receipt", "score_file", "merge_pieces"]
@@ -46,6 +47,8 @@ class FileTask:
     write: bool = True
     #: Retries after a transient error (StorageError etc.), with exponential backoff.
     retries: int = 0
+    #: A challenger scored beside the model in the same pass (shadow scoring).
+    challenger: ChallengerTask | None = None
 
     @property
     def storage(self) -> dict[str, Any]:
@@ -73,6 +76,9 @@ class Receipt:
     checksum: str | None = None
     #: Attempts this task needed (transient storage errors are retried in place).
     attempts: int = 1
+    #: The challenger's committed file (same input, its own output) and how it compares.
+    challenger: Receipt | None = None
+    comparisons: dict[str, compare.Comparison] | None = None
 
 
 def _keep_columns(task: FileTask, schema: pa.Schema) -> list[str]:
@@ -107,13 +113,15 @@ def _score_file_once(task: FileTask) -> Receipt:
     keep = _keep_columns(task, footer.schema) if task.write else []
     stats: dict[str, drift.ColumnSummary] | None = {} if task.stats else None
     stop = threading.Event()
-    reader = Stage(
-        source.batches(columns=list(dict.fromkeys([*keep, *task.plan.features])), batch_size=task.batch_size,
-                       row_groups=task.row_groups),
-        stop,
+    shadow = None if task.challenger is None else Shadow(
+        task.challenger, loaded_model(worker, task.challenger.plugin_name), footer.schema.names, task.run_id,
+        task.storage, stop,
     )
+    columns = [*keep, *task.plan.features, *(shadow.columns if shadow else [])]
+    reader = Stage(source.batches(columns=list(dict.fromkeys(columns)), batch_size=task.batch_size,
+                                  row_groups=task.row_groups), stop)
     writer = Writer(functools.partial(_open_writer, task) if task.write else None, stop)
-    infer_s = _run_batches(task, plugin, keep, stats, reader, writer, stop)
+    infer_s = _run_batches(task, plugin, keep, stats, reader, writer, stop, shadow)
     rows = footer.num_rows if task.row_groups is None else sum(footer.row_group_rows[g] for g in task.row_groups)
     size, checksum, output_url, write_s = 0, None, "", writer.stats_seconds
     if task.write:
@@ -123,7 +131,25 @@ def _score_file_once(task: FileTask) -> Receipt:
         read_s=round(reader.seconds, 6), infer_s=round(infer_s, 6), write_s=round(write_s, 6),
         wall_s=round(time.perf_counter() - wall0, 6), worker=worker.address,
         committed=task.write and task.piece is None, piece=task.piece, stats=stats, checksum=checksum,
+        **(_commit_shadow(task, shadow, footer, output_url) if shadow is not None else {}),
     )
+
+
+def _commit_shadow(task: FileTask, shadow: Shadow, footer: io.Footer, champion_url: str) -> dict[str, Any]:
+    """Commit the challenger's file after the champion's; if that fails, take the champion's back, so a
+    failed task leaves neither (the manifest lists exactly what is on disk)."""
+    assert task.challenger is not None
+    try:
+        rows, size, checksum = shadow.commit(footer.schema)
+    except BaseException:
+        io.remove(champion_url, task.storage)
+        raise
+    receipt = Receipt(
+        input_url=task.input_url, relpath=task.relpath, output_url=task.challenger.output_url, rows=rows,
+        bytes=size, read_s=0.0, infer_s=round(shadow.infer_s, 6), write_s=round(shadow.writer.seconds, 6),
+        wall_s=0.0, worker="", committed=True, checksum=checksum,
+    )
+    return {"challenger": receipt, "comparisons": shadow.comparisons}
 
 
 def _open_writer(task: FileTask, schema: pa.Schema) -> io.StagedWriter:
@@ -132,7 +158,7 @@ def _open_writer(task: FileTask, schema: pa.Schema) -> io.StagedWriter:
 
 def _run_batches(
     task: FileTask, plugin: ModelPlugin | None, keep: list[str], stats: dict[str, drift.ColumnSummary] | None,
-    reader: Stage, writer: Writer, stop: threading.Event,
+    reader: Stage, writer: Writer, stop: threading.Event, shadow: Shadow | None = None,
 ) -> float:
     """The inference loop (this thread), between the reader and writer threads; returns its seconds."""
     infer_s = 0.0
@@ -158,11 +184,17 @@ def _run_batches(
                 stats is not None) else None
             if scored is not None or job is not None:
                 writer.put(scored, job)
+            if shadow is not None:  # the same batch and feature arrays: no second read or decode
+                shadow.score(batch, feeds, preds, task.prefix, task.input_url)
         writer.finish()
+        if shadow is not None:
+            shadow.writer.finish()
     except BaseException:
         stop.set()
         if writer.writer is not None:
             writer.writer.abort()
+        if shadow is not None:
+            shadow.abort()
         raise
     return infer_s
 

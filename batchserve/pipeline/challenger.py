@@ -1,0 +1,87 @@
+"""The challenger's output during a run (shadow scoring): checked, locked, cleared, verified and
+finished by the same protocol as the champion's, with its own manifest and ``_SUCCESS``, written
+before the champion's ``_SUCCESS`` (which therefore promises both)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from batchserve import io, manifest
+from batchserve.config import ScoreConfig
+from batchserve.errors import BatchserveError, OutputError
+from batchserve.pipeline.output import (
+    MANIFEST_NAME,
+    SUCCESS_NAME,
+    OutputSurvey,
+    check_output,
+    check_output_location,
+    output_lock,
+    remove_stale_outputs,
+    verify_outputs,
+)
+from batchserve.pipeline.plan import RunPlan
+from batchserve.pipeline.record import RunContext, build_manifest, shadow_context
+from batchserve.pipeline.submit import Submission
+
+__all__ = ["check_challenger_location", "ChallengerOutput"]
+
+
+def check_challenger_location(cfg: ScoreConfig, plan: RunPlan) -> None:
+    """The challenger's output must overlap neither the input nor the champion's output."""
+    if cfg.challenger_output is None:
+        return
+    check_output_location(ScoreConfig(model="", input=cfg.input, output=cfg.challenger_output,
+                                      storage_options=cfg.storage_options), plan)
+    if io.locations_overlap(cfg.output, cfg.challenger_output, cfg.storage):
+        raise OutputError("--challenger-output overlaps --output; give the challenger its own folder",
+                          path=cfg.challenger_output)
+
+
+class ChallengerOutput:
+    """The challenger output's side of one run."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = shadow_context(ctx)
+        self.cfg = self.ctx.cfg
+        self.survey = OutputSurvey()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with output_lock(self.cfg, self.ctx.run_id):
+            self.survey = check_output(self.cfg)
+            yield
+
+    def start(self) -> None:
+        """Nothing may mark it complete while it changes; a SIGKILLed run's staging is never committed."""
+        io.remove(io.join_url(self.cfg.output, SUCCESS_NAME), self.cfg.storage)
+        io.remove(io.join_url(self.cfg.output, MANIFEST_NAME), self.cfg.storage)
+        io.remove_staging(self.cfg.output, self.cfg.storage)
+
+    def build(self, sub: Submission, status: str, error: str | None = None) -> manifest.Manifest:
+        receipts = [r.challenger for r in sub.receipts if r.challenger is not None]
+        return build_manifest(self.ctx, receipts, sub.failures, sub.engine, status, error)
+
+    def fail(self, sub: Submission, status: str, error: str) -> None:
+        try:
+            self._write(self.build(sub, status, error))
+        finally:
+            io.remove_staging(self.cfg.output, self.cfg.storage, self.ctx.run_id)
+
+    def finish(self, sub: Submission) -> tuple[manifest.Manifest, BatchserveError | None]:
+        draft = self.build(sub, "succeeded")
+        remove_stale_outputs(self.cfg, self.survey, draft.outputs)
+        problem = verify_outputs(self.cfg, draft.outputs, self.survey)
+        if problem is None:
+            return draft, None
+        failure = OutputError(f"challenger output: {problem}", path=self.cfg.output)
+        return self.build(sub, "failed", str(failure)), failure
+
+    def commit(self, m: manifest.Manifest, complete: bool) -> None:
+        self._write(m)
+        io.remove_staging(self.cfg.output, self.cfg.storage)
+        if complete:
+            io.write_text_atomic(io.join_url(self.cfg.output, SUCCESS_NAME), "", self.cfg.storage)
+
+    def _write(self, m: manifest.Manifest) -> None:
+        io.write_text_atomic(io.join_url(self.cfg.output, MANIFEST_NAME), manifest.dumps(m), self.cfg.storage)

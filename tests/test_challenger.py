@@ -1,0 +1,134 @@
+"""Champion-challenger in one pass: the champion's output is what a run without a challenger writes,
+the challenger's equals its own library's predictions row for row, and the comparison statistics
+equal numpy on the two oracles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests import models
+from tests.conftest import FEATURES, features_matrix, make_table, write_dataset
+from tests.test_cli import BIN, assert_one_error_line
+from tests.test_safety import score
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, train_table) -> dict:
+    """Two LightGBM models; the challenger reads only three of the champion's six features."""
+    d = tmp_path_factory.mktemp("pair")
+    x, y = features_matrix(train_table), train_table.column("target").to_numpy()
+    data, champ = models.lightgbm(x, y, n_estimators=40, names=FEATURES)
+    (d / "champion.onnx").write_bytes(data)
+    data, chall = models.lightgbm(x[:, :3], y, n_estimators=12, names=FEATURES[:3])
+    (d / "challenger.onnx").write_bytes(data)
+    return {"champion": (d / "champion.onnx", champ), "challenger": (d / "challenger.onnx", chall)}
+
+
+def _proba(table) -> np.ndarray:
+    return np.array([[r["0"], r["1"]] for r in table.column("probabilities").to_pylist()], dtype=np.float64)
+
+
+def test_one_pass_champion_unchanged_challenger_equals_its_oracle_and_statistics_equal_numpy(
+    tmp_path: Path, pair: dict, cluster: str
+) -> None:
+    tables = {f"day={i}/p.parquet": make_table(700, seed=60 + i) for i in range(3)}
+    write_dataset(tmp_path / "in", tables, row_group_size=250)
+    (champ_path, champ), (chall_path, chall) = pair["champion"], pair["challenger"]
+    out, out2, plain = tmp_path / "out", tmp_path / "shadow", tmp_path / "plain"
+    proc = score(champ_path, tmp_path / "in", out, cluster, "--challenger", str(chall_path), "--challenger-output",
+                 str(out2), "--challenger-keep", "id", "--batch-size", "300")
+    assert proc.returncode == 0, proc.stderr
+    assert "challenger" in proc.stdout
+    assert score(champ_path, tmp_path / "in", plain, cluster, "--batch-size", "300").returncode == 0
+    x = features_matrix(pa_concat(tables))
+    for rel, table in tables.items():
+        assert pq.read_table(out / rel).equals(pq.read_table(plain / rel)), rel  # the champion sees nothing new
+        got = pq.read_table(out2 / rel)
+        assert got.column_names == ["id", "label", "probabilities"]
+        assert got.column("id").to_pylist() == table.column("id").to_pylist()
+        xi = features_matrix(table)[:, :3]
+        np.testing.assert_allclose(_proba(got), chall.predict_proba(xi), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got.column("label").to_numpy(), chall.predict(xi))
+    assert (out / "_SUCCESS").exists() and (out2 / "_SUCCESS").exists()
+    m2 = json.loads((out2 / "_manifest.json").read_text())
+    assert m2["run"]["status"] == "succeeded" and m2["model"]["resolved_uri"] == str(chall_path)
+    assert sorted(e["relpath"] for e in m2["outputs"]) == sorted(tables) and m2["totals"]["rows"] == 2100
+    # the comparison, against numpy on the two libraries' own predictions
+    section = json.loads((out / "_manifest.json").read_text())["challenger"]
+    p_champ, p_chall = champ.predict_proba(x)[:, 1], chall.predict_proba(x[:, :3])[:, 1]
+    c = section["columns"]["probabilities.1"]
+    assert c["rows"] == 2100
+    assert c["mean_abs_diff"] == pytest.approx(np.abs(p_chall - p_champ).mean(), abs=1e-5)
+    assert c["max_abs_diff"] == pytest.approx(np.abs(p_chall - p_champ).max(), abs=1e-5)
+    agreement = float(np.mean(champ.predict(x) == chall.predict(x[:, :3])))
+    assert section["columns"]["label"]["agreement"] == pytest.approx(agreement, abs=1e-12)
+    edges = np.unique(np.quantile(p_champ, np.arange(1, 10) / 10))
+    r = np.bincount(np.searchsorted(edges, p_champ, side="left"), minlength=len(edges) + 1) / len(p_champ)
+    q = np.bincount(np.searchsorted(edges, p_chall, side="left"), minlength=len(edges) + 1) / len(p_chall)
+    r, q = np.maximum(r, 1e-4), np.maximum(q, 1e-4)
+    assert c["psi"] == pytest.approx(float(np.sum((q - r) * np.log(q / r))), abs=0.05)
+    assert section["infer_seconds"]["challenger"] > 0 and section["model"]["sha256"]
+    text = subprocess_run("report", str(out / "_manifest.json"))
+    assert "challenger" in text and "probabilities.1" in text
+
+
+def test_the_same_features_are_read_once_and_fed_to_both(tmp_path: Path, pair: dict, model_dir: dict,
+                                                         cluster: str) -> None:
+    table = make_table(500, seed=7)
+    write_dataset(tmp_path / "in", {"a.parquet": table})
+    lgbm_path, lgbm_clf = model_dir["lgbm"]
+    proc = score(pair["champion"][0], tmp_path / "in", tmp_path / "out", cluster, "--challenger", str(lgbm_path),
+                 "--challenger-output", str(tmp_path / "shadow"))
+    assert proc.returncode == 0, proc.stderr
+    got = pq.read_table(tmp_path / "shadow" / "a.parquet")
+    assert got.column_names == [*table.column_names, "label", "probabilities"]  # --keep's default: every column
+    np.testing.assert_allclose(_proba(got), lgbm_clf.predict_proba(features_matrix(table)), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_challenger_input_is_one_line_and_writes_nothing(tmp_path: Path, pair: dict, train_table,
+                                                             cluster: str) -> None:
+    five = ["f0", "f1", "f3", "f4", "f5"]  # a champion that does not read f2; the challenger does
+    x, y = features_matrix(train_table, five), train_table.column("target").to_numpy()
+    data, _ = models.logreg(x, y, zipmap=False, names=five)
+    champ = tmp_path / "five.onnx"
+    champ.write_bytes(data)
+    write_dataset(tmp_path / "in", {"a.parquet": make_table(50)})
+    write_dataset(tmp_path / "no-f2", {"a.parquet": make_table(50).drop_columns(["f2"])})
+    challenger = str(pair["challenger"][0])
+    proc = score(champ, tmp_path / "no-f2", tmp_path / "out", cluster, "--challenger", challenger,
+                 "--challenger-output", str(tmp_path / "s"))
+    assert proc.returncode == 1
+    assert_one_error_line(proc, "challenger.onnx: feature column is missing", "'f2'", "a.parquet")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "s").exists()
+    cases = [
+        (["--challenger", challenger], ["--challenger and --challenger-output go together"]),
+        (["--challenger", challenger, "--challenger-output", str(tmp_path / "out" / "s")],
+         ["--challenger-output overlaps --output"]),
+        (["--challenger-keep", "id"], ["--challenger-keep needs --challenger"]),
+    ]
+    for extra, needles in cases:
+        proc = score(champ, tmp_path / "in", tmp_path / "out", cluster, *extra)
+        assert proc.returncode == 1, (extra, proc.stderr)
+        assert_one_error_line(proc, *needles)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "s").exists()
+
+
+def pa_concat(tables: dict):
+    import pyarrow as pa
+
+    return pa.concat_tables(list(tables.values()))
+
+
+def subprocess_run(*args: str) -> str:
+    import subprocess
+
+    proc = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
