@@ -4,7 +4,10 @@ Each side is summarised in 65,536-row batches and merged, as the workers do, the
 compared with the exact value computed from all rows. Not a test (tests/test_drift.py
 pins the tolerances); this prints the figures quoted in the README and closing note.
 
-    .venv/bin/python tests/drift_accuracy.py [--rows 1000000]
+    .venv/bin/python tests/drift_accuracy.py [--rows 1000000] [--repeat 20]
+
+``--repeat N`` summarises each case N times (the sample offset and the sketch's compaction are
+random) and prints the worst error per metric over all of them: where the test bounds come from.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ def exact_psi(r: np.ndarray, c: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
-    n = ap.parse_args().rows
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args()
+    n = args.rows
     g = np.random.default_rng(0)
     cases = {
         "identical": (g.normal(size=n), g.normal(size=n)),
@@ -55,6 +60,13 @@ def main() -> None:
     print("|---|---|---|---|---|")
     worst = dict.fromkeys(("ks", "psi", "js", "w"), 0.0)
     for name, (r, c) in cases.items():
+        for _ in range(args.repeat - 1):  # extra repetitions only feed the worst-case figures
+            R, C = summarize(r), summarize(c)
+            for key, est, exact in (("ks", drift.ks(R, C), ss.ks_2samp(r, c).statistic),
+                                    ("psi", drift.psi(R, C), exact_psi(r, c)),
+                                    ("js", drift.js(R, C), jensenshannon(*shares(r, c, 20), base=2)),
+                                    ("w", drift.wasserstein(R, C), ss.wasserstein_distance(r, c) / r.std())):
+                worst[key] = max(worst[key], abs((est or 0.0) - exact))
         R, C = summarize(r), summarize(c)
         pairs = {
             "ks": (drift.ks(R, C), ss.ks_2samp(r, c).statistic),
@@ -68,7 +80,7 @@ def main() -> None:
             worst[key] = max(worst[key], err)
             cells.append(f"{est:.4f} / {exact:.4f} ({err:.4f})")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print("# worst |error|: " + ", ".join(f"{k} {v:.4f}" for k, v in worst.items()))
+    print(f"# worst |error| over {args.repeat} run(s) per case: " + ", ".join(f"{k} {v:.4f}" for k, v in worst.items()))
 
 
 if __name__ == "__main__":
