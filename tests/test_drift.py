@@ -139,7 +139,9 @@ def test_no_false_alarms_at_a_million_rows() -> None:
     C = summarize_in_batches(g.normal(5, 2, N))
     out = drift.compare_columns(R, C, "x", drift.DriftPolicy())
     assert not out["drifted"]
-    assert out["psi"] < 0.002 and out["ks"] < 0.02 and out["js"] < 0.03 and out["wasserstein"] < 0.03
+    # Far below the default thresholds (PSI 0.2, KS/JS/W 0.1), with room for the sketch's run-to-run
+    # noise (worst seen on unshifted data over 20 runs: KS 0.012, JS 0.014, W 0.022; see TOL above).
+    assert out["psi"] < 0.005 and out["ks"] < 0.025 and out["js"] < 0.035 and out["wasserstein"] < 0.045
 
 
 finite = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False)
