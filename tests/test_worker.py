@@ -102,3 +102,48 @@ def test_registering_the_same_model_twice_keeps_the_session(inproc_cluster: str,
         assert client.run(session_id) == first  # idempotent: no second session, no second warm-up
         other = _spec(model_dir["lgbm"][0])
         assert other.plugin_name != spec.plugin_name  # another model gets its own plugin
+
+
+# --- the read / infer / write stages --------------------------------------------------------------
+
+
+def test_a_reader_stopped_by_a_failed_writer_ends_the_loop_instead_of_hanging() -> None:
+    """The writer fails (a full disk) and stops the task just as the reader reaches the end of the file:
+    the reader then gives up without its end-of-stream marker. Iterating must end, not wait forever."""
+    from batchserve.worker.stages import Stage
+
+    stop, at_end, release = threading.Event(), threading.Event(), threading.Event()
+
+    def source():  # type: ignore[no-untyped-def]
+        yield "batch"
+        at_end.set()
+        release.wait(5)  # the writer fails here
+
+    reader = Stage(source(), stop)
+    seen: list[str] = []
+    finished = threading.Event()
+
+    def consume() -> None:
+        seen.extend(reader)
+        finished.set()
+
+    threading.Thread(target=consume, daemon=True).start()
+    assert at_end.wait(5)
+    stop.set()  # what Writer does on its error
+    release.set()
+    assert finished.wait(5), "the inference loop hung waiting for a reader that had stopped"
+    assert seen == ["batch"]
+
+
+def test_a_reader_that_failed_after_a_stop_raises_its_error() -> None:
+    from batchserve.worker.stages import Stage
+
+    stop = threading.Event()
+
+    def source():  # type: ignore[no-untyped-def]
+        stop.set()
+        raise OSError("disk gone")
+        yield  # pragma: no cover
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(Stage(source(), stop))

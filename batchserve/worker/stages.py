@@ -63,7 +63,16 @@ class Stage:
 
     def __iter__(self) -> Iterator[Any]:
         while True:
-            item = self.q.get()
+            try:
+                item = self.q.get(timeout=0.1)
+            except queue.Empty:
+                # Stopped by another stage (the writer failed): this thread gives up without putting
+                # DONE, so waiting on the queue alone would hang the task forever (seen on a full disk).
+                if self._stop.is_set() and not self.thread.is_alive() and self.q.empty():
+                    if self.error is not None:
+                        raise self.error from None
+                    return
+                continue
             if item is DONE:
                 if self.error is not None:
                     raise self.error
@@ -125,7 +134,12 @@ class Writer:
         raise self.error
 
     def finish(self) -> None:
-        self.q.put(DONE)
+        while self.thread.is_alive():  # a consumer that died on an error no longer takes from the queue
+            try:
+                self.q.put(DONE, timeout=0.1)
+                break
+            except queue.Full:
+                continue
         self.thread.join()
         if self.error is not None:
             raise self.error
