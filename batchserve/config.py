@@ -34,6 +34,8 @@ __all__ = [
     "storage_dict",
     "redact",
     "current_actor",
+    "utc_now",
+    "TIMESTAMP_FORMAT",
     "load_job_file",
 ]
 
@@ -167,6 +169,17 @@ class ScoreConfig:
         data["drift_threshold"] = list(self.drift_threshold)
         data["storage_options"] = redact(dict(self.storage_options))
         return data
+
+
+#: How every artifact and audit event writes a time: UTC, to the microsecond.
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def utc_now() -> str:
+    """Now, as manifests, locks and the model repository's audit trail record it."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).strftime(TIMESTAMP_FORMAT)
 
 
 def current_actor(env: Mapping[str, str] | None = None) -> str:

@@ -23,7 +23,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import logging
 import re
@@ -31,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from batchserve import io, model
+from batchserve.config import utc_now
 from batchserve.errors import ModelError
 
 __all__ = ["ModelRef", "Resolved", "VersionInfo", "Event", "parse_ref", "resolve", "versions", "events", "aliases",
@@ -281,10 +281,6 @@ def _pick(ref: ModelRef, numbers: list[int], wanted: int, event: Event | None,
 # --- changing the repository: register, promote, rollback -----------------------------------------
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _append(root: str, storage: Mapping[str, Any], make: Any, alias: str | None = None) -> Event:
     """Append one event, created exclusively at the next sequence number; on a race, re-read and retry.
 
@@ -326,12 +322,12 @@ def register(root: str, data: bytes, storage: Mapping[str, Any], *, actor: str, 
     except ModelError:
         names = None
     record = {
-        "version": v, "sha256": info.sha256, "bytes": info.bytes, "created_at": _now(), "actor": actor,
+        "version": v, "sha256": info.sha256, "bytes": info.bytes, "created_at": utc_now(), "actor": actor,
         "message": message, "producer": f"{info.producer_name} {info.producer_version}".strip(),
         "opset": info.opset, "feature_names": names,
     }
     io.write_text_atomic(io.join_url(folder, VERSION_FILE), json.dumps(record, indent=1), storage)
-    return _append(root, storage, lambda _last: Event(0, _now(), actor, "register", None, None, v, info.sha256,
+    return _append(root, storage, lambda _last: Event(0, utc_now(), actor, "register", None, None, v, info.sha256,
                                                       message))
 
 
@@ -345,7 +341,7 @@ def promote(root: str, version: int, alias: str, storage: Mapping[str, Any], *, 
         raise ModelError(f"cannot promote version {version} to {alias!r}: it {why}", path=root)
 
     def make(current: Event | None) -> Event:
-        return Event(0, _now(), actor, "promote", alias, current.to_version if current else None, version,
+        return Event(0, utc_now(), actor, "promote", alias, current.to_version if current else None, version,
                      target.record.get("sha256"), message)
 
     return _append(root, storage, make, alias)
@@ -362,7 +358,7 @@ def rollback(root: str, alias: str, storage: Mapping[str, Any], *, actor: str, m
         back = current.from_version
         if back not in complete:
             raise ModelError(f"cannot roll back {alias!r} to version {back}: it is no longer complete", path=root)
-        return Event(0, _now(), actor, "rollback", alias, current.to_version, back,
+        return Event(0, utc_now(), actor, "rollback", alias, current.to_version, back,
                      complete[back].record.get("sha256"), message)
 
     return _append(root, storage, make, alias)

@@ -125,14 +125,27 @@ def assert_complete_files_only(out: Path, tables: dict) -> None:
         assert pq.read_table(p).num_rows == tables[rel].num_rows, rel
 
 
+def interrupt(out: Path, proc: subprocess.Popen[str], sig: int) -> tuple[set[str], str]:
+    """Signal a run once its journal lists committed files; what it listed then, and its stderr."""
+    listed = wait_for_journal(out, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    return listed, stderr
+
+
+def data_files_once_settled(out: Path) -> set[str]:
+    """The data files on disk, 1.5 s after the run ended: a file still in flight on a worker when the
+    signal came used to land 0.06-0.5 s later, unlisted."""
+    time.sleep(1.5)
+    return {str(p.relative_to(out)) for p in out.rglob("*.parquet") if "_temporary" not in p.parts}
+
+
 @pytest.mark.slow
 def test_sigterm_writes_interrupted_manifest_and_exits_143(tmp_path: Path, slow_job, cluster: str) -> None:
     model_path, inp, tables = slow_job
     out = tmp_path / "out"
     proc = start_cli(model_path, inp, out, cluster)
-    listed = wait_for_journal(out, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    listed, stderr = interrupt(out, proc, signal.SIGTERM)
     assert proc.returncode == 143, stderr
     errors = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "interrupted by SIGTERM" in errors[0] and "--resume" in errors[0]
@@ -142,11 +155,7 @@ def test_sigterm_writes_interrupted_manifest_and_exits_143(tmp_path: Path, slow_
     assert listed <= {e["relpath"] for e in m["outputs"]} and len(m["outputs"]) < len(tables)
     assert not (out / "_SUCCESS").exists() and not (out / "_batchserve.lock").exists()
     assert_complete_files_only(out, tables)
-    # The manifest lists exactly what is on disk: a file in flight on a worker when the signal came
-    # used to land 0.06-0.5 s later, unlisted. Wait past that, then compare.
-    time.sleep(1.5)
-    on_disk = {str(p.relative_to(out)) for p in out.rglob("*.parquet") if "_temporary" not in p.parts}
-    assert on_disk == {e["relpath"] for e in m["outputs"]}
+    assert data_files_once_settled(out) == {e["relpath"] for e in m["outputs"]}  # exactly what is on disk
     import hashlib
 
     for e in m["outputs"]:
@@ -158,17 +167,13 @@ def test_sigint_exits_130_with_one_line(tmp_path: Path, slow_job, cluster: str) 
     model_path, inp, _ = slow_job
     out = tmp_path / "out"
     proc = start_cli(model_path, inp, out, cluster)
-    wait_for_journal(out, proc)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = interrupt(out, proc, signal.SIGINT)
     assert proc.returncode == 130, stderr
     errors = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "interrupted by SIGINT" in errors[0] and "Traceback" not in stderr
     m = json.loads((out / "_manifest.json").read_text())
     assert m["run"]["status"] == "interrupted" and not (out / "_SUCCESS").exists()
-    time.sleep(1.5)
-    on_disk = {str(p.relative_to(out)) for p in out.rglob("*.parquet") if "_temporary" not in p.parts}
-    assert on_disk == {e["relpath"] for e in m["outputs"]}
+    assert data_files_once_settled(out) == {e["relpath"] for e in m["outputs"]}
 
 
 @pytest.mark.slow

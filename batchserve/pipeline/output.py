@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from batchserve import io, manifest
-from batchserve.config import ScoreConfig
+from batchserve.config import TIMESTAMP_FORMAT, ScoreConfig, utc_now
 from batchserve.errors import BatchserveError, LockedError, OutputError
 from batchserve.pipeline.plan import RunPlan
 
@@ -188,7 +188,7 @@ def output_lock(cfg: ScoreConfig, run_id: str) -> Iterator[None]:
     storage = cfg.storage
     url = io.join_url(cfg.output, LOCK_NAME)
     me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
-          "user": getpass.getuser(), "started_at": now()}
+          "user": getpass.getuser(), "started_at": utc_now()}
     if io.exists(url, storage):
         try:
             other = json.loads(io.read_text(url, storage))
@@ -238,15 +238,10 @@ def lock_is_live(lock: Mapping[str, Any]) -> bool:
             return True
         return True
     try:
-        started = dt.datetime.strptime(str(lock.get("started_at")), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+        started = dt.datetime.strptime(str(lock.get("started_at")), TIMESTAMP_FORMAT).replace(tzinfo=dt.UTC)
     except ValueError:
         return False
     return dt.datetime.now(dt.UTC) - started < dt.timedelta(hours=STALE_LOCK_HOURS)
-
-
-def now() -> str:
-    """UTC, to the microsecond, as every artifact writes it."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Journal:
@@ -266,3 +261,4 @@ class Journal:
 
     def write(self, m: manifest.Manifest) -> None:
         io.write_text_atomic(self.url, manifest.dumps(m), self._storage)
+

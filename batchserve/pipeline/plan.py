@@ -179,14 +179,9 @@ def _check_challenger(cfg: ScoreConfig, ch: ChallengerPlan, part: io.Partition, 
     except BatchserveError as exc:
         exc.message = f"challenger {ch.model_uri}: {exc.message}"
         raise
-    kept = footer.schema.names if ch.keep is None else list(ch.keep)
-    for col in kept:
-        if footer.schema.get_field_index(col) < 0:
-            raise SchemaError("column named in --challenger-keep is missing", path=part.url, column=col)
-    for col in (cfg.prefix + o.name for o in ch.info.outputs):
-        if col in kept:
-            raise SchemaError("challenger prediction column would overwrite a kept input column", path=part.url,
-                              column=col, hint="pass --prefix or --challenger-keep")
+    _check_kept(ch.keep, [cfg.prefix + o.name for o in ch.info.outputs], part, footer, "--challenger-keep",
+                "challenger prediction column would overwrite a kept input column",
+                "pass --prefix or --challenger-keep")
 
 
 def _passing(
@@ -299,17 +294,22 @@ def _check_file(
         raise SchemaError("this column name appears more than once in the file; rename one", path=part.url,
                           column=dup[0])
     scoring.check_schema(fplan, footer.schema, part.url)
-    kept = footer.schema.names if cfg.keep is None else list(cfg.keep)
+    _check_kept(cfg.keep, out_names, part, footer, "--keep", "prediction column would overwrite an input column",
+                "pass --prefix (e.g. --prefix pred_) or drop the column with --keep")
+
+
+def _check_kept(
+    keep: tuple[str, ...] | None, out_names: list[str], part: io.Partition, footer: io.Footer, flag: str,
+    clash: str, hint: str,
+) -> None:
+    """The columns kept beside a model's predictions exist, and no prediction would overwrite one."""
+    kept = footer.schema.names if keep is None else list(keep)
     for col in kept:
         if footer.schema.get_field_index(col) < 0:
-            raise SchemaError("column named in --keep is missing", path=part.url, column=col)
+            raise SchemaError(f"column named in {flag} is missing", path=part.url, column=col)
     for col in out_names:
         if col in kept:
-            raise SchemaError(
-                "prediction column would overwrite an input column",
-                path=part.url, column=col,
-                hint="pass --prefix (e.g. --prefix pred_) or drop the column with --keep",
-            )
+            raise SchemaError(clash, path=part.url, column=col, hint=hint)
 
 
 def fingerprint(cfg: ScoreConfig, plan: RunPlan) -> str:

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 
 from batchserve import drift, io, scoring
-from batchserve.config import ScoreConfig
+from batchserve.config import ScoreConfig, utc_now
 from batchserve.errors import SchemaError
-from batchserve.pipeline.output import check_profile_output, now
+from batchserve.pipeline.output import check_profile_output
 from batchserve.pipeline.plan import RunPlan, absolute_paths, plan_run, read_inputs
 from batchserve.pipeline.record import current_stats, tool_version
 from batchserve.pipeline.submit import ProgressEvent, Submission
@@ -61,7 +61,7 @@ def _profile_of(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> Pro
     current, preds = current_stats(plan, receipts)
     feats = list(plan.features.features)
     prof = Profile(
-        created_at=now(),
+        created_at=utc_now(),
         batchserve_version=tool_version(),
         source={"input": cfg.input, "files": len(plan.partitions), "rows": plan.rows},
         model=None if not cfg.model else {"uri": cfg.model, "resolved_uri": plan.model_url,

@@ -10,8 +10,7 @@ from collections.abc import Mapping
 
 from batchserve import compare, drift, manifest
 from batchserve.compare import ChallengerSection
-from batchserve.config import ScoreConfig
-from batchserve.pipeline.output import now
+from batchserve.config import ScoreConfig, utc_now
 from batchserve.pipeline.plan import RunPlan, fingerprint
 from batchserve.reference import DriftSection, drift_section
 from batchserve.worker import Receipt
@@ -115,7 +114,7 @@ def build_manifest(
     info = plan.info
     return manifest.Manifest(
         run=manifest.RunInfo(
-            id=ctx.run_id, started_at=ctx.started_at, finished_at=now(), status=status,
+            id=ctx.run_id, started_at=ctx.started_at, finished_at=utc_now(), status=status,
             batchserve_version=tool_version(), config=cfg.redacted(), engine=engine, error=error,
         ),
         model=manifest.ModelSection(

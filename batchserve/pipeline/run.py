@@ -12,7 +12,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from batchserve import io, manifest
-from batchserve.config import ScoreConfig
+from batchserve.config import ScoreConfig, utc_now
 from batchserve.errors import BatchserveError, DataError, DriftError, Interrupted, OutputError
 from batchserve.pipeline.challenger import ChallengerOutput, check_challenger_location
 from batchserve.pipeline.output import (
@@ -22,7 +22,6 @@ from batchserve.pipeline.output import (
     OutputSurvey,
     check_output,
     check_output_location,
-    now,
     output_lock,
     remove_stale_outputs,
     verify_outputs,
@@ -55,7 +54,7 @@ def score_config(
 ) -> RunResult:
     """Score with a resolved config; raises :class:`BatchserveError` on user errors."""
     cfg = absolute_paths(cfg)
-    started_at = now()
+    started_at = utc_now()
     t0 = time.perf_counter()
     plan = plan_run(cfg)
     check_output_location(cfg, plan)
