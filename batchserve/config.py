@@ -21,7 +21,8 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypedDict
 
-from batchserve.errors import ConfigError
+from batchserve.errors import ConfigError, UsageError
+from batchserve.selection import parse_filter
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -37,6 +38,8 @@ __all__ = [
     "utc_now",
     "TIMESTAMP_FORMAT",
     "load_job_file",
+    "substitute",
+    "EXTRA_ENV",
 ]
 
 DEFAULT_BATCH_SIZE = 65_536
@@ -100,6 +103,12 @@ class ScoreConfig:
     challenger: str | None = None
     challenger_output: str | None = None
     challenger_keep: tuple[str, ...] | None = None
+    #: ``--filter`` expressions on hive partition keys; a file is scored when it passes all of them.
+    filter: tuple[str, ...] = ()
+    #: Prometheus text file written (atomically) after the run, for node_exporter's textfile collector.
+    metrics_file: str | None = None
+    #: Prometheus Pushgateway the run's metrics are pushed to (job ``batchserve``, grouped by output).
+    pushgateway: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
@@ -154,6 +163,11 @@ class ScoreConfig:
             if cols is not None and name == "features" and not cols:
                 raise ConfigError("--features is empty; name at least one column")
 
+        for expr in self.filter:
+            parse_filter(expr)
+        if self.pushgateway is not None and not re.match(r"^(https?://)?[^\s/:]+(:\d{1,5})?(/\S*)?$", self.pushgateway):
+            raise ConfigError(f"--pushgateway must be a URL such as http://pushgateway:9091, got {self.pushgateway!r}")
+
     @property
     def storage(self) -> dict[str, Any]:
         """Storage options as fsspec wants them (``true``/``false``/numbers decoded)."""
@@ -167,6 +181,7 @@ class ScoreConfig:
         data["challenger_keep"] = list(self.challenger_keep) if self.challenger_keep is not None else None
         data["drift_metric"] = list(self.drift_metric)
         data["drift_threshold"] = list(self.drift_threshold)
+        data["filter"] = list(self.filter)
         data["storage_options"] = redact(dict(self.storage_options))
         return data
 
@@ -274,6 +289,13 @@ def _to_items(value: Any) -> tuple[str, ...]:
     raise ConfigError(f"expected a list of strings, got {value!r}")
 
 
+def _to_items_kept(value: Any) -> tuple[str, ...]:
+    """Expressions, one per item; from the environment, separated by ``;`` (they may hold commas)."""
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(";") if v.strip())
+    return _to_items(value)
+
+
 def _to_str(value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"expected text, got {value!r}")
@@ -319,11 +341,82 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "challenger": _to_str,
     "challenger_output": _to_str,
     "challenger_keep": _split_columns,
+    "filter": _to_items_kept,
+    "metrics_file": _to_str,
+    "pushgateway": _to_str,
 }
+
+#: ``BATCHSERVE_*`` variables that are not settings but are still ours (so not a typo):
+#: the audit trail's actor, and the CLI's log format and log file.
+EXTRA_ENV = frozenset({"BATCHSERVE_ACTOR", "BATCHSERVE_LOG_FORMAT", "BATCHSERVE_LOG_FILE"})
+
+
+def _closest(name: str, candidates: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for a likely typo, else nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+_PLACEHOLDER_RE = re.compile(r"\$\$|\$\{([^}]*)\}")
+_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_vars(items: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
+    """``--var name=value`` flags (repeatable) as a mapping; a bad one is a one-line error."""
+    if items is None:
+        return {}
+    if isinstance(items, Mapping):
+        pairs = [(str(k), v) for k, v in items.items()]
+    else:
+        pairs = []
+        for item in items:
+            key, sep, value = str(item).partition("=")
+            if not sep:
+                raise ConfigError(f"--var takes name=value, got {item!r}")
+            pairs.append((key.strip(), value))
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if not _VAR_NAME_RE.match(key):
+            raise ConfigError(f"--var name {key!r} must be letters, digits and _ (not starting with a digit)")
+        if not isinstance(value, str):
+            raise ConfigError(f"--var {key} must be text, got {value!r}")
+        out[key] = value
+    return out
+
+
+def substitute(value: Any, variables: Mapping[str, str], env: Mapping[str, str], where: str,
+               used: set[str] | None = None) -> Any:
+    """Fill ``${name}`` placeholders in every string of a job file value: ``--var`` first, then the
+    environment; ``$$`` is a literal ``$``. A missing variable names itself and the closest given one."""
+    if isinstance(value, str):
+        def fill(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name = m.group(1)
+            if not _VAR_NAME_RE.match(name):
+                raise ConfigError(f"{where}: ${{{name}}} is not a variable name (letters, digits and _)")
+            if used is not None:
+                used.add(name)
+            if name in variables:
+                return variables[name]
+            if name in env:
+                return env[name]
+            raise ConfigError(
+                f"{where} uses ${{{name}}} but no --var {name}=... was given and the environment has no {name}"
+                + _closest(name, sorted(variables)).replace("did you mean ", "did you mean --var ")
+            )
+        return _PLACEHOLDER_RE.sub(fill, value)
+    if isinstance(value, list):
+        return [substitute(v, variables, env, where, used) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, variables, env, where, used) for k, v in value.items()}
+    return value
 
 
 def load_job_file(path: str) -> dict[str, Any]:
-    """Read the ``[score]`` table of a TOML job file (top-level keys also accepted)."""
+    """Read the ``[score]`` table of a TOML job file (top-level keys also accepted), placeholders unfilled."""
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -342,14 +435,19 @@ def load_job_file(path: str) -> dict[str, Any]:
         raise ConfigError("job file [score] must be a table", path=path)
     unknown = sorted(set(table) - set(_CONVERTERS))
     if unknown:
-        raise ConfigError(
-            f"job file has unknown keys {', '.join(unknown)}; valid keys: {', '.join(sorted(_CONVERTERS))}",
-            path=path,
-        )
+        raise ConfigError(f"job file has an unknown key {unknown[0]!r}{_closest(unknown[0], sorted(_CONVERTERS))}"
+                          + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""), path=path)
     return table
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The ``BATCHSERVE_*`` settings; one that is no setting is a typo (``BATCHSERVE_OUPUT`` would
+    otherwise be ignored and the run write somewhere else), named with the closest real one."""
+    known = {f"BATCHSERVE_{n.upper()}" for n in _CONVERTERS} | EXTRA_ENV
+    for key in sorted(env):
+        if key.startswith("BATCHSERVE_") and key not in known:
+            raise ConfigError(f"unknown environment variable {key}{_closest(key, sorted(known))}; "
+                              "unset it, or see `batchserve score --help` for the variables batchserve reads")
     found: dict[str, Any] = {}
     for name in _CONVERTERS:
         key = f"BATCHSERVE_{name.upper()}"
@@ -402,7 +500,12 @@ class ScoreSettings(TypedDict, total=False):
     challenger: str | None
     challenger_output: str | None
     challenger_keep: Sequence[str] | str | None
+    filter: Sequence[str]
+    metrics_file: str | None
+    pushgateway: str | None
     job: str | None
+    #: values for ``${name}`` placeholders in the job file (``--var name=value``)
+    vars: Mapping[str, str] | None
 
 
 def resolve_config(
@@ -414,11 +517,12 @@ def resolve_config(
     >>> resolve_config({"model": "m.onnx", "input": "in/"}, command="validate", env={}).output
     ''
     """
-    flags = {k: v for k, v in settings.items() if k != "job"}
+    flags = {k: v for k, v in settings.items() if k not in ("job", "vars")}
     job = settings.get("job")
     if job is not None and not isinstance(job, str):
         raise ConfigError(f"job must be the path of a TOML job file, got {job!r}")
-    return resolve_score_config(flags, job_file=job, env=env, required=_REQUIRED[command])
+    return resolve_score_config(flags, job_file=job, env=env, required=_REQUIRED[command],
+                                variables=settings.get("vars"))
 
 
 def resolve_score_config(
@@ -427,29 +531,42 @@ def resolve_score_config(
     job_file: str | None = None,
     env: Mapping[str, str] | None = None,
     required: Sequence[str] = _REQUIRED["score"],
+    variables: Sequence[str] | Mapping[str, str] | None = None,
 ) -> ScoreConfig:
     """Merge the four sources into one frozen config.
 
-    ``flags`` holds only what the caller set explicitly (``None`` means unset).
+    ``flags`` holds only what the caller set explicitly (``None`` means unset); ``variables`` fill
+    the job file's ``${name}`` placeholders (then the environment does).
     """
     env = os.environ if env is None else env
+    given = parse_vars(variables)
     layers: list[tuple[str, Mapping[str, Any]]] = []
     if job_file:
-        layers.append((f"job file {job_file}", load_job_file(job_file)))
+        used: set[str] = set()
+        table = load_job_file(job_file)
+        filled = {k: substitute(v, given, env, f"job file {job_file}, key {k!r}", used) for k, v in table.items()}
+        unused = sorted(set(given) - used)
+        if unused:
+            raise ConfigError(f"--var {unused[0]} is not used by the job file (it has no ${{{unused[0]}}})"
+                              + _closest(unused[0], sorted(used)).replace("did you mean ", "did you mean --var "),
+                              path=job_file)
+        layers.append((f"job file {job_file}", filled))
+    elif given:
+        raise ConfigError(f"--var {next(iter(given))} needs --job: variables fill a job file's ${{name}} placeholders")
     layers.append(("environment", _from_env(env)))
     layers.append(("arguments", {k: v for k, v in flags.items() if v is not None}))
     merged: dict[str, Any] = {}
     for source, layer in layers:
         for name, value in layer.items():
             if name not in _CONVERTERS:
-                raise ConfigError(f"unknown setting {name!r} from {source}")
+                raise ConfigError(f"unknown setting {name!r} from {source}{_closest(name, sorted(_CONVERTERS))}")
             try:
                 merged[name] = _CONVERTERS[name](value)
             except ConfigError as exc:
                 raise ConfigError(f"setting {name!r} from {source}: {exc.message}") from None
     missing = [n for n in required if n not in merged]
     if missing:
-        raise ConfigError(
+        raise UsageError(
             f"missing required setting(s): {', '.join(missing)}; pass --{missing[0]} or set it in the job file"
         )
     for name in ("model", "input", "output"):

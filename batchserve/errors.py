@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "BatchserveError",
     "ConfigError",
+    "UsageError",
     "InputError",
     "SchemaError",
     "DataError",
@@ -128,6 +129,13 @@ class DeviceError(BatchserveError):
 
 class OutputError(BatchserveError):
     """The output location is not safe to write (exists, unwritable, inside the input)."""
+
+
+class UsageError(ConfigError):
+    """The command was called wrongly (a required setting missing): exit 2, like any usage error
+    Click reports, so a wrapper can tell a broken command line from a run that failed."""
+
+    exit_code = EXIT_USAGE
 
 
 class WorkerStateError(BatchserveError):

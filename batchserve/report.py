@@ -20,7 +20,7 @@ from batchserve.compare import ChallengerSection
 from batchserve.manifest import Manifest
 from batchserve.reference import ColumnDrift, DriftSection, category_order
 
-__all__ = ["render_html", "render_text", "ranked_columns"]
+__all__ = ["render_html", "render_text", "ranked_columns", "render_history_html"]
 
 _METRICS = ("psi", "ks", "js", "wasserstein", "null_rate_change")
 
@@ -258,4 +258,94 @@ def render_html(m: Manifest) -> str:
         "<!doctype html><html lang=en><meta charset=utf-8><title>batchserve drift report</title>"
         f"<style>{_CSS}</style><body>{head}{_verdict(drift)}<h2>Summary, most drifted first</h2>"
         f'{_summary_table(drift)}<h2>Distributions</h2><div class="cards">{cards}</div>{versus}</body></html>'
+    )
+
+
+def _run_label(m: Manifest, source: str) -> str:
+    """How a run is named on the trend's x axis: its output folder's last part (``date=2026-11-05``)."""
+    parts = [p for p in source.replace("\\", "/").split("/") if p and p != "_manifest.json"]
+    return parts[-1] if parts else m.run.started_at[:10]
+
+
+def _svg_trend(values: list[float | None], threshold: float | None, labels: list[str],
+               width: int = 420, height: int = 160) -> str:
+    """One feature's deciding metric over runs (dots joined by a line) against its threshold (dashed)."""
+    left, right, top, bottom = 40, 10, 10, 34
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    top_value = max([*finite, threshold or 0.0, 1e-9]) * 1.15
+    n = len(values)
+
+    def x(i: int) -> float:
+        return left + (width - left - right) * (i / (n - 1) if n > 1 else 0.5)
+
+    def y(v: float) -> float:
+        return top + (height - top - bottom) * (1 - min(v, top_value) / top_value)
+
+    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="trend">',
+             f'<line class="axis" x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}"/>',
+             f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}"/>',
+             f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{_fmt(top_value, 2)}</text>',
+             f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">0</text>']
+    if threshold is not None:
+        parts.append(f'<line class="thr" x1="{left}" y1="{y(threshold):.1f}" x2="{width - right}" '
+                     f'y2="{y(threshold):.1f}"/><text x="{width - right}" y="{y(threshold) - 3:.1f}" '
+                     f'text-anchor="end">threshold {_fmt(threshold, 3)}</text>')
+    points = [(x(i), y(v)) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    if len(points) > 1:
+        parts.append('<polyline class="trend" points="' + " ".join(f"{px:.1f},{py:.1f}" for px, py in points) + '"/>')
+    for i, v in enumerate(values):
+        if v is None or not math.isfinite(v):
+            continue
+        over = threshold is not None and v > threshold
+        parts.append(f'<circle class="{"dot over-dot" if over else "dot"}" cx="{x(i):.1f}" cy="{y(v):.1f}" r="3.5">'
+                     f"<title>{html.escape(labels[i])}: {_fmt(v, 4)}</title></circle>")
+    step = max(1, math.ceil(n / 6))
+    for i in range(0, n, step):
+        parts.append(f'<text x="{x(i):.1f}" y="{height - bottom + 14}" text-anchor="middle">'
+                     f"{html.escape(labels[i][-10:])}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_TREND_CSS = """
+.thr{stroke:#b91c1c;stroke-dasharray:4 3;stroke-width:1} .trend{fill:none;stroke:#2563eb;stroke-width:1.5}
+.dot{fill:#2563eb} .over-dot{fill:#b91c1c}
+"""
+
+
+def render_history_html(runs: list[tuple[Manifest, str]]) -> str:
+    """Drift over a series of runs (oldest first): per feature, its deciding metric against its
+    threshold, one line per feature, runs on the x axis. Self-contained like the single report."""
+    esc = html.escape
+    runs = sorted(runs, key=lambda r: (r[0].run.started_at, r[0].run.id))
+    labels = [_run_label(m, src) for m, src in runs]
+    features: list[str] = []
+    for m, _ in runs:
+        for name in (m.drift.features if m.drift is not None else {}):
+            if name not in features:
+                features.append(name)
+    measured = sum(1 for m, _ in runs if m.drift is not None and m.drift.reference is not None)
+    head = (f"<h1>batchserve drift trend</h1><p class=muted>{len(runs)} run(s), {esc(labels[0])} to "
+            f"{esc(labels[-1])} · {measured} with a reference · {len(features)} feature(s)</p>")
+    cards, rows = [], []
+    for name in features:
+        cols = [m.drift.features.get(name) if m.drift is not None else None for m, _ in runs]
+        metric = next((c.metric for c in reversed(cols) if c is not None and c.metric), "psi")
+        threshold = next((c.threshold for c in reversed(cols) if c is not None and c.threshold is not None), None)
+        values = [c.value(metric) if c is not None else None for c in cols]
+        drifted = sum(1 for c in cols if c is not None and c.drifted)
+        cls = "card drift" if drifted else "card"
+        badge = f' <span class="badge bad">drifted in {drifted} run(s)</span>' if drifted else ""
+        cards.append(f'<div class="{cls}"><h3>{esc(name)} <span class=muted>{esc(metric)}</span>{badge}'
+                     f"</h3>{_svg_trend(values, threshold, labels)}</div>")
+        cells = "".join(f'<td class="{"over" if c is not None and c.drifted else ""}">{_fmt(v)}</td>'
+                        for c, v in zip(cols, values, strict=True))
+        rows.append(f"<tr><td>{esc(name)}</td><td>{esc(metric)}</td>{cells}<td>{_fmt(threshold)}</td></tr>")
+    header = "".join(f"<th>{esc(lbl)}</th>" for lbl in labels)
+    table = (f"<table><tr><th>feature</th><th>metric</th>{header}<th>threshold</th></tr>{''.join(rows)}</table>"
+             if rows else "<p>No drift statistics in these manifests.</p>")
+    return (
+        "<!doctype html><html lang=en><meta charset=utf-8><title>batchserve drift trend</title>"
+        f"<style>{_CSS}{_TREND_CSS}</style><body>{head}<h2>Per feature, over runs</h2>"
+        f'<div class="cards">{"".join(cards)}</div><h2>Values</h2>{table}</body></html>'
     )

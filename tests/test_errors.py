@@ -43,7 +43,8 @@ def test_each_class_carries_its_exit_code_and_the_cli_table_is_derived_from_them
     from batchserve.cli import EXIT_CODES
 
     assert {cls.__name__: cls("x").exit_code for cls in ALL if cls not in (errors.Interrupted,)} == {
-        cls.__name__: (3 if cls is errors.DriftError else 1) for cls in ALL if cls is not errors.Interrupted
+        cls.__name__: {errors.DriftError: 3, errors.UsageError: 2}.get(cls, 1) for cls in ALL
+        if cls is not errors.Interrupted
     }
     assert errors.Interrupted("x", signum=2).exit_code == 130 and errors.Interrupted("x", signum=15).exit_code == 143
     assert pickle.loads(pickle.dumps(errors.Interrupted("x", signum=15))).exit_code == 143

@@ -9,7 +9,9 @@ bug and keeps its traceback; ``--debug`` shows tracebacks always.
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import time
 import traceback
 from typing import Annotated, Any, NoReturn
 
@@ -18,19 +20,25 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from batchserve import pipeline, report
+from batchserve import history as hist
+from batchserve import metrics, pipeline, report
 from batchserve.cli.common import (
     BarProgress,
     columns,
+    emit_error,
     err_console,
     fail,
     guard,
+    helptext,
     setup_logging,
+    state,
     storage_flag,
     storage_options,
 )
+from batchserve.cli.history import history_commands
+from batchserve.cli.history import run_line as _run_line
 from batchserve.cli.models import models_app
-from batchserve.config import resolve_config, resolve_score_config
+from batchserve.config import DEFAULT_BATCH_SIZE, resolve_config, resolve_score_config
 from batchserve.errors import EXIT_OK, EXIT_USAGE, BatchserveError, DriftError, Interrupted, exit_code_of
 
 __all__ = ["app", "main", "EXIT_CODES"]
@@ -48,59 +56,90 @@ EXIT_CODES = {
 #: The run id of the score command in progress, so even a bug's one line names the run.
 _current_run: dict[str, str] = {}
 
+log = logging.getLogger("batchserve")
+
 app = typer.Typer(
     name="batchserve",
     help="Score Parquet datasets with ONNX models on Dask. See `batchserve COMMAND --help`.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from batchserve import __version__
+
+        typer.echo(f"batchserve {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Score Parquet datasets with ONNX models on Dask. See `batchserve COMMAND --help`."""
+H = helptext
+
+
 @app.command(
     epilog=(
-        "Example: batchserve score --model models/churn --input s3://lake/events/ "
-        "--output s3://lake/scored/2026-11-21/ --storage-option anon=false --overwrite"
+        "Example: batchserve score --job jobs/nightly.toml --var ds=2026-11-05 -q "
+        "--metrics-file /var/lib/node_exporter/batchserve.prom"
     ),
 )
 def score(
-    model: Annotated[str | None, typer.Option("--model", "-m", help="ONNX file or model repository folder (<root>/<version>/model.onnx); any fsspec URL.")] = None,
-    input: Annotated[str | None, typer.Option("--input", "-i", help="Parquet file, folder/prefix (recursive) or glob; any fsspec URL.")] = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Output folder/prefix; mirrors the input layout.")] = None,
-    features: Annotated[str | None, typer.Option(help="Feature columns in model input order, comma-separated. Default: the model's feature_names metadata.")] = None,
-    keep: Annotated[str | None, typer.Option(help="Input columns to carry to the output, comma-separated (default: all).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Rows per inference batch [default: 65536].")] = None,
-    workers: Annotated[int | None, typer.Option(help="Local cluster size (default: one per GPU, else cores/4).")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N [default: auto].")] = None,
-    overwrite: Annotated[bool | None, typer.Option("--overwrite/--no-overwrite", help="Replace a non-empty output.")] = None,
-    model_version: Annotated[int | None, typer.Option(help="Version folder to use in a model repository (default: highest).")] = None,
-    prefix: Annotated[str | None, typer.Option(help="Prefix for prediction column names, e.g. pred_.")] = None,
-    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.")] = None,
-    split_rows: Annotated[int | None, typer.Option(help="Split files above about this many rows by row groups (default: automatic).")] = None,
-    reference: Annotated[str | None, typer.Option(help="Reference profile (batchserve profile) or an earlier run's _manifest.json to measure drift against.")] = None,
-    drift: Annotated[bool | None, typer.Option("--drift/--no-drift", help="Record drift statistics while scoring [default: on].")] = None,
-    drift_metric: Annotated[list[str] | None, typer.Option("--drift-metric", help="[COLUMN:]METRIC deciding drift: psi, js, wasserstein or ks (repeatable) [default: psi].")] = None,
-    drift_threshold: Annotated[list[str] | None, typer.Option("--drift-threshold", help="[COLUMN:]METRIC=VALUE, e.g. psi=0.25 or amount:js=0.05 (repeatable).")] = None,
-    fail_on_drift: Annotated[bool | None, typer.Option("--fail-on-drift", help="Exit 3 when features drift (outputs are still committed).")] = None,
-    max_drift_share: Annotated[float | None, typer.Option(help="With --fail-on-drift: exit 3 only when more than this share of features drift.")] = None,
-    resume: Annotated[bool | None, typer.Option("--resume", help="Keep outputs an earlier (failed, interrupted or killed) run committed with the same model, settings and inputs; score the rest.")] = None,
-    retries: Annotated[int | None, typer.Option(help="Retries per file after transient errors (I/O, object-store 5xx), with backoff [default: 2].")] = None,
-    on_error: Annotated[str | None, typer.Option(help="fail: the first bad file fails the run; skip: bad files are skipped and listed in the manifest [default: fail].")] = None,
-    max_failed_files: Annotated[int | None, typer.Option(help="With --on-error skip: exit 1 when more files than this are bad.")] = None,
-    nan: Annotated[str | None, typer.Option(help="pass: NaN/inf/nulls in float features reach the model as NaN; fail: they fail the file [default: pass].")] = None,
-    challenger: Annotated[str | None, typer.Option(help="A second model scored beside --model in the same pass (shadow scoring), e.g. models/fraud@candidate.")] = None,
-    challenger_output: Annotated[str | None, typer.Option(help="Where the challenger's predictions go (mirrors the layout); required with --challenger.")] = None,
-    challenger_keep: Annotated[str | None, typer.Option(help="Input columns beside the challenger's predictions, e.g. a key (default: the --keep columns).")] = None,
-    job: Annotated[str | None, typer.Option(help="TOML job file; flags and BATCHSERVE_* variables override it.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help=H("ONNX file or model repository folder (<root>/<version>/model.onnx, root@alias, root@N); any fsspec URL.", setting="model"))] = None,
+    input: Annotated[str | None, typer.Option("--input", "-i", help=H("Parquet file, folder/prefix (recursive) or glob; any fsspec URL.", setting="input"))] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help=H("Output folder/prefix; mirrors the input layout.", setting="output"))] = None,
+    features: Annotated[str | None, typer.Option(help=H("Feature columns in model input order, comma-separated.", default="the model's feature_names metadata", setting="features"))] = None,
+    keep: Annotated[str | None, typer.Option(help=H("Input columns to carry to the output, comma-separated.", default="all", setting="keep"))] = None,
+    filter: Annotated[list[str] | None, typer.Option("--filter", help=H("Score only files whose hive key=value folders match, e.g. 'date>=2026-11-03', date=2026-11-05, 'region in (eu,us)' (repeatable, all must hold).", setting="filter"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=H("Rows per inference batch.", default=DEFAULT_BATCH_SIZE, setting="batch_size"))] = None,
+    workers: Annotated[int | None, typer.Option(help=H("Local cluster size.", default="one per GPU, else cores/4", setting="workers"))] = None,
+    scheduler: Annotated[str | None, typer.Option(help=H("Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786.", default="start a local cluster", setting="scheduler"))] = None,
+    device: Annotated[str | None, typer.Option(help=H("auto | cpu | cuda | cuda:N.", default="auto", setting="device"))] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite/--no-overwrite", help=H("Replace a non-empty output (only files batchserve wrote).", default="no-overwrite", setting="overwrite"))] = None,
+    model_version: Annotated[int | None, typer.Option(help=H("Version folder to use in a model repository.", default="highest", setting="model_version"))] = None,
+    prefix: Annotated[str | None, typer.Option(help=H("Prefix for prediction column names, e.g. pred_.", default="none", setting="prefix"))] = None,
+    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help=H("fsspec option key=value (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.", setting="storage_options"))] = None,
+    split_rows: Annotated[int | None, typer.Option(help=H("Split files above about this many rows by row groups.", default="automatic", setting="split_rows"))] = None,
+    reference: Annotated[str | None, typer.Option(help=H("Reference profile (batchserve profile) or an earlier run's _manifest.json to measure drift against.", setting="reference"))] = None,
+    drift: Annotated[bool | None, typer.Option("--drift/--no-drift", help=H("Record drift statistics while scoring.", default="drift", setting="drift"))] = None,
+    drift_metric: Annotated[list[str] | None, typer.Option("--drift-metric", help=H("[COLUMN:]METRIC deciding drift: psi, js, wasserstein or ks (repeatable).", default="psi", setting="drift_metric"))] = None,
+    drift_threshold: Annotated[list[str] | None, typer.Option("--drift-threshold", help=H("[COLUMN:]METRIC=VALUE, e.g. psi=0.25 or amount:js=0.05 (repeatable).", setting="drift_threshold"))] = None,
+    fail_on_drift: Annotated[bool | None, typer.Option("--fail-on-drift", help=H("Exit 3 when features drift (outputs are still committed).", default="off", setting="fail_on_drift"))] = None,
+    max_drift_share: Annotated[float | None, typer.Option(help=H("With --fail-on-drift: exit 3 only when more than this share of features drift.", default="any drifted feature", setting="max_drift_share"))] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help=H("Keep outputs an earlier (failed, interrupted or killed) run committed with the same model, settings and inputs; score the rest.", default="off", setting="resume"))] = None,
+    retries: Annotated[int | None, typer.Option(help=H("Retries per file after transient errors (I/O, object-store 5xx), with backoff.", default=2, setting="retries"))] = None,
+    on_error: Annotated[str | None, typer.Option(help=H("fail: the first bad file fails the run; skip: bad files are skipped and listed in the manifest.", default="fail", setting="on_error"))] = None,
+    max_failed_files: Annotated[int | None, typer.Option(help=H("With --on-error skip: exit 1 when more files than this are bad.", default="no limit", setting="max_failed_files"))] = None,
+    nan: Annotated[str | None, typer.Option(help=H("pass: NaN/inf/nulls in float features reach the model as NaN; fail: they fail the file.", default="pass", setting="nan"))] = None,
+    challenger: Annotated[str | None, typer.Option(help=H("A second model scored beside --model in the same pass (shadow scoring), e.g. models/fraud@candidate.", setting="challenger"))] = None,
+    challenger_output: Annotated[str | None, typer.Option(help=H("Where the challenger's predictions go (mirrors the layout); required with --challenger.", setting="challenger_output"))] = None,
+    challenger_keep: Annotated[str | None, typer.Option(help=H("Input columns beside the challenger's predictions, e.g. a key.", default="the --keep columns", setting="challenger_keep"))] = None,
+    metrics_file: Annotated[str | None, typer.Option(help=H("Write the run's Prometheus metrics here (atomically) after success or failure, for node_exporter's textfile collector.", setting="metrics_file"))] = None,
+    pushgateway: Annotated[str | None, typer.Option(help=H("Push the run's metrics to this Prometheus Pushgateway (job batchserve, grouped by output); unreachable: one warning.", setting="pushgateway"))] = None,
+    job: Annotated[str | None, typer.Option(help="TOML job file ([score] table); flags and BATCHSERVE_* variables override it.")] = None,
+    var: Annotated[list[str] | None, typer.Option("--var", help="Fill ${NAME} in the job file: NAME=VALUE (repeatable); else the environment's NAME.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (files, rows, bytes, model version, output, what --resume would keep, an estimate) and write nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success; only warnings and the one error line (cron mails what a job prints).")] = False,
+    log_format: Annotated[str, typer.Option(envvar="BATCHSERVE_LOG_FORMAT", show_envvar=False, help=H("plain (UTC timestamps) or json (one object per line).", default="plain", setting="log_format"))] = "plain",
+    log_file: Annotated[str | None, typer.Option(envvar="BATCHSERVE_LOG_FILE", show_envvar=False, help=H("Also append every log line (INFO and up, whatever -q says) and the error line to this file.", setting="log_file"))] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     """Score a Parquet dataset with an ONNX model into scored Parquet plus _manifest.json.
 
-    Exit codes: 0 done, 1 failed (one `error:` line on stderr), 2 usage error,
+    Exit codes: 0 done, 1 failed (one `error:` line on stderr), 2 usage error (bad or missing option),
     3 drift past the threshold with --fail-on-drift (outputs committed),
     130/143 interrupted by SIGINT/SIGTERM (committed files kept; re-run with --resume).
     """
-    setup_logging(debug, quiet)
+    run_id = pipeline.new_run_id()
+    _current_run["id"] = run_id
+    state["run_id"] = run_id
+    setup_logging(debug, quiet, log_format, log_file)
 
     def resolve() -> Any:
         flags: dict[str, Any] = {
@@ -112,14 +151,23 @@ def score(
             "drift_threshold": drift_threshold or None, "resume": resume, "retries": retries,
             "on_error": on_error, "max_failed_files": max_failed_files, "nan": nan, "challenger": challenger,
             "challenger_output": challenger_output, "challenger_keep": columns(challenger_keep),
-            "storage_options": storage_flag(storage_option),
+            "storage_options": storage_flag(storage_option), "filter": filter or None,
+            "metrics_file": metrics_file, "pushgateway": pushgateway,
         }
-        return resolve_score_config(flags, job_file=job)
+        return resolve_score_config(flags, job_file=job, variables=var)
 
     cfg = guard(debug, resolve)
-    run_id = pipeline.new_run_id()
-    _current_run["id"] = run_id
-    bar = BarProgress() if err_console.is_terminal and not quiet else None
+    if dry_run:
+        plan = guard(debug, lambda: pipeline.dry_run(cfg))
+        _echo_dry_run(plan, cfg)
+        return
+    if cfg.metrics_file:
+        problem = metrics.check_metrics_path(cfg.metrics_file)
+        if problem:
+            fail(problem, 2)
+    bar = BarProgress() if err_console.is_terminal and not quiet and log_format == "plain" else None
+    t0 = time.monotonic()
+    code, done = 1, None
 
     def run() -> tuple[Any, DriftError | None]:
         try:
@@ -128,30 +176,111 @@ def score(
             return exc.result, exc
 
     try:
-        result, drifted = guard(debug, run)
+        try:
+            result, drifted = guard(debug, run)
+        finally:
+            if bar is not None:
+                bar.stop()
+        done = result.manifest
+        code = drifted.exit_code if drifted is not None else 0
+        if not quiet:
+            _echo_result(result)
+        if drifted is not None:
+            fail(str(drifted), drifted.exit_code)
+    except typer.Exit as exc:
+        code = exc.exit_code
+        raise
+    except BaseException as exc:
+        code = exit_code_of(exc)
+        raise
     finally:
-        if bar is not None:
-            bar.stop()
-    _echo_result(result)
-    if drifted is not None:
-        fail(str(drifted), drifted.exit_code)
+        _publish_metrics(cfg, run_id, code, done, time.monotonic() - t0)
+
+
+def _publish_metrics(cfg: Any, run_id: str, code: int, done: Any, seconds: float) -> None:
+    """After success and after failure: the file and the push. A failed run's numbers come from the
+    manifest it left in the output (the committed files), when that manifest is this run's."""
+    if not (cfg.metrics_file or cfg.pushgateway):
+        return
+    if done is None:
+        try:
+            left = pipeline.read_manifest(cfg.output, cfg.storage)
+            done = left if left.run.id == run_id else None
+        except BatchserveError:
+            done = None
+    outcome = metrics.RunOutcome(output=cfg.output, model=cfg.model, exit_code=code, run_id=run_id,
+                                 seconds=seconds, manifest=done)
+    if cfg.metrics_file:
+        try:
+            metrics.write_metrics_file(cfg.metrics_file, outcome)
+        except OSError as exc:
+            log.warning("could not write --metrics-file %s: %s", cfg.metrics_file, exc.strerror or exc)
+    if cfg.pushgateway:
+        problem = metrics.push_metrics(cfg.pushgateway, outcome)
+        if problem:
+            log.warning("could not push metrics to %s (%s); the run's result stands", cfg.pushgateway, problem,
+                        extra={"fields": {"pushgateway": cfg.pushgateway}})
+
+
+def _echo_dry_run(d: pipeline.DryRun, cfg: Any) -> None:
+    """The plan an analyst reads before rescoring; nothing was written."""
+    p = d.plan
+    if state["format"] == "json":
+        typer.echo(json.dumps({
+            "dry_run": True, "files": d.files, "rows": d.rows, "bytes": d.bytes, "model": p.model_uri,
+            "model_version": p.model_version, "model_url": p.model_url, "sha256": p.info.sha256,
+            "output": d.output, "filter": list(cfg.filter), "resumable_files": d.reusable,
+            "resumable_rows": d.reusable_rows, "previous_run": d.previous_run,
+            "estimate_seconds": d.estimate_seconds,
+            "inputs": [{"path": part.relpath, "rows": f.num_rows, "bytes": part.size}
+                       for part, f in zip(p.partitions, p.footers, strict=True)],
+        }))
+        return
+    where = f" (--filter {' and '.join(cfg.filter)})" if cfg.filter else ""
+    typer.echo(f"dry run: nothing written{where}")
+    typer.echo(f"  inputs: {d.files} file(s), {d.rows:,} rows, {d.bytes:,} bytes (from the footers) under {p.input_root}")
+    for part, f in list(zip(p.partitions, p.footers, strict=True))[:20]:
+        typer.echo(f"    {part.relpath}  {f.num_rows:,} rows  {part.size:,} bytes")
+    if d.files > 20:
+        typer.echo(f"    ... and {d.files - 20} more")
+    if p.failures:
+        typer.echo(f"  skipped (--on-error skip): {len(p.failures)} file(s), e.g. {p.failures[0].relpath}: {p.failures[0].error}")
+    typer.echo(f"  model: {p.model_uri} -> version {p.model_version or '-'} ({p.model_url}, sha256 {p.info.sha256[:12]})")
+    typer.echo(f"  output: {d.output}")
+    if d.previous_run is None:
+        typer.echo("  resume: nothing to reuse (no earlier run in the output)")
+        typer.echo("  estimate: none (no earlier run in the output to go by)")
+    else:
+        typer.echo(f"  resume: --resume would keep {d.reusable} of {d.files} file(s) ({d.reusable_rows:,} rows) "
+                   f"from run {d.previous_run} ({d.previous_status})")
+        if d.estimate_seconds is not None:
+            typer.echo(f"  estimate: about {d.estimate_seconds:,.1f}s of scoring at {d.previous_rows_per_second:,.0f} rows/s "
+                       f"(run {d.previous_run}), plus startup")
 
 
 def _echo_result(result: pipeline.RunResult) -> None:
-    """The summary a person (or a cron mail) reads after a run."""
+    """The summary a person reads after a run (with --log-format json: one JSON object)."""
     t = result.manifest.totals
+    d = result.manifest.drift
+    ch = result.manifest.challenger
+    if state["format"] == "json":
+        fields = {"files": t.files, "rows": t.rows, "seconds": t.seconds, "rows_per_second": t.rows_per_second,
+                  "output": result.output, "manifest": result.manifest_url,
+                  "model_version": result.manifest.model.version}
+        if d is not None and d.reference is not None:
+            fields["drifted_features"] = list(d.drifted_features)
+        log.info("scored", extra={"fields": fields})
+        return
     typer.echo(
         f"scored {t.files} file(s), {t.rows:,} rows in {t.seconds:.1f}s ({t.rows_per_second:,.0f} rows/s) "
         f"-> {result.output}  manifest: {result.manifest_url}"
     )
-    d = result.manifest.drift
     if d is not None and d.reference is not None:
         typer.echo(
             f"drift: {len(d.drifted_features)} of {len(d.features)} features drifted"
             + (f" ({', '.join(d.drifted_features)})" if d.drifted_features else "")
             + f"; report: batchserve report {result.manifest_url} --output report.html"
         )
-    ch = result.manifest.challenger
     if ch is not None:
         worst = max((c.mean_abs_diff or 0.0 for c in ch.columns.values()), default=0.0)
         typer.echo(
@@ -263,16 +392,30 @@ def profile(
     )
 
 
-@app.command(epilog="Example: batchserve report out/_manifest.json --output out/report.html")
+@app.command(epilog="Examples: batchserve report out/_manifest.json -o report.html;  "
+             "batchserve report --history out/date=*/_manifest.json -o trend.html")
 def report_cmd(
-    manifest_uri: Annotated[str, typer.Argument(metavar="MANIFEST", help="A run's _manifest.json (or its output folder).")],
+    manifest_uris: Annotated[list[str], typer.Argument(metavar="MANIFEST...", help="A run's _manifest.json (or its output folder); with --history, several.")],
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write a self-contained HTML report here.")] = None,
+    history: Annotated[bool, typer.Option("--history", help="Drift per feature over a series of runs (one line per feature against its threshold).")] = False,
     storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Show a run's drift: a plain-text summary here, and an HTML page with --output."""
     opts = storage_options(storage_option, debug)
-    data = guard(debug, lambda: pipeline.read_manifest(manifest_uri, opts))
+    if history:
+        urls = guard(debug, lambda: hist.find_manifests(manifest_uris, opts))
+        runs = guard(debug, lambda: hist.load_runs(urls, opts))
+        for row in hist.run_rows(runs, urls):
+            typer.echo(_run_line(row))
+        if output:
+            page = report.render_history_html(list(zip(runs, urls, strict=True)))
+            guard(debug, lambda: pipeline.write_text(output, page, opts))
+            typer.echo(f"trend report: {output} ({len(runs)} runs)")
+        return
+    if len(manifest_uris) != 1:
+        fail(f"report takes one manifest ({len(manifest_uris)} given); pass --history for a series of runs", 2)
+    data = guard(debug, lambda: pipeline.read_manifest(manifest_uris[0], opts))
     typer.echo(report.render_text(data), nl=False)
     if output:
         guard(debug, lambda: pipeline.write_text(output, report.render_html(data), opts))
@@ -280,6 +423,7 @@ def report_cmd(
 
 
 app.registered_commands[-1].name = "report"
+history_commands(app)
 app.add_typer(models_app, name="models")
 
 
@@ -312,6 +456,5 @@ def main() -> None:
 def _last_line(message: str, code: int, debug: bool) -> NoReturn:
     if debug:
         traceback.print_exc()
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
+    emit_error(message, code)
     sys.exit(code)

@@ -1,7 +1,11 @@
-"""What every command shares: the one-line error contract, logging setup, and the progress bar."""
+"""What every command shares: the one-line error contract, logging (plain, JSON, or through the
+progress bar's console on a terminal), help text that shows defaults and environment variables,
+and the progress bar."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import sys
 import traceback
@@ -10,22 +14,145 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from batchserve import pipeline
 from batchserve.config import parse_storage_options
 from batchserve.errors import BatchserveError, exit_code_of
 
-__all__ = ["fail", "guard", "setup_logging", "columns", "BarProgress", "storage_options", "storage_flag", "err_console"]
+__all__ = ["fail", "guard", "setup_logging", "columns", "BarProgress", "storage_options", "storage_flag",
+           "err_console", "error_line", "helptext", "LOG_FORMATS", "state"]
 
 err_console = Console(stderr=True)
 T = TypeVar("T")
+LOG_FORMATS = ("plain", "json")
+
+#: What the error line and log records need to know about the command in progress.
+state: dict[str, Any] = {"format": "plain", "run_id": None, "file_handler": None}
+
+
+def helptext(text: str, *, default: Any = None, setting: str | None = None) -> str:
+    """Help with its default and environment variable, escaped so rich shows the brackets
+    (unescaped, ``[default: 65536]`` is read as markup and vanishes)."""
+    extra = []
+    if default is not None:
+        extra.append(f"default: {default}")
+    if setting is not None:
+        extra.append(f"env: BATCHSERVE_{setting.upper()}")
+    return text + (" \\[" + "; ".join(extra) + "]" if extra else "")
+
+
+def _utc(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class _RunId(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.run_id = state["run_id"]
+        return True
+
+
+class PlainFormatter(logging.Formatter):
+    """``2026-11-22T03:00:01.123Z INFO batchserve [run] message``: UTC, with its zone (Z)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        run = getattr(record, "run_id", None)
+        text = f"{_utc(record.created)} {record.levelname} {record.name}{f' [{run}]' if run else ''} " \
+               f"{record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, Z), ``level``, ``run_id``, ``event``, ``logger``, and the
+    record's structured ``fields`` (``extra={"fields": {...}}``) merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": _utc(record.created), "level": record.levelname.lower(),
+            "run_id": getattr(record, "run_id", None), "event": record.getMessage(), "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            data.update({k: v for k, v in fields.items() if k not in data})
+        if record.exc_info:
+            data["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def _formatter(fmt: str) -> logging.Formatter:
+    return JsonFormatter() if fmt == "json" else PlainFormatter()
+
+
+def setup_logging(debug: bool, quiet: bool, log_format: str = "plain", log_file: str | None = None) -> None:
+    """Logs on stderr (through the progress bar's console on a terminal, so lines never garble the
+    bar), optionally also appended to ``log_file`` at INFO whatever ``-q`` says (cron: silent mail,
+    full log file)."""
+    if log_format not in LOG_FORMATS:
+        fail(f"--log-format must be plain or json, got {log_format!r}", 2)
+    state["format"] = log_format
+    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    handler: logging.Handler
+    if log_format == "plain" and err_console.is_terminal:
+        from rich.logging import RichHandler
+        from rich.text import Text
+
+        def utc_time(when: dt.datetime) -> Text:  # rich passes local time; logs say UTC everywhere
+            return Text(when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+        handler = RichHandler(console=err_console, show_path=False, log_time_format=utc_time,
+                              omit_repeated_times=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_formatter(log_format))
+    handler.setLevel(level)
+    handlers: list[logging.Handler] = [handler]
+    if log_file:
+        try:
+            file_handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot open --log-file {log_file}: {exc.strerror or exc}", 2)
+        file_handler.setFormatter(_formatter(log_format))
+        file_handler.setLevel(logging.DEBUG if debug else logging.INFO)
+        handlers.append(file_handler)
+        state["file_handler"] = file_handler
+    root = logging.getLogger("batchserve")
+    for h in handlers:
+        h.addFilter(_RunId())
+    root.handlers[:] = handlers
+    root.setLevel(logging.DEBUG if debug or log_file else level)
+    root.propagate = False
+
+
+def error_line(message: str, code: int) -> str:
+    """The one line a failure prints: ``error: ... (run ID)``, or one JSON object with ``--log-format json``."""
+    run = state["run_id"]
+    if state["format"] == "json":
+        import time
+
+        return json.dumps({"time": _utc(time.time()), "level": "error", "run_id": run, "event": "failed",
+                           "error": message, "exit_code": code})
+    return f"error: {message}" + (f" (run {run})" if run and f"run {run}" not in message else "")
+
+
+def emit_error(message: str, code: int) -> None:
+    """Write the error line to stderr, and to the log file when there is one (cron keeps both)."""
+    line = error_line(message, code)
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    fh = state["file_handler"]
+    if fh is not None:
+        record = logging.LogRecord("batchserve", logging.ERROR, __file__, 0, message, None, None)
+        record.run_id = state["run_id"]
+        record.fields = {"exit_code": code}
+        fh.handle(record)
 
 
 def fail(message: str, code: int = BatchserveError.exit_code) -> NoReturn:
     # One line, no markup interpretation: paths may contain [brackets].
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
+    emit_error(message, code)
     raise typer.Exit(code)
 
 
@@ -41,16 +168,6 @@ def guard(debug: bool, fn: Callable[[], T]) -> T:
         fail("interrupted", exit_code_of(exc))
 
 
-def setup_logging(debug: bool, quiet: bool) -> None:
-    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
-    root = logging.getLogger("batchserve")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
 def columns(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -58,15 +175,15 @@ def columns(value: str | None) -> list[str] | None:
 
 
 class BarProgress:
-    """A rich progress bar (files and rows, rows/s) for people at a terminal."""
+    """A rich progress bar for people at a terminal: files, rows, rows/s and time left (from rows)."""
 
     def __init__(self) -> None:
         self.progress = Progress(
             TextColumn("[bold]scoring"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("files  {task.fields[rows]} rows  {task.fields[rate]} rows/s"),
-            TimeElapsedColumn(),
+            TextColumn("{task.fields[files]} files  {task.fields[rows]} rows  {task.fields[rate]} rows/s"),
+            TextColumn("left"),
+            TimeRemainingColumn(),
             console=err_console,
             transient=True,
         )
@@ -75,17 +192,19 @@ class BarProgress:
     def __call__(self, ev: pipeline.ProgressEvent) -> None:
         if ev.phase == "planned":
             self.progress.start()
-            self.task = self.progress.add_task("score", total=ev.files_total, rows="0", rate="-")
+            self.task = self.progress.add_task("score", total=max(ev.rows_total, 1), files=f"0/{ev.files_total}",
+                                               rows="0", rate="-")
+            return
+        if self.task is None:
             return
         rate = f"{ev.rows_done / ev.elapsed_s:,.0f}" if ev.elapsed_s > 0 else "-"
-        self.progress.update(self.task, completed=ev.files_done, rows=f"{ev.rows_done:,}/{ev.rows_total:,}", rate=rate)
+        self.progress.update(self.task, completed=ev.rows_done, files=f"{ev.files_done}/{ev.files_total}",
+                             rows=f"{ev.rows_done:,}/{ev.rows_total:,}", rate=rate)
         if ev.phase == "done":
             self.progress.stop()
 
     def stop(self) -> None:
         self.progress.stop()
-
-
 
 
 def storage_flag(items: list[str] | None) -> dict[str, str] | None:

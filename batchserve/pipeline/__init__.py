@@ -22,6 +22,7 @@ from batchserve import io, manifest
 from batchserve.config import Command, ScoreConfig, ScoreSettings, resolve_config
 from batchserve.errors import ConfigError, InputError
 from batchserve.pipeline.cluster import default_workers
+from batchserve.pipeline.dryrun import DryRun, dry_run
 from batchserve.pipeline.output import MANIFEST_NAME
 from batchserve.pipeline.plan import RunPlan, inspect_model, plan_run
 from batchserve.pipeline.profiling import profile_config
@@ -31,6 +32,8 @@ from batchserve.pipeline.submit import ProgressEvent
 from batchserve.reference import Profile
 
 __all__ = [
+    "DryRun",
+    "dry_run",
     "ProgressEvent",
     "RunPlan",
     "RunResult",

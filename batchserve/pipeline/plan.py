@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from batchserve import drift, io, manifest, model, registry, scoring
+from batchserve import drift, io, manifest, model, registry, scoring, selection
 from batchserve import reference as ref_mod
 from batchserve.config import ScoreConfig
 from batchserve.errors import BatchserveError, InputError, SchemaError
@@ -271,6 +271,13 @@ def read_inputs(cfg: ScoreConfig) -> tuple[str, list[tuple[io.Partition, io.Foot
     Under ``--on-error skip`` an unreadable file is recorded as a failure instead of stopping the run.
     """
     root, parts = io.list_partitions(cfg.input, cfg.storage)
+    if cfg.filter:  # before any footer is read: one day of a year costs one day of reads
+        chosen = selection.select([p.relpath for p in parts], selection.parse_filters(cfg.filter))
+        listed = len(parts)
+        parts = [p for p, keep in zip(parts, chosen, strict=True) if keep]
+        if not parts:
+            raise InputError(f"no input file matches --filter {' and '.join(cfg.filter)} "
+                             f"({listed} file(s) listed)", path=cfg.input)
     skip = cfg.on_error == "skip"
     results = io.read_footers([p.url for p in parts], cfg.storage, retries=cfg.retries, keep_errors=skip)
     pairs: list[tuple[io.Partition, io.Footer]] = []

@@ -1,0 +1,69 @@
+"""``batchserve runs`` and ``batchserve diff``: run history read from manifests, one line per run."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from batchserve import history as hist
+from batchserve.cli.common import guard, storage_options
+
+__all__ = ["history_commands", "run_line"]
+
+
+def run_line(r: hist.RunRow) -> str:
+    """status, when, model@version, files, rows, seconds, drifted features: one run, one line."""
+    drift = "no reference" if r.drifted_features is None else (
+        f"{r.drifted_features}/{r.features} drifted" + (f" ({', '.join(r.drifted)})" if r.drifted else ""))
+    failed = f", {r.failed_files} failed" if r.failed_files else ""
+    return (f"{r.status:<11} {r.started_at[:19]}Z  {r.model}@{r.model_version or '-'}  {r.files} files{failed}  "
+            f"{r.rows:,} rows  {r.seconds:.1f}s  {drift}  {r.output}")
+
+
+def history_commands(app: typer.Typer) -> None:
+    """Register ``runs`` and ``diff`` on the main app."""
+
+    @app.command(epilog="Example: batchserve runs out/nightly/  (a folder of date=*/ outputs, or several outputs)")
+    def runs(
+        outputs: Annotated[list[str], typer.Argument(metavar="OUTPUT...", help="Output folders, their parent folder, or _manifest.json files.")],
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run instead of a line.")] = False,
+        storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")] = None,
+        debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    ) -> None:
+        """List the runs found, oldest first: status, when, model@version, files, rows, seconds, drifted features."""
+        opts = storage_options(storage_option, debug)
+        urls = guard(debug, lambda: hist.find_manifests(outputs, opts))
+        manifests = guard(debug, lambda: hist.load_runs(urls, opts))
+        for row in hist.run_rows(manifests, urls):
+            if as_json:
+                import dataclasses
+
+                typer.echo(json.dumps(dataclasses.asdict(row)))
+            else:
+                typer.echo(run_line(row))
+
+    @app.command(epilog="Example: batchserve diff out/date=2026-11-04 out/date=2026-11-05")
+    def diff(
+        before: Annotated[str, typer.Argument(metavar="A", help="The earlier run: _manifest.json or its output folder.")],
+        after: Annotated[str, typer.Argument(metavar="B", help="The later run.")],
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per change.")] = False,
+        storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")] = None,
+        debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    ) -> None:
+        """What changed between two runs: model, config, inputs, rows, timings, drift per feature."""
+        opts = storage_options(storage_option, debug)
+        a_url = guard(debug, lambda: hist.find_manifests([before], opts))[0]
+        b_url = guard(debug, lambda: hist.find_manifests([after], opts))[0]
+        a, b = guard(debug, lambda: hist.load_runs([a_url, b_url], opts))
+        changes = hist.diff(a, b)
+        if as_json:
+            for c in changes:
+                typer.echo(json.dumps({"section": c.section, "item": c.item, "before": c.before, "after": c.after}))
+            return
+        typer.echo(f"A: {a.run.id} ({a.run.status}, {a_url})")
+        typer.echo(f"B: {b.run.id} ({b.run.status}, {b_url})")
+        width = max((len(c.section) for c in changes), default=0)
+        for c in changes:
+            typer.echo(f"{c.section:<{width}}  {c.item}: {c.before} -> {c.after}")

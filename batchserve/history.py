@@ -1,0 +1,180 @@
+"""Run history from manifests alone: which runs an output holds (``runs``) and what changed
+between two of them (``diff``). No database: the manifests are the record, wherever they live.
+
+Both return plain rows for the CLI and polars DataFrames for analysts (``batchserve.runs(...)``
+in a notebook filters and sorts like any table); polars is imported only when a frame is asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from batchserve import io, manifest
+from batchserve.errors import InputError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+__all__ = ["RunRow", "Change", "find_manifests", "load_runs", "run_rows", "runs_frame", "diff", "diff_frame",
+           "MANIFEST_NAME"]
+
+MANIFEST_NAME = "_manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRow:
+    """One run, as ``batchserve runs`` prints it."""
+
+    output: str
+    run_id: str
+    status: str
+    started_at: str
+    model: str
+    model_version: str | None
+    files: int
+    rows: int
+    seconds: float
+    rows_per_second: float
+    failed_files: int
+    #: None when the run had no reference to measure drift against.
+    drifted_features: int | None
+    features: int | None
+    drifted: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One difference between two runs: ``section`` (model, config, inputs, rows, timings, drift),
+    what, before and after."""
+
+    section: str
+    item: str
+    before: str
+    after: str
+
+
+def find_manifests(locations: Sequence[str], storage: Mapping[str, Any]) -> list[str]:
+    """Manifest URLs for each location: a ``_manifest.json``, an output folder, or a folder whose
+    subfolders are outputs (``out/`` holding ``date=*/``). A location with none is an error naming it."""
+    found: list[str] = []
+    for loc in locations:
+        if loc.rstrip("/").endswith(MANIFEST_NAME) or (io.exists(loc, storage) and not io.isdir(loc, storage)):
+            if not io.exists(loc, storage):
+                raise InputError("manifest not found", path=loc)
+            found.append(loc)
+            continue
+        if not io.isdir(loc, storage):
+            raise InputError("no such output folder or manifest", path=loc)
+        direct = io.join_url(loc, MANIFEST_NAME)
+        if io.exists(direct, storage):
+            found.append(direct)
+            continue
+        below = [io.join_url(loc, name, MANIFEST_NAME) for name in sorted(io.list_dir(loc, storage))]
+        below = [u for u in below if io.exists(u, storage)]
+        if not below:
+            raise InputError(f"no {MANIFEST_NAME} here or in the folders one level below", path=loc)
+        found.extend(below)
+    return found
+
+
+def load_runs(urls: Sequence[str], storage: Mapping[str, Any]) -> list[manifest.Manifest]:
+    """Typed manifests (schema-checked, upgraded); a bad one is an error naming its file."""
+    return [manifest.loads(io.read_text(u, storage), source=u) for u in urls]
+
+
+def _output_of(url: str) -> str:
+    return url[: -len(MANIFEST_NAME)].rstrip("/") or "."
+
+
+def run_rows(manifests: Sequence[manifest.Manifest], urls: Sequence[str]) -> list[RunRow]:
+    """One row per run, oldest first."""
+    rows = []
+    for m, url in zip(manifests, urls, strict=True):
+        d = m.drift
+        measured = d is not None and d.reference is not None
+        rows.append(RunRow(
+            output=_output_of(url), run_id=m.run.id, status=m.run.status, started_at=m.run.started_at,
+            model=m.model.uri, model_version=m.model.version, files=m.totals.files, rows=m.totals.rows,
+            seconds=m.totals.seconds, rows_per_second=m.totals.rows_per_second, failed_files=len(m.failures),
+            drifted_features=len(d.drifted_features) if measured and d is not None else None,
+            features=len(d.features) if measured and d is not None else None,
+            drifted=tuple(d.drifted_features) if measured and d is not None else (),
+        ))
+    return sorted(rows, key=lambda r: (r.started_at, r.run_id))
+
+
+def runs_frame(rows: Sequence[RunRow]) -> pl.DataFrame:
+    """The rows as a polars DataFrame (``drifted`` as a list column)."""
+    import polars as pl
+
+    schema = {f.name: None for f in dataclasses.fields(RunRow)}
+    data = [{**dataclasses.asdict(r), "drifted": list(r.drifted)} for r in rows]
+    if not data:
+        return pl.DataFrame(schema=list(schema))
+    return pl.DataFrame(data)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict, tuple)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def diff(a: manifest.Manifest, b: manifest.Manifest) -> list[Change]:
+    """What changed from run ``a`` to run ``b``: model, config, inputs, rows, timings, drift per feature."""
+    out: list[Change] = []
+
+    def add(section: str, item: str, before: Any, after: Any) -> None:
+        if before != after:
+            out.append(Change(section, item, _text(before), _text(after)))
+
+    add("model", "uri", a.model.uri, b.model.uri)
+    add("model", "version", a.model.version, b.model.version)
+    add("model", "sha256", a.model.sha256[:12], b.model.sha256[:12])
+    ca, cb = a.run.config, b.run.config
+    for key in sorted(set(ca) | set(cb)):
+        if key in ("output",):
+            continue
+        add("config", key, ca.get(key), cb.get(key))
+    ina, inb = {e.relpath: e for e in a.inputs}, {e.relpath: e for e in b.inputs}
+    for rel in sorted(set(ina) | set(inb)):
+        ea, eb = ina.get(rel), inb.get(rel)
+        if ea is None:
+            add("inputs", rel, "absent", f"{eb.rows if eb else 0} rows")
+        elif eb is None:
+            add("inputs", rel, f"{ea.rows} rows", "absent")
+        elif (ea.rows, ea.bytes, ea.version) != (eb.rows, eb.bytes, eb.version):
+            add("inputs", rel, f"{ea.rows} rows, {ea.bytes} bytes", f"{eb.rows} rows, {eb.bytes} bytes (changed)")
+    add("rows", "files", a.totals.files, b.totals.files)
+    add("rows", "rows", a.totals.rows, b.totals.rows)
+    add("rows", "failed files", len(a.failures), len(b.failures))
+    add("run", "status", a.run.status, b.run.status)
+    for name in ("seconds", "rows_per_second", "read_seconds", "infer_seconds", "write_seconds"):
+        out.append(Change("timings", name, _text(getattr(a.totals, name)), _text(getattr(b.totals, name))))
+    da, db = a.drift, b.drift
+    cols_a = da.features if da is not None else {}
+    cols_b = db.features if db is not None else {}
+    for name in sorted(set(cols_a) | set(cols_b)):
+        fa, fb = cols_a.get(name), cols_b.get(name)
+        metric = (fb.metric if fb is not None else None) or (fa.metric if fa is not None else None) or "psi"
+        va = fa.value(metric) if fa is not None else None
+        vb = fb.value(metric) if fb is not None else None
+        ta = "drifted" if fa is not None and fa.drifted else "ok"
+        tb = "drifted" if fb is not None and fb.drifted else "ok"
+        out.append(Change("drift", f"{name} {metric}", f"{_text(va)} {ta}" if fa else "-",
+                          f"{_text(vb)} {tb}" if fb else "-"))
+    return out
+
+
+def diff_frame(changes: Sequence[Change]) -> pl.DataFrame:
+    import polars as pl
+
+    return pl.DataFrame([dataclasses.asdict(c) for c in changes],
+                        schema={"section": pl.String, "item": pl.String, "before": pl.String, "after": pl.String})

@@ -1,0 +1,152 @@
+"""Prometheus metrics of a run, after success and after failure: a text file for node_exporter's
+textfile collector (``--metrics-file``) and a push to a Pushgateway (``--pushgateway``).
+
+A nightly job is not scraped while it runs, so the run's outcome is what gets exported, once, at
+the end: rows, files, failed files, seconds, rows/s, drifted features and drift share, the exit
+code, and the time of the last success. The last success survives a failure: the file keeps the
+earlier sample, and the push uses POST (``pushadd``), which replaces only the metrics pushed, so
+an alert on ``time() - batchserve_last_success_timestamp_seconds`` fires when nights fail.
+
+Labels: ``model``, ``model_version`` and ``model_alias`` on every metric; in the file also
+``output`` (several jobs may share one textfile folder, and the collector rejects duplicate
+series), while the push carries the output in its grouping key instead.
+
+prometheus_client writes the exposition format and does the atomic write (temp file, rename).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+
+from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway, write_to_textfile
+from prometheus_client.parser import text_string_to_metric_families
+
+from batchserve.manifest import Manifest
+
+__all__ = ["RunOutcome", "build_registry", "write_metrics_file", "push_metrics", "PUSH_JOB"]
+
+log = logging.getLogger("batchserve")
+
+PUSH_JOB = "batchserve"
+LAST_SUCCESS = "batchserve_last_success_timestamp_seconds"
+#: A Pushgateway that does not answer must not hold a nightly job: the run's result stands.
+PUSH_TIMEOUT_S = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """What a run's metrics are made of: its exit code and, when one was written, its manifest."""
+
+    output: str
+    model: str
+    exit_code: int
+    run_id: str
+    seconds: float
+    manifest: Manifest | None = None
+    finished_at: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def succeeded(self) -> bool:
+        """Scored and committed: exit 0, or exit 3 (drift past the threshold, outputs committed)."""
+        return self.exit_code in (0, 3) and self.manifest is not None and self.manifest.run.status == "succeeded"
+
+    def labels(self) -> dict[str, str]:
+        m = self.manifest
+        uri = m.model.uri if m is not None else self.model
+        version = (m.model.version or "") if m is not None else ""
+        base, _, tail = uri.rpartition("@")
+        alias = tail if base and not tail.isdigit() and "/" not in tail else ""
+        return {"model": base if alias else uri, "model_version": version, "model_alias": alias}
+
+
+def build_registry(outcome: RunOutcome, *, output_label: bool) -> CollectorRegistry:
+    """The run's metrics in a fresh registry (never the process-global one)."""
+    reg = CollectorRegistry()
+    labels = outcome.labels()
+    if output_label:
+        labels = {"output": outcome.output, **labels}
+    names = list(labels)
+
+    def gauge(name: str, doc: str, value: float | None) -> None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        Gauge(name, doc, names, registry=reg).labels(**labels).set(value)
+
+    m = outcome.manifest
+    t = m.totals if m is not None else None
+    gauge("batchserve_run_exit_code", "Exit code of the last run (0 ok, 1 failed, 3 drift, 130/143 interrupted).",
+          outcome.exit_code)
+    gauge("batchserve_run_timestamp_seconds", "When the last run ended (Unix time).", outcome.finished_at)
+    gauge("batchserve_run_seconds", "Wall time of the last run.", t.seconds if t is not None else outcome.seconds)
+    if t is not None and m is not None:
+        gauge("batchserve_run_rows", "Rows scored by the last run (committed files only on failure).", t.rows)
+        gauge("batchserve_run_files", "Files scored by the last run.", t.files)
+        gauge("batchserve_run_failed_files", "Input files the last run could not score.", len(m.failures))
+        gauge("batchserve_run_rows_per_second", "Throughput of the last run.", t.rows_per_second)
+        d = m.drift
+        if d is not None and d.reference is not None and d.features:
+            gauge("batchserve_run_drifted_features", "Features past their drift threshold.", len(d.drifted_features))
+            gauge("batchserve_run_drift_share", "Share of features past their drift threshold.",
+                  len(d.drifted_features) / len(d.features))
+    if outcome.succeeded:
+        gauge(LAST_SUCCESS, "When a run last succeeded (Unix time).", outcome.finished_at)
+    return reg
+
+
+def write_metrics_file(path: str, outcome: RunOutcome) -> None:
+    """Write the text file atomically; after a failure the earlier last-success sample is kept."""
+    reg = build_registry(outcome, output_label=True)
+    if not outcome.succeeded:
+        previous = _previous_last_success(path)
+        if previous is not None:
+            labels, value = previous
+            Gauge(LAST_SUCCESS, "When a run last succeeded (Unix time).", list(labels), registry=reg).labels(
+                **labels).set(value)
+    write_to_textfile(path, reg)
+
+
+def _previous_last_success(path: str) -> tuple[dict[str, str], float] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == LAST_SUCCESS:
+                    return dict(sample.labels), float(sample.value)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None  # no earlier file, or one we cannot read: nothing to carry over
+    return None
+
+
+def push_metrics(url: str, outcome: RunOutcome) -> str | None:
+    """Push to a Pushgateway; returns why it failed (the caller warns once) or None.
+
+    Grouping: job ``batchserve``, ``output`` = the run's output, so each nightly output is its own
+    group and one job's push never replaces another's.
+    """
+    reg = build_registry(outcome, output_label=False)
+    try:
+        pushadd_to_gateway(url, job=PUSH_JOB, registry=reg, grouping_key={"output": outcome.output},
+                           timeout=PUSH_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - any failure to push is a warning, never the run's failure
+        reason = getattr(exc, "reason", None) or exc
+        return f"{type(exc).__name__}: {' '.join(str(reason).split())[:200]}"
+    return None
+
+
+def check_metrics_path(path: str) -> str | None:
+    """Why the metrics file cannot be written (checked before scoring), or None."""
+    if "://" in path:
+        return "--metrics-file must be a local path (node_exporter's textfile collector reads local files)"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"--metrics-file folder does not exist: {folder}"
+    if not os.access(folder, os.W_OK):
+        return f"--metrics-file folder is not writable: {folder}"
+    if os.path.isdir(path):
+        return f"--metrics-file is a folder; name the .prom file: {path}"
+    return None
