@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_ROWS ?= 4000000
 
-.PHONY: install demo test test-fast chromium lint bench sample clean
+.PHONY: install demo test test-fast test-airflow system-deps lint bench sample clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,19 +25,22 @@ demo: install
 # wall time on CI's 2 cores (171 s -> 117 s measured); each process has its own session fixtures.
 TEST_PROCS ?= 2
 
-test: install chromium
+test: install system-deps
 	$(BIN)/python -m pytest -n $(TEST_PROCS)
 
 # The unit tests alone (no Dask cluster, subprocess or server): seconds, for the edit-test loop.
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -n $(TEST_PROCS)
 
-# The report test renders HTML in headless Chromium (Debian's package): installed here when missing.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
-	  echo "chromium is missing and cannot be installed here (not root): the report screenshot test will fail"
+# Real system parts the suite runs: headless Chromium renders the reports, and a real Pushgateway
+# receives metrics (Debian's packages), installed here when missing and we are root.
+system-deps:
+	@missing=""; \
+	  { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } || missing="chromium"; \
+	  command -v prometheus-pushgateway >/dev/null 2>&1 || missing="$$missing prometheus-pushgateway"; \
+	  [ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+	  echo "missing and cannot be installed here (not root): $$missing -- the report test fails, the Pushgateway test skips"
 
 lint: install
 	$(BIN)/ruff check batchserve tests sample_data

@@ -270,7 +270,7 @@ def _run_label(m: Manifest, source: str) -> str:
 def _svg_trend(values: list[float | None], threshold: float | None, labels: list[str],
                width: int = 420, height: int = 160) -> str:
     """One feature's deciding metric over runs (dots joined by a line) against its threshold (dashed)."""
-    left, right, top, bottom = 40, 10, 10, 34
+    left, right, top, bottom = 40, 16, 10, 34
     finite = [v for v in values if v is not None and math.isfinite(v)]
     top_value = max([*finite, threshold or 0.0, 1e-9]) * 1.15
     n = len(values)
@@ -300,8 +300,9 @@ def _svg_trend(values: list[float | None], threshold: float | None, labels: list
         parts.append(f'<circle class="{"dot over-dot" if over else "dot"}" cx="{x(i):.1f}" cy="{y(v):.1f}" r="3.5">'
                      f"<title>{html.escape(labels[i])}: {_fmt(v, 4)}</title></circle>")
     step = max(1, math.ceil(n / 6))
-    for i in range(0, n, step):
-        parts.append(f'<text x="{x(i):.1f}" y="{height - bottom + 14}" text-anchor="middle">'
+    for i in sorted({*range(0, n, step), n - 1}):
+        anchor = "start" if i == 0 and n > 1 else ("end" if i == n - 1 and n > 1 else "middle")
+        parts.append(f'<text x="{x(i):.1f}" y="{height - bottom + 14}" text-anchor="{anchor}">'
                      f"{html.escape(labels[i][-10:])}</text>")
     parts.append("</svg>")
     return "".join(parts)

@@ -38,7 +38,7 @@ def test_hive_keys_are_unescaped_and_files_without_the_key_do_not_match() -> Non
 
 
 def test_a_key_no_file_has_is_named_with_the_closest() -> None:
-    with pytest.raises(ConfigError, match=r"no input file has a hive folder key 'dat'; did you mean 'date'\?\)"):
+    with pytest.raises(ConfigError, match=r"no input file has a hive folder key 'dat' \(did you mean 'date'\?\)"):
         chosen("dat=2026-11-05")
     with pytest.raises(ConfigError, match="has no key=value folders"):
         select(["a/part.parquet"], [parse_filter("date=1")])

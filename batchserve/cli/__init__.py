@@ -328,13 +328,13 @@ def inspect(
 
 @app.command(epilog="Example: batchserve validate --model sample_data/model --input sample_data/transactions")
 def validate(
-    model: Annotated[str, typer.Option("--model", "-m", help="ONNX file or model repository folder.")],
-    input: Annotated[str, typer.Option("--input", "-i", help="Parquet file, folder/prefix or glob.")],
-    features: Annotated[str | None, typer.Option(help="Feature columns in model input order, comma-separated.")] = None,
-    keep: Annotated[str | None, typer.Option(help="Input columns to carry to the output.")] = None,
-    model_version: Annotated[int | None, typer.Option(help="Version folder in a model repository.")] = None,
-    prefix: Annotated[str | None, typer.Option(help="Prefix for prediction column names.")] = None,
-    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help=H("ONNX file or model repository folder.", setting="model"))],
+    input: Annotated[str, typer.Option("--input", "-i", help=H("Parquet file, folder/prefix or glob.", setting="input"))],
+    features: Annotated[str | None, typer.Option(help=H("Feature columns in model input order, comma-separated.", setting="features"))] = None,
+    keep: Annotated[str | None, typer.Option(help=H("Input columns to carry to the output.", setting="keep"))] = None,
+    model_version: Annotated[int | None, typer.Option(help=H("Version folder in a model repository.", setting="model_version"))] = None,
+    prefix: Annotated[str | None, typer.Option(help=H("Prefix for prediction column names.", setting="prefix"))] = None,
+    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help=H("fsspec option key=value (repeatable).", setting="storage_options"))] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Check the feature mapping and every file's schema without scoring (exit 0 or 1)."""
@@ -358,18 +358,18 @@ def validate(
     epilog="Example: batchserve profile --input sample_data/transactions --model sample_data/model --output reference.json"
 )
 def profile(
-    input: Annotated[str, typer.Option("--input", "-i", help="Trusted data (e.g. training set): Parquet file, folder or glob.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the profile JSON (any fsspec URL).")],
-    features: Annotated[str | None, typer.Option(help="Columns to profile (default: the model's features, else every numeric column).")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Also profile this model's predictions on the data.")] = None,
-    model_version: Annotated[int | None, typer.Option(help="Version folder in a model repository.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Rows per batch (default: 65536).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Local cluster size.")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: auto).")] = None,
-    prefix: Annotated[str | None, typer.Option(help="Prediction column prefix, as used when scoring.")] = None,
-    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    input: Annotated[str, typer.Option("--input", "-i", help=H("Trusted data (e.g. training set): Parquet file, folder or glob.", setting="input"))],
+    output: Annotated[str, typer.Option("--output", "-o", help=H("Where to write the profile JSON (any fsspec URL).", setting="output"))],
+    features: Annotated[str | None, typer.Option(help=H("Columns to profile.", default="the model's features, else every numeric column", setting="features"))] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help=H("Also profile this model's predictions on the data.", setting="model"))] = None,
+    model_version: Annotated[int | None, typer.Option(help=H("Version folder in a model repository.", setting="model_version"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=H("Rows per batch.", default=DEFAULT_BATCH_SIZE, setting="batch_size"))] = None,
+    workers: Annotated[int | None, typer.Option(help=H("Local cluster size.", default="one per GPU, else cores/4", setting="workers"))] = None,
+    scheduler: Annotated[str | None, typer.Option(help=H("Address of an existing Dask scheduler.", default="start a local cluster", setting="scheduler"))] = None,
+    device: Annotated[str | None, typer.Option(help=H("auto | cpu | cuda | cuda:N.", default='auto', setting="device"))] = None,
+    prefix: Annotated[str | None, typer.Option(help=H("Prediction column prefix, as used when scoring.", setting="prefix"))] = None,
+    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help=H("fsspec option key=value (repeatable).", setting="storage_options"))] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success; only warnings and the one error line.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     """Build a reference profile (per-column statistics) to compare nightly runs against."""
@@ -386,13 +386,15 @@ def profile(
 
     cfg = guard(debug, resolve)
     prof = guard(debug, lambda: pipeline.profile(cfg))
+    if quiet:
+        return
     typer.echo(
         f"profiled {prof.source['rows']:,} rows in {prof.source['files']} file(s): {len(prof.features)} feature(s)"
         f", {len(prof.predictions)} prediction column(s) -> {output}"
     )
 
 
-@app.command(epilog="Examples: batchserve report out/_manifest.json -o report.html;  "
+@app.command(epilog="Example: batchserve report out/_manifest.json -o report.html;  "
              "batchserve report --history out/date=*/_manifest.json -o trend.html")
 def report_cmd(
     manifest_uris: Annotated[list[str], typer.Argument(metavar="MANIFEST...", help="A run's _manifest.json (or its output folder); with --history, several.")],

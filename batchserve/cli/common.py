@@ -65,17 +65,21 @@ class PlainFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``time`` (UTC, Z), ``level``, ``run_id``, ``event``, ``logger``, and the
-    record's structured ``fields`` (``extra={"fields": {...}}``) merged in."""
+    """One JSON object per line: ``time`` (UTC, Z), ``level``, ``run_id``, ``event`` (a short name such as
+    ``committed`` where the call gives one in ``extra={"fields": {"event": ...}}``, else the message),
+    ``logger``, the human ``message``, and the record's other structured fields merged in."""
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        fields = getattr(record, "fields", None)
+        fields = dict(fields) if isinstance(fields, dict) else {}
         data: dict[str, Any] = {
             "time": _utc(record.created), "level": record.levelname.lower(),
-            "run_id": getattr(record, "run_id", None), "event": record.getMessage(), "logger": record.name,
+            "run_id": getattr(record, "run_id", None), "event": fields.pop("event", message), "logger": record.name,
         }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            data.update({k: v for k, v in fields.items() if k not in data})
+        if data["event"] != message:
+            data["message"] = message
+        data.update({k: v for k, v in fields.items() if k not in data})
         if record.exc_info:
             data["traceback"] = self.formatException(record.exc_info)
         return json.dumps(data, default=str)

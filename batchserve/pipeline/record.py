@@ -73,6 +73,8 @@ def drift_data(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> Drif
         log.info(
             "drift against %s: %d of %d feature(s) drifted%s", plan.reference.uri, len(drifted),
             len(plan.features.features), (": " + ", ".join(drifted)) if drifted else "",
+            extra={"fields": {"event": "drift", "reference": plan.reference.uri, "drifted_features": drifted,
+                              "features": len(plan.features.features)}},
         )
     return section
 

@@ -136,9 +136,12 @@ def _start_changing_output(ctx: RunContext) -> None:
         "planned %d file(s), %d rows; model %s (sha256 %s)%s",
         len(plan.partitions), plan.rows, plan.model_url, plan.info.sha256[:12],
         f"; resuming: {len(ctx.reused)} reused, {todo} to score" if cfg.resume else "",
+        extra={"fields": {"event": "planned", "files": len(plan.partitions), "rows": plan.rows,
+                          "model": plan.model_url, "model_version": plan.model_version, "reused": len(ctx.reused)}},
     )
     if plan.failures:
-        log.warning("skipping %d bad file(s): %s", len(plan.failures), "; ".join(f.error for f in plan.failures))
+        log.warning("skipping %d bad file(s): %s", len(plan.failures), "; ".join(f.error for f in plan.failures),
+                    extra={"fields": {"event": "skipped_files", "files": [f.relpath for f in plan.failures]}})
 
 
 def _finish_run(

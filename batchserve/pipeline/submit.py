@@ -231,9 +231,11 @@ class Submission:
             if receipt.attempts > 1:
                 log.warning("%s needed %d attempts (transient errors)", receipt.relpath, receipt.attempts)
             if self.write:
-                log.info("committed %s (%d rows)", receipt.output_url, receipt.rows)
+                log.info("committed %s (%d rows)", receipt.output_url, receipt.rows, extra={"fields": {
+                    "event": "committed", "path": receipt.output_url, "rows": receipt.rows}})
             else:
-                log.info("profiled %s (%d rows)", receipt.input_url, receipt.rows)
+                log.info("profiled %s (%d rows)", receipt.input_url, receipt.rows, extra={"fields": {
+                    "event": "profiled", "path": receipt.input_url, "rows": receipt.rows}})
             if on_progress:
                 on_progress(ProgressEvent(
                     "file", len(self.receipts), len(futures), rows_done, self.plan.rows,
@@ -248,7 +250,7 @@ class Submission:
         except BatchserveError as exc:
             if self.cfg.on_error != "skip":
                 raise
-            log.warning("skipping %s: %s", rel, exc)
+            log.warning("skipping %s: %s", rel, exc, extra={"fields": {"event": "skipped_file", "path": rel}})
             self.failures.append(manifest.FailureEntry(exc.path or rel, rel, str(exc)))
             return None
         except KilledWorker as exc:
