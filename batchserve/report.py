@@ -300,7 +300,10 @@ def _svg_trend(values: list[float | None], threshold: float | None, labels: list
         parts.append(f'<circle class="{"dot over-dot" if over else "dot"}" cx="{x(i):.1f}" cy="{y(v):.1f}" r="3.5">'
                      f"<title>{html.escape(labels[i])}: {_fmt(v, 4)}</title></circle>")
     step = max(1, math.ceil(n / 6))
-    for i in sorted({*range(0, n, step), n - 1}):
+    ticks = list(range(0, n, step))
+    if ticks[-1] != n - 1:  # the latest run is always labelled; a neighbour too close to it gives way
+        ticks = [*(t for t in ticks if n - 1 - t >= step or t == 0), n - 1]
+    for i in ticks:
         anchor = "start" if i == 0 and n > 1 else ("end" if i == n - 1 and n > 1 else "middle")
         parts.append(f'<text x="{x(i):.1f}" y="{height - bottom + 14}" text-anchor="{anchor}">'
                      f"{html.escape(labels[i][-10:])}</text>")

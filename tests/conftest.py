@@ -237,7 +237,7 @@ def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:  # noqa: S310 - loopback
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:

@@ -125,7 +125,7 @@ def test_the_crontab_line_scores_yesterday_silently_and_mails_one_line_on_failur
 def test_job_file_variables_and_one_day(workdir: Path, cluster: str) -> None:
     proc = run_in(workdir, "score", "--job", "jobs/nightly.toml", "--var", f"ds={DAY}", "--scheduler", cluster)
     assert proc.returncode == 0, proc.stderr
-    assert f"scored 2 file(s), 20,000 rows" in proc.stdout and "drift: 0 of 8 features drifted" in proc.stdout
+    assert "scored 2 file(s), 20,000 rows" in proc.stdout and "drift: 0 of 8 features drifted" in proc.stdout
     # the same day again: resume = true keeps what committed (safe to re-run), -q prints nothing
     again = run_in(workdir, "score", "--job", "jobs/nightly.toml", "--var", f"ds={DAY}", "--scheduler", cluster, "-q")
     assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
