@@ -33,13 +33,31 @@ if TYPE_CHECKING:
         OutputError,
         SchemaError,
         StorageError,
+        UsageError,
         WorkerStateError,
     )
     from batchserve.manifest import Manifest
-    from batchserve.pipeline import ProgressEvent, RunPlan, RunResult, inspect_model, profile, score, validate
+    from batchserve.history import diff_runs as diff
+    from batchserve.history import runs
+    from batchserve.pipeline import (
+        DryRun,
+        ProgressEvent,
+        RunPlan,
+        RunResult,
+        dry_run,
+        inspect_model,
+        profile,
+        score,
+        validate,
+    )
 
 _WHERE = {
     "score": "pipeline",
+    "dry_run": "pipeline",
+    "DryRun": "pipeline",
+    "runs": "history",
+    "diff": "history:diff_runs",
+    "UsageError": "errors",
     "profile": "pipeline",
     "Interrupted": "errors",
     "LockedError": "errors",
@@ -68,6 +86,11 @@ _WHERE = {
 __all__ = [
     "__version__",
     "score",
+    "dry_run",
+    "DryRun",
+    "runs",
+    "diff",
+    "UsageError",
     "validate",
     "profile",
     "Interrupted",
@@ -110,7 +133,8 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'batchserve' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"batchserve.{module}"), name)
+    module, _, attr = module.partition(":")  # "history:diff_runs": exported under another name
+    value = getattr(importlib.import_module(f"batchserve.{module}"), attr or name)
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import polars as pl
 
 __all__ = ["RunRow", "Change", "find_manifests", "load_runs", "run_rows", "runs_frame", "diff", "diff_frame",
-           "MANIFEST_NAME"]
+           "runs", "diff_runs", "MANIFEST_NAME"]
 
 MANIFEST_NAME = "_manifest.json"
 
@@ -171,6 +171,23 @@ def diff(a: manifest.Manifest, b: manifest.Manifest) -> list[Change]:
         out.append(Change("drift", f"{name} {metric}", f"{_text(va)} {ta}" if fa else "-",
                           f"{_text(vb)} {tb}" if fb else "-"))
     return out
+
+
+def runs(*locations: str, storage_options: Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """Every run found at these outputs (or their parent folder), oldest first, as a polars DataFrame:
+    ``batchserve.runs("out/nightly").filter(pl.col("drifted_features") > 0)``."""
+    storage = dict(storage_options or {})
+    urls = find_manifests(list(locations), storage)
+    return runs_frame(run_rows(load_runs(urls, storage), urls))
+
+
+def diff_runs(a: str, b: str, storage_options: Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """What changed between two runs (manifests or output folders) as a polars DataFrame with
+    columns section, item, before, after."""
+    storage = dict(storage_options or {})
+    urls = [find_manifests([a], storage)[0], find_manifests([b], storage)[0]]
+    first, second = load_runs(urls, storage)
+    return diff_frame(diff(first, second))
 
 
 def diff_frame(changes: Sequence[Change]) -> pl.DataFrame:

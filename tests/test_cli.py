@@ -77,7 +77,10 @@ def test_score_end_to_end_through_console_script_on_existing_cluster(
     assert {w["provider"] for w in m["run"]["engine"]["per_worker"]} == {"CPUExecutionProvider"}
     assert (out / "_SUCCESS").exists()
     # Non-terminal stderr gets plain log lines (cron/Airflow), not a progress bar.
-    assert "batchserve INFO committed" in proc.stderr
+    run_id = m["run"]["id"]
+    committed = [ln for ln in proc.stderr.splitlines() if " committed " in ln]
+    assert committed and all(ln.split()[1:4] == ["INFO", "batchserve", f"[{run_id}]"] for ln in committed)
+    assert all(ln.split()[0].endswith("Z") for ln in proc.stderr.splitlines())  # UTC, with its zone
 
 
 def test_job_file_and_env_precedence(tmp_path: Path, dataset: Path, cluster: str) -> None:

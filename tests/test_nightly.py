@@ -320,6 +320,18 @@ def test_runs_diff_and_the_history_report(tmp_path: Path, cluster: str) -> None:
     assert ("model", "version") not in by and ("rows", "rows") not in by  # unchanged: not listed
     assert {"timings"} <= {c["section"] for c in changes}
 
+    # the same history for analysts, as polars frames
+    import polars as pl
+
+    import batchserve
+
+    frame = batchserve.runs(str(nightly))
+    assert frame.height == 3 and frame["drifted_features"].to_list() == [0, 0, 1]
+    assert frame["drifted"].to_list()[-1] == ["amount"] and frame["rows"].sum() == 60_000
+    changed = batchserve.diff(str(nightly / "date=2026-11-04"), str(nightly / f"date={DAY}"))
+    assert changed.filter(pl.col("section") == "drift").height == 8 and set(changed.columns) == {
+        "section", "item", "before", "after"}
+
     page = tmp_path / "trend.html"
     manifests = sorted(str(p) for p in nightly.glob("date=*/_manifest.json"))
     hist = run_cli("report", "--history", *manifests, "-o", str(page))

@@ -22,7 +22,7 @@ from batchserve import io, manifest
 from batchserve.config import Command, ScoreConfig, ScoreSettings, resolve_config
 from batchserve.errors import ConfigError, InputError
 from batchserve.pipeline.cluster import default_workers
-from batchserve.pipeline.dryrun import DryRun, dry_run
+from batchserve.pipeline.dryrun import DryRun, plan_dry_run
 from batchserve.pipeline.output import MANIFEST_NAME
 from batchserve.pipeline.plan import RunPlan, inspect_model, plan_run
 from batchserve.pipeline.profiling import profile_config
@@ -77,6 +77,12 @@ def score(
     ``succeeded``/``failed``/``interrupted`` at the end, and ``_SUCCESS`` comes last.
     """
     return score_config(_resolve(config, settings, "score"), on_progress=on_progress, run_id=run_id)
+
+
+def dry_run(config: ScoreConfig | None = None, /, **settings: Unpack[ScoreSettings]) -> DryRun:
+    """What ``score`` with these settings would do (files, rows, bytes, model version, what
+    ``--resume`` would keep, an estimate), checked as a run checks it; nothing is written."""
+    return plan_dry_run(_resolve(config, settings, "score"))
 
 
 def validate(config: ScoreConfig | None = None, /, **settings: Unpack[ScoreSettings]) -> RunPlan:

@@ -18,7 +18,7 @@ from batchserve.pipeline.output import check_output_location, survey_output
 from batchserve.pipeline.plan import RunPlan, absolute_paths, plan_run
 from batchserve.pipeline.resume import resume_decisions
 
-__all__ = ["DryRun", "dry_run"]
+__all__ = ["DryRun", "plan_dry_run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ class DryRun:
     estimate_seconds: float | None
 
 
-def dry_run(cfg: ScoreConfig) -> DryRun:
+def plan_dry_run(cfg: ScoreConfig) -> DryRun:
     """Plan a run and check everything a real run checks before scoring; write nothing."""
     cfg = absolute_paths(cfg)
     plan = plan_run(cfg)
