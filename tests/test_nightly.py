@@ -385,3 +385,40 @@ def test_every_setting_flag_names_its_environment_variable() -> None:
             setting = "storage_options" if param.name == "storage_option" else param.name
             if setting in settings:
                 assert f"env: BATCHSERVE_{setting.upper()}" in (param.help or ""), (name, param.name)
+
+
+def test_on_a_terminal_log_lines_go_through_the_bar_console(tmp_path: Path) -> None:
+    """Under a pseudo-terminal: log lines are printed by rich above the bar (cleared and redrawn),
+    so no screen line ever holds both a log record and the bar."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    proc = subprocess.Popen([str(BIN), "score", "-m", str(SAMPLE_MODEL), "-i", str(SAMPLE_DATA), "-o",
+                             str(tmp_path / "out"), "--workers", "1"], stdin=slave, stdout=slave, stderr=slave,
+                            env=env)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 120)
+            if not ready:
+                break
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        proc.wait(timeout=60)
+        os.close(master)
+    assert proc.returncode == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    screen_lines = [seg for ln in text.split("\r\n") for seg in ln.split("\r")]
+    logged = [ln for ln in screen_lines if re.match(r"^\d{4}-\d\d-\d\dT[\d:]+Z\s+INFO\s+committed ", ln)]
+    assert len(logged) == 10  # one per file, each on its own line, UTC with its zone
+    assert not [ln for ln in screen_lines if "━" in ln and "INFO" in ln]
+    assert "scored 10 file(s), 100,000 rows" in text

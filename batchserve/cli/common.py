@@ -186,7 +186,7 @@ class BarProgress:
             TextColumn("[bold]scoring"),
             BarColumn(),
             TextColumn("{task.fields[files]} files  {task.fields[rows]} rows  {task.fields[rate]} rows/s"),
-            TextColumn("left"),
+            TextColumn("time left"),
             TimeRemainingColumn(),
             console=err_console,
             transient=True,
