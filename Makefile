@@ -68,6 +68,8 @@ bench: install
 
 sample: install
 	$(BIN)/python sample_data/make_sample.py
+	$(BIN)/batchserve profile --input sample_data/transactions --model sample_data/model \
+		--output sample_data/reference.json --workers 1 -q
 
 clean:
 	rm -rf out bench_out .pytest_cache .hypothesis

@@ -36,9 +36,9 @@ if TYPE_CHECKING:
         UsageError,
         WorkerStateError,
     )
-    from batchserve.manifest import Manifest
     from batchserve.history import diff_runs as diff
     from batchserve.history import runs
+    from batchserve.manifest import Manifest
     from batchserve.pipeline import (
         DryRun,
         ProgressEvent,

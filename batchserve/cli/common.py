@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from batchserve import pipeline
 from batchserve.config import parse_storage_options
-from batchserve.errors import BatchserveError, exit_code_of
+from batchserve.errors import BatchserveError, Interrupted, exit_code_of
 
 __all__ = ["fail", "guard", "setup_logging", "columns", "BarProgress", "storage_options", "storage_flag",
            "err_console", "error_line", "helptext", "LOG_FORMATS", "state"]
@@ -85,6 +85,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+def _passing_interrupts(handler: logging.Handler) -> logging.Handler:
+    """A handler that lets :class:`Interrupted` through. logging swallows any Exception raised while a
+    record is emitted (``Handler.handleError``), and SIGTERM is raised as one wherever the main thread
+    is: landing inside a log call, it was eaten and the run finished as if never stopped."""
+    swallow = handler.handleError
+
+    def handle_error(record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], Interrupted | KeyboardInterrupt):
+            raise
+        swallow(record)
+
+    handler.handleError = handle_error  # type: ignore[method-assign]
+    return handler
+
+
 def _formatter(fmt: str) -> logging.Formatter:
     return JsonFormatter() if fmt == "json" else PlainFormatter()
 
@@ -125,6 +140,7 @@ def setup_logging(debug: bool, quiet: bool, log_format: str = "plain", log_file:
     root = logging.getLogger("batchserve")
     for h in handlers:
         h.addFilter(_RunId())
+        _passing_interrupts(h)
     root.handlers[:] = handlers
     root.setLevel(logging.DEBUG if debug or log_file else level)
     root.propagate = False
