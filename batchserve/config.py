@@ -36,6 +36,7 @@ __all__ = [
     "redact",
     "current_actor",
     "utc_now",
+    "new_run_id",
     "TIMESTAMP_FORMAT",
     "load_job_file",
     "substitute",
@@ -195,6 +196,14 @@ def utc_now() -> str:
     import datetime as dt
 
     return dt.datetime.now(dt.UTC).strftime(TIMESTAMP_FORMAT)
+
+
+def new_run_id() -> str:
+    """A run id: sortable by start time, unique enough to name staging folders and Dask keys."""
+    import datetime as dt
+    import secrets
+
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def current_actor(env: Mapping[str, str] | None = None) -> str:

@@ -18,19 +18,33 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-from google.protobuf.message import DecodeError
 
 from batchserve.errors import DeviceError, ModelError
 from batchserve.signature import ONNX_NUMPY_TYPES, LabeledProbabilities, ModelInfo, ModelRunner, TensorInfo
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime as ort
+else:  # onnx and onnxruntime cost ~0.2 s to import: paid by the first model parsed, not by `batchserve --help`
+    onnx = ort = None
+
+
+def _load_onnx() -> None:
+    """Bind ``onnx`` and ``onnxruntime`` in this module on first use."""
+    global onnx, ort
+    if ort is None:
+        import onnx as _onnx
+        import onnxruntime as _ort
+
+        onnx, ort = _onnx, _ort
 
 __all__ = [
     "TensorInfo",
@@ -48,7 +62,10 @@ __all__ = [
     "ONNX_NUMPY_TYPES",
 ]
 
-_ELEM_NAMES = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
+@functools.cache
+def _elem_names() -> dict[int, str]:
+    _load_onnx()
+    return {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
 
 
 def sha256_hex(data: bytes) -> str:
@@ -58,11 +75,11 @@ def sha256_hex(data: bytes) -> str:
 def _type_string(tp: onnx.TypeProto) -> str:
     kind = tp.WhichOneof("value")
     if kind == "tensor_type":
-        return f"tensor({_ELEM_NAMES.get(tp.tensor_type.elem_type, 'undefined')})"
+        return f"tensor({_elem_names().get(tp.tensor_type.elem_type, 'undefined')})"
     if kind == "sequence_type":
         return f"seq({_type_string(tp.sequence_type.elem_type)})"
     if kind == "map_type":
-        key = _ELEM_NAMES.get(tp.map_type.key_type, "undefined")
+        key = _elem_names().get(tp.map_type.key_type, "undefined")
         return f"map({key},{_type_string(tp.map_type.value_type)})"
     return kind or "undefined"
 
@@ -83,6 +100,9 @@ def _shape(tp: onnx.TypeProto) -> tuple[int | str | None, ...] | None:
 
 def describe(data: bytes) -> ModelInfo:
     """Parse an ONNX model's header: I/O signature, opsets, producer, metadata."""
+    _load_onnx()
+    from google.protobuf.message import DecodeError
+
     try:
         proto = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
@@ -146,6 +166,7 @@ def pick_gpu(device: str, worker_index: int, env: Mapping[str, str] | None = Non
 
 def _strip_zipmap(data: bytes) -> tuple[bytes, dict[str, tuple[str, tuple[int | str, ...]]]]:
     """Remove ZipMap nodes that only feed graph outputs; map each output to its tensor and labels."""
+    _load_onnx()
     proto = onnx.load_model_from_string(data)
     graph = proto.graph
     output_names = [o.name for o in graph.output]
@@ -232,6 +253,7 @@ def ort_reason(exc: BaseException) -> str:
 def check_runnable(info: ModelInfo, data: bytes) -> None:
     """What would otherwise fail on every worker, found once on the client before anything is written:
     a fixed batch dimension, a scalar output, an IR or opset this onnxruntime cannot load."""
+    _load_onnx()
     for t in info.inputs:
         if t.shape and isinstance(t.shape[0], int):
             raise ModelError(
@@ -254,6 +276,7 @@ def check_runnable(info: ModelInfo, data: bytes) -> None:
 
 
 def _session(data: bytes, providers: list[Any], threads: int) -> ort.InferenceSession:
+    _load_onnx()
     # ORT's own warnings (e.g. skl2onnx's declared [1] label shape) would flood cron logs.
     ort.set_default_logger_severity(3)
     opts = ort.SessionOptions()
@@ -271,6 +294,7 @@ def build_session(
     data: bytes, *, device: str, intra_op_threads: int, gpu_id: int | None
 ) -> LoadedModel:
     """One session for this process, honouring the device policy."""
+    _load_onnx()
     declared = [o.name for o in describe(data).outputs]
     data, zipmaps = _strip_zipmap(data)
     cpu = ["CPUExecutionProvider"]

@@ -63,3 +63,26 @@ def test_the_pure_core_imports_without_onnxruntime() -> None:
             "print(sorted(m for m in ('onnxruntime', 'distributed', 'fsspec') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def _imported_by(*args: str) -> set[str]:
+    """Top-level packages a real CLI invocation imports (python -X importtime, parsed)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "batchserve", *args], capture_output=True,
+                          text=True, timeout=120)
+    return {ln.split("|")[-1].strip().split(".")[0] for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
+
+
+HEAVY = {"distributed", "dask", "onnxruntime", "onnx", "pyarrow", "fsspec", "polars", "numpy", "prometheus_client"}
+
+
+def test_help_and_errors_before_scoring_import_nothing_heavy(tmp_path: Path) -> None:
+    """Startup is import time: --help and settings errors load none of the heavy stack, and errors
+    found while planning load no Dask and (before the model is parsed) no onnxruntime."""
+    assert not _imported_by("--help") & HEAVY
+    assert not _imported_by("score", "--help") & HEAVY
+    assert not _imported_by("score", "-m", "m", "-i", "i", "-o", str(tmp_path / "o"), "--batch-size", "0") & HEAVY
+    missing = _imported_by("score", "-m", str(tmp_path / "nope"), "-i", str(tmp_path), "-o", str(tmp_path / "o"))
+    assert "fsspec" in missing and not missing & {"distributed", "dask", "onnxruntime", "onnx", "polars"}

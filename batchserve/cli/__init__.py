@@ -13,15 +13,13 @@ import logging
 import sys
 import time
 import traceback
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from batchserve import history as hist
-from batchserve import metrics, pipeline, report
 from batchserve.cli.common import (
     BarProgress,
     columns,
@@ -30,6 +28,7 @@ from batchserve.cli.common import (
     fail,
     guard,
     helptext,
+    lazy,
     setup_logging,
     state,
     storage_flag,
@@ -38,8 +37,14 @@ from batchserve.cli.common import (
 from batchserve.cli.history import history_commands
 from batchserve.cli.history import run_line as _run_line
 from batchserve.cli.models import models_app
-from batchserve.config import DEFAULT_BATCH_SIZE, resolve_config, resolve_score_config
+from batchserve.config import DEFAULT_BATCH_SIZE, new_run_id, resolve_config, resolve_score_config
 from batchserve.errors import EXIT_OK, EXIT_USAGE, BatchserveError, DriftError, Interrupted, exit_code_of
+
+if TYPE_CHECKING:
+    from batchserve import history as hist
+    from batchserve import metrics, pipeline, report
+else:  # imported when a command needs them, so --help and early errors stay fast
+    hist, metrics, pipeline, report = (lazy(f"batchserve.{m}") for m in ("history", "metrics", "pipeline", "report"))
 
 __all__ = ["app", "main", "EXIT_CODES"]
 
@@ -136,7 +141,7 @@ def score(
     3 drift past the threshold with --fail-on-drift (outputs committed),
     130/143 interrupted by SIGINT/SIGTERM (committed files kept; re-run with --resume).
     """
-    run_id = pipeline.new_run_id()
+    run_id = new_run_id()
     _current_run["id"] = run_id
     state["run_id"] = run_id
     setup_logging(debug, quiet, log_format, log_file)

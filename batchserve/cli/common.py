@@ -5,25 +5,42 @@ and the progress bar."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import logging
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from batchserve import pipeline
 from batchserve.config import parse_storage_options
 from batchserve.errors import BatchserveError, Interrupted, exit_code_of
 
+if TYPE_CHECKING:
+    from batchserve import pipeline
+
 __all__ = ["fail", "guard", "setup_logging", "columns", "BarProgress", "storage_options", "storage_flag",
-           "err_console", "error_line", "helptext", "LOG_FORMATS", "state"]
+           "err_console", "error_line", "helptext", "LOG_FORMATS", "state", "lazy"]
 
 err_console = Console(stderr=True)
+
+
+class _LazyModule:
+    """A module imported on first attribute access. ``batchserve --help`` and every error found
+    before scoring must not pay for Dask, pyarrow and onnxruntime (most of a second)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+def lazy(name: str) -> Any:
+    return _LazyModule(name)
 T = TypeVar("T")
 LOG_FORMATS = ("plain", "json")
 
@@ -198,6 +215,8 @@ class BarProgress:
     """A rich progress bar for people at a terminal: files, rows, rows/s and time left (from rows)."""
 
     def __init__(self) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
         self.progress = Progress(
             TextColumn("[bold]scoring"),
             BarColumn(),

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from batchserve import history as hist
-from batchserve.cli.common import guard, storage_options
+from batchserve.cli.common import guard, lazy, storage_options
+
+if TYPE_CHECKING:
+    from batchserve import history as hist
+else:
+    hist = lazy("batchserve.history")
 
 __all__ = ["history_commands", "run_line"]
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from batchserve import registry
-from batchserve.cli.common import guard, storage_options
+from batchserve.cli.common import guard, lazy, storage_options
 from batchserve.config import current_actor
+
+if TYPE_CHECKING:
+    from batchserve import registry
+else:
+    registry = lazy("batchserve.registry")
 
 __all__ = ["models_app"]
 

@@ -21,14 +21,12 @@ from typing import Any, Unpack
 from batchserve import io, manifest
 from batchserve.config import Command, ScoreConfig, ScoreSettings, resolve_config
 from batchserve.errors import ConfigError, InputError
-from batchserve.pipeline.cluster import default_workers
 from batchserve.pipeline.dryrun import DryRun, plan_dry_run
 from batchserve.pipeline.output import MANIFEST_NAME
 from batchserve.pipeline.plan import RunPlan, inspect_model, plan_run
-from batchserve.pipeline.profiling import profile_config
+from batchserve.pipeline.progress import ProgressEvent
 from batchserve.pipeline.record import drift_failure
 from batchserve.pipeline.run import RunResult, new_run_id, score_config
-from batchserve.pipeline.submit import ProgressEvent
 from batchserve.reference import Profile
 
 __all__ = [
@@ -103,7 +101,16 @@ def profile(
     Without ``model``, the features are ``features`` or every numeric column; with it, the
     model's features, and the prediction columns are profiled too.
     """
+    from batchserve.pipeline.profiling import profile_config
+
     return profile_config(_resolve(config, settings, "profile"), on_progress=on_progress)
+
+
+def default_workers() -> int:
+    """The local cluster's size when --workers is not given (one per GPU, else cores/4)."""
+    from batchserve.pipeline.cluster import default_workers as count
+
+    return count()
 
 
 def read_manifest(uri: str, storage_options: Mapping[str, Any] | None = None) -> manifest.Manifest:

@@ -8,34 +8,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from batchserve import io, manifest
-from batchserve.config import ScoreConfig
 from batchserve.errors import BatchserveError, OutputError
 from batchserve.pipeline.output import (
     MANIFEST_NAME,
     SUCCESS_NAME,
     OutputSurvey,
     check_output,
-    check_output_location,
     output_lock,
     remove_stale_outputs,
     verify_outputs,
 )
-from batchserve.pipeline.plan import RunPlan
 from batchserve.pipeline.record import RunContext, build_manifest, shadow_context
 from batchserve.pipeline.submit import Submission
 
-__all__ = ["check_challenger_location", "ChallengerOutput"]
-
-
-def check_challenger_location(cfg: ScoreConfig, plan: RunPlan) -> None:
-    """The challenger's output must overlap neither the input nor the champion's output."""
-    if cfg.challenger_output is None:
-        return
-    check_output_location(ScoreConfig(model="", input=cfg.input, output=cfg.challenger_output,
-                                      storage_options=cfg.storage_options), plan)
-    if io.locations_overlap(cfg.output, cfg.challenger_output, cfg.storage):
-        raise OutputError("--challenger-output overlaps --output; give the challenger its own folder",
-                          path=cfg.challenger_output)
+__all__ = ["ChallengerOutput"]
 
 
 class ChallengerOutput:

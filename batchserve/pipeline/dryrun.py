@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from batchserve.config import ScoreConfig
-from batchserve.pipeline.challenger import check_challenger_location
-from batchserve.pipeline.output import check_output_location, survey_output
+from batchserve.pipeline.output import check_challenger_location, check_output_location, survey_output
 from batchserve.pipeline.plan import RunPlan, absolute_paths, plan_run
 from batchserve.pipeline.resume import resume_decisions
 

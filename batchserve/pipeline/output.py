@@ -25,6 +25,7 @@ from batchserve.errors import BatchserveError, LockedError, OutputError
 from batchserve.pipeline.plan import RunPlan
 
 __all__ = [
+    "check_challenger_location",
     "MANIFEST_NAME", "SUCCESS_NAME", "LOCK_NAME", "JOURNAL_SECONDS", "STALE_LOCK_HOURS", "OutputSurvey",
     "check_output_location", "check_output", "survey_output", "owners", "remove_stale_outputs", "verify_outputs",
     "output_lock", "lock_is_live", "check_profile_output", "Journal",
@@ -80,6 +81,17 @@ def check_output_location(cfg: ScoreConfig, plan: RunPlan) -> None:
             "or scoring would read its own files or --overwrite would delete the input",
             path=cfg.output,
         )
+
+
+def check_challenger_location(cfg: ScoreConfig, plan: RunPlan) -> None:
+    """The challenger's output must overlap neither the input nor the champion's output."""
+    if cfg.challenger_output is None:
+        return
+    check_output_location(ScoreConfig(model="", input=cfg.input, output=cfg.challenger_output,
+                                      storage_options=cfg.storage_options), plan)
+    if io.locations_overlap(cfg.output, cfg.challenger_output, cfg.storage):
+        raise OutputError("--challenger-output overlaps --output; give the challenger its own folder",
+                          path=cfg.challenger_output)
 
 
 def survey_output(cfg: ScoreConfig) -> OutputSurvey:

@@ -7,13 +7,16 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from batchserve import compare, drift, manifest
 from batchserve.compare import ChallengerSection
 from batchserve.config import ScoreConfig, utc_now
 from batchserve.pipeline.plan import RunPlan, fingerprint
 from batchserve.reference import DriftSection, drift_section
-from batchserve.worker import Receipt
+
+if TYPE_CHECKING:
+    from batchserve.worker import Receipt
 
 __all__ = ["RunContext", "tool_version", "build_manifest", "current_stats", "drift_data", "drift_failure",
            "challenger_section", "shadow_context"]

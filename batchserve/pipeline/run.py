@@ -4,22 +4,21 @@ the manifest, and ``_SUCCESS`` last, so a reader that sees ``_SUCCESS`` sees a c
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 from batchserve import io, manifest
-from batchserve.config import ScoreConfig, utc_now
+from batchserve.config import ScoreConfig, new_run_id, utc_now
 from batchserve.errors import BatchserveError, DataError, DriftError, Interrupted, OutputError
-from batchserve.pipeline.challenger import ChallengerOutput, check_challenger_location
 from batchserve.pipeline.output import (
     MANIFEST_NAME,
     SUCCESS_NAME,
     Journal,
     OutputSurvey,
+    check_challenger_location,
     check_output,
     check_output_location,
     output_lock,
@@ -27,10 +26,14 @@ from batchserve.pipeline.output import (
     verify_outputs,
 )
 from batchserve.pipeline.plan import absolute_paths, plan_run
+from batchserve.pipeline.progress import ProgressEvent
 from batchserve.pipeline.record import RunContext, build_manifest, challenger_section, drift_data, drift_failure
 from batchserve.pipeline.resume import resume_decisions
 from batchserve.pipeline.signals import deferred, raise_interrupted
-from batchserve.pipeline.submit import ProgressEvent, Submission
+
+if TYPE_CHECKING:
+    from batchserve.pipeline.challenger import ChallengerOutput
+    from batchserve.pipeline.submit import Submission
 
 __all__ = ["RunResult", "new_run_id", "score_config"]
 
@@ -42,11 +45,6 @@ class RunResult:
     manifest: manifest.Manifest
     output: str
     manifest_url: str
-
-
-def new_run_id() -> str:
-    """A run id: sortable by start time, unique enough to name staging folders and Dask keys."""
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def score_config(
@@ -66,6 +64,8 @@ def score_config(
         ctx = RunContext(cfg, plan, run_id, started_at, t0, tuple(reused), notes)
         shadow = None
         if plan.challenger is not None:
+            from batchserve.pipeline.challenger import ChallengerOutput
+
             shadow = ChallengerOutput(ctx)
             stack.enter_context(shadow.locked())
         result = _score_locked(ctx, survey, on_progress, shadow)
@@ -84,6 +84,9 @@ def _score_locked(ctx: RunContext, survey: OutputSurvey, on_progress: Callable[[
         shadow.start()
     if on_progress:
         on_progress(ProgressEvent("planned", 0, len(ctx.plan.partitions) - len(ctx.reused), 0, ctx.plan.rows, 0.0))
+    # Dask is imported here, once planning passed: an error found before scoring costs no Dask import.
+    from batchserve.pipeline.submit import Submission
+
     sub = Submission(cfg, ctx.plan, ctx.run_id, skip_relpaths=frozenset(e.relpath for e in ctx.reused))
     journal = Journal(io.join_url(cfg.output, MANIFEST_NAME), storage,
                       lambda status: build_manifest(ctx, sub.receipts, sub.failures, sub.engine, status))

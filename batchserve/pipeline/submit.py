@@ -19,24 +19,12 @@ from batchserve.errors import BatchserveError, ClusterError
 from batchserve.pipeline import cluster
 from batchserve.pipeline.output import owners
 from batchserve.pipeline.plan import RunPlan
+from batchserve.pipeline.progress import ProgressEvent
 from batchserve.worker import ChallengerTask, FileTask, ModelSpec, Receipt, merge_pieces, score_file, stop_commits
 
 __all__ = ["ProgressEvent", "Submission", "pieces", "submit_all"]
 
 log = logging.getLogger("batchserve")
-
-
-@dataclasses.dataclass(frozen=True)
-class ProgressEvent:
-    """Sent to the progress callback after planning and after every committed file."""
-
-    phase: str  # "planned" | "file" | "done"
-    files_done: int
-    files_total: int
-    rows_done: int
-    rows_total: int
-    elapsed_s: float
-    path: str | None = None
 
 
 def pieces(footer: io.Footer, target_rows: int) -> list[tuple[int, ...]] | None:
