@@ -96,7 +96,8 @@ class WorkerInfo:
 
 @dataclasses.dataclass
 class EngineInfo:
-    #: "local" (we started a cluster) or "scheduler" (an existing one).
+    #: "local" (we started a cluster of worker processes), "local-threads" (a small job: one worker in
+    #: this process, no process start-up) or "scheduler" (an existing cluster).
     kind: str
     address: str
     workers: int

@@ -20,9 +20,22 @@ from batchserve.pipeline import cluster
 from batchserve.pipeline.output import owners
 from batchserve.pipeline.plan import RunPlan
 from batchserve.pipeline.progress import ProgressEvent
-from batchserve.worker import ChallengerTask, FileTask, ModelSpec, Receipt, merge_pieces, score_file, stop_commits
+from batchserve.worker import (
+    ChallengerTask,
+    FileTask,
+    ModelSpec,
+    Receipt,
+    merge_pieces,
+    score_bundle,
+    score_file,
+    stop_commits,
+)
 
-__all__ = ["ProgressEvent", "Submission", "pieces", "submit_all"]
+__all__ = ["ProgressEvent", "Submission", "pieces", "submit_all", "results_of", "BUNDLE_MAX_FILES"]
+
+#: At most this many files per bundle task: enough to amortise a task's fixed cost (~5 ms), few
+#: enough that progress and a stopped run's bookkeeping stay fine-grained.
+BUNDLE_MAX_FILES = 256
 
 log = logging.getLogger("batchserve")
 
@@ -48,13 +61,32 @@ def pieces(footer: io.Footer, target_rows: int) -> list[tuple[int, ...]] | None:
 def submit_all(
     client: Client, cfg: ScoreConfig, plan: RunPlan, spec: ModelSpec | None, run_id: str, n_workers: int,
     write: bool = True, skip_relpaths: frozenset[str] = frozenset(), challenger: ModelSpec | None = None,
-) -> dict[Any, str]:
-    """One future per input file (a merge future for a split file), mapped to the file's relpath.
+) -> dict[Any, tuple[str, ...]]:
+    """Futures mapped to the relpaths of the files they score: one per large file (a merge future for
+    a split file), one per bundle of small files.
 
     With a challenger, files are not split: each task writes both models' files for its input."""
     storage_pairs = cfg.storage_options
     target = cfg.split_rows or max(4 * cfg.batch_size, math.ceil(plan.rows / max(1, 2 * n_workers)))
-    futures: dict[Any, str] = {}
+    # Small files travel in bundles: enough bundles for every worker to get several, each at most a batch
+    # or two of rows, so load balance and progress stay as they were while per-task costs are shared.
+    bundle_rows = max(1, min(2 * cfg.batch_size, math.ceil(plan.rows / max(1, 4 * n_workers))))
+    futures: dict[Any, tuple[str, ...]] = {}
+    small: list[FileTask] = []
+
+    def flush() -> None:
+        if not small:
+            return
+        if len(small) == 1:
+            futures[client.submit(score_file, small[0], key=f"score-{run_id}-{small[0].relpath}",
+                                  pure=False)] = (small[0].relpath,)
+        else:
+            futures[client.submit(score_bundle, tuple(small), cfg.on_error == "skip",
+                                  key=f"bundle-{run_id}-{small[0].relpath}", pure=False)] = tuple(
+                t.relpath for t in small)
+        small.clear()
+
+    small_rows = 0
     for part, footer in zip(plan.partitions, plan.footers, strict=True):
         if part.relpath in skip_relpaths:
             continue
@@ -68,8 +100,18 @@ def submit_all(
             challenger=_challenger_task(cfg, plan, challenger, run_id, part.relpath),
         )
         ranges = pieces(footer, target) if write and challenger is None else None
+        if ranges is None and footer.num_rows < bundle_rows:
+            small.append(base)
+            small_rows += footer.num_rows
+            if small_rows >= bundle_rows or len(small) >= BUNDLE_MAX_FILES:
+                flush()
+                small_rows = 0
+            continue
+        flush()
+        small_rows = 0
         if ranges is None:
-            futures[client.submit(score_file, base, key=f"score-{run_id}-{part.relpath}", pure=False)] = part.relpath
+            futures[client.submit(score_file, base, key=f"score-{run_id}-{part.relpath}", pure=False)] = (
+                part.relpath,)
             continue
         piece_futures = []
         for k, groups in enumerate(ranges):
@@ -82,8 +124,14 @@ def submit_all(
             merge_pieces, final, staging, storage_pairs, run_id, *piece_futures,
             key=f"merge-{run_id}-{part.relpath}", pure=False,
         )
-        futures[merged] = part.relpath
+        futures[merged] = (part.relpath,)
+    flush()
     return futures
+
+
+def results_of(value: Any) -> list[Receipt | BatchserveError]:
+    """A finished task's results: a bundle's list, or one file's receipt."""
+    return list(value) if isinstance(value, list) else [value]
 
 
 def _challenger_task(
@@ -113,7 +161,7 @@ def stop_commits_everywhere(client: Client, run_id: str) -> None:
 
 
 def settle_in_flight(
-    cfg: ScoreConfig, futures: Mapping[Any, str], receipts: list[Receipt], run_id: str, *, wait: bool
+    cfg: ScoreConfig, futures: Mapping[Any, tuple[str, ...]], receipts: list[Receipt], run_id: str, *, wait: bool
 ) -> None:
     """Account for files committed just before the fence closed, whose receipts are still on their way.
 
@@ -121,7 +169,7 @@ def settle_in_flight(
     receipt never comes is removed, so the manifest lists exactly the files on disk.
     """
     done = {r.relpath for r in receipts if r.committed}
-    pending = {rel: fut for fut, rel in futures.items() if rel not in done}
+    pending = {rel: fut for fut, rels in futures.items() for rel in rels if rel not in done}
     if not pending:
         return
     found = io.output_files(cfg.output, cfg.storage)
@@ -132,7 +180,8 @@ def settle_in_flight(
         receipt = None
         if wait:
             try:
-                receipt = pending[rel].result(timeout=10)
+                receipt = next((r for r in results_of(pending[rel].result(timeout=10))
+                                if isinstance(r, Receipt) and r.relpath == rel), None)
             except Exception:  # noqa: BLE001 - whatever went wrong, the file is not accounted for
                 receipt = None
         if isinstance(receipt, Receipt) and receipt.committed:
@@ -160,11 +209,12 @@ def harvest_finished(futures: list[Any], receipts: list[Receipt]) -> None:
         if fut.status != "finished":
             continue
         try:
-            receipt = fut.result(timeout=1)
+            found = results_of(fut.result(timeout=1))
         except Exception:  # noqa: BLE001, S112 - best effort while already failing
             continue
-        if isinstance(receipt, Receipt) and receipt.committed and (receipt.relpath, receipt.piece) not in seen:
-            receipts.append(receipt)
+        for receipt in found:
+            if isinstance(receipt, Receipt) and receipt.committed and (receipt.relpath, receipt.piece) not in seen:
+                receipts.append(receipt)
 
 
 class Submission:
@@ -184,7 +234,7 @@ class Submission:
     ) -> None:
         """Attach a cluster, install the model, run every task, collect receipts as they come."""
         cfg = self.cfg
-        with cluster.attach(cfg) as (client, kind, address):
+        with cluster.attach(cfg, self.plan.rows) as (client, kind, address):
             spec: ModelSpec | None = None
             per_worker: list[manifest.WorkerInfo] = []
             challenger: ModelSpec | None = None
@@ -204,51 +254,65 @@ class Submission:
                 raise
 
     def _collect(
-        self, futures: Mapping[Any, str], t0: float, on_receipt: Callable[[], None] | None,
+        self, futures: Mapping[Any, tuple[str, ...]], t0: float, on_receipt: Callable[[], None] | None,
         on_progress: Callable[[ProgressEvent], None] | None,
     ) -> None:
         rows_done = 0
+        files_total = sum(len(rels) for rels in futures.values())
         for fut in as_completed(list(futures)):
-            receipt = self._receipt(fut, futures[fut])
-            if receipt is None:
-                continue
-            self.receipts.append(receipt)
-            rows_done += receipt.rows
-            if on_receipt:
-                on_receipt()
-            if receipt.attempts > 1:
-                log.warning("%s needed %d attempts (transient errors)", receipt.relpath, receipt.attempts)
-            if self.write:
-                log.info("committed %s (%d rows)", receipt.output_url, receipt.rows, extra={"fields": {
-                    "event": "committed", "path": receipt.output_url, "rows": receipt.rows}})
-            else:
-                log.info("profiled %s (%d rows)", receipt.input_url, receipt.rows, extra={"fields": {
-                    "event": "profiled", "path": receipt.input_url, "rows": receipt.rows}})
-            if on_progress:
-                on_progress(ProgressEvent(
-                    "file", len(self.receipts), len(futures), rows_done, self.plan.rows,
-                    time.perf_counter() - t0, receipt.output_url or receipt.input_url,
-                ))
+            for receipt in self._receipts(fut, futures[fut]):
+                rows_done += receipt.rows
+                self._record(receipt, files_total, rows_done, t0, on_receipt, on_progress)
 
-    def _receipt(self, fut: Any, rel: str) -> Receipt | None:
-        """A finished task's receipt; None for a bad file skipped under --on-error skip."""
+    def _record(
+        self, receipt: Receipt, files_total: int, rows_done: int, t0: float,
+        on_receipt: Callable[[], None] | None, on_progress: Callable[[ProgressEvent], None] | None,
+    ) -> None:
+        """One file's receipt in: the receipts list (the journal's source), its log line, progress."""
+        self.receipts.append(receipt)
+        if on_receipt:
+            on_receipt()
+        if receipt.attempts > 1:
+            log.warning("%s needed %d attempts (transient errors)", receipt.relpath, receipt.attempts)
+        if self.write:
+            log.info("committed %s (%d rows)", receipt.output_url, receipt.rows, extra={"fields": {
+                "event": "committed", "path": receipt.output_url, "rows": receipt.rows}})
+        else:
+            log.info("profiled %s (%d rows)", receipt.input_url, receipt.rows, extra={"fields": {
+                "event": "profiled", "path": receipt.input_url, "rows": receipt.rows}})
+        if on_progress:
+            on_progress(ProgressEvent(
+                "file", len(self.receipts), files_total, rows_done, self.plan.rows,
+                time.perf_counter() - t0, receipt.output_url or receipt.input_url,
+            ))
+
+    def _receipts(self, fut: Any, rels: tuple[str, ...]) -> list[Receipt]:
+        """A finished task's receipts, in order; a bad file is skipped under --on-error skip (recorded
+        as a failure) and raised otherwise, after the receipts of the files committed before it."""
         try:
-            receipt: Receipt = fut.result()
-            return receipt
+            found = results_of(fut.result())
         except BatchserveError as exc:
-            if self.cfg.on_error != "skip":
-                raise
-            log.warning("skipping %s: %s", rel, exc, extra={"fields": {"event": "skipped_file", "path": rel}})
-            self.failures.append(manifest.FailureEntry(exc.path or rel, rel, str(exc)))
-            return None
+            found = [exc]
         except KilledWorker as exc:
             # Dask already re-ran the task on other workers; it kept killing them.
             raise ClusterError(
                 f"workers kept dying while running this file ({exc}); it may need more memory "
                 "than a worker has: try a smaller --batch-size or larger workers",
             ) from None
+        receipts: list[Receipt] = []
+        for i, item in enumerate(found):
+            if isinstance(item, Receipt):
+                receipts.append(item)
+                continue
+            rel = rels[min(i, len(rels) - 1)]
+            if self.cfg.on_error != "skip":
+                self.receipts.extend(r for r in receipts if r.committed)  # committed before the bad file
+                raise item
+            log.warning("skipping %s: %s", rel, item, extra={"fields": {"event": "skipped_file", "path": rel}})
+            self.failures.append(manifest.FailureEntry(item.path or rel, rel, str(item)))
+        return receipts
 
-    def _stop(self, client: Client, futures: Mapping[Any, str]) -> None:
+    def _stop(self, client: Client, futures: Mapping[Any, tuple[str, ...]]) -> None:
         """On the way out: fence every worker, record what committed, cancel the rest, fence again
         (a worker that joined meanwhile), and remove anything committed that has no receipt."""
         if self.write:

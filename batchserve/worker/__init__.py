@@ -12,7 +12,7 @@ from batchserve.worker.commit import CommitGate, commit_fence, stop_commits
 from batchserve.worker.plugin import ModelPlugin, ModelSpec, loaded_model, worker_report
 from batchserve.worker.shadow import ChallengerTask
 from batchserve.worker.stages import QUEUE_DEPTH
-from batchserve.worker.task import FileTask, Receipt, merge_pieces, score_file
+from batchserve.worker.task import FileTask, Receipt, merge_pieces, score_bundle, score_file
 
 __all__ = [
     "ModelSpec",
@@ -21,6 +21,7 @@ __all__ = [
     "Receipt",
     "loaded_model",
     "score_file",
+    "score_bundle",
     "merge_pieces",
     "worker_report",
     "QUEUE_DEPTH",

@@ -25,16 +25,22 @@ DONE = object()
 
 
 class Stage:
-    """A daemon thread pulling from a source into a bounded queue, keeping its own time."""
+    """A daemon thread pulling from a source into a bounded queue, keeping its own time.
 
-    def __init__(self, source: Iterator[Any], stop: threading.Event) -> None:
+    ``threaded=False`` reads in the consumer's thread instead: for a file of one batch there is
+    nothing to overlap, and a thread and its queue hand-offs cost more than they save (small files).
+    """
+
+    def __init__(self, source: Iterator[Any], stop: threading.Event, *, threaded: bool = True) -> None:
         self.q: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
         self.seconds = 0.0
         self.error: BaseException | None = None
         self._source = source
         self._stop = stop
+        self.threaded = threaded
         self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        if threaded:
+            self.thread.start()
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -61,7 +67,21 @@ class Stage:
             self.error = exc
         self._put(DONE)
 
+    def _inline(self) -> Iterator[Any]:
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                item = next(self._source)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - t0
+            yield item
+
     def __iter__(self) -> Iterator[Any]:
+        if not self.threaded:
+            yield from self._inline()
+            return
         while True:
             try:
                 item = self.q.get(timeout=0.1)
@@ -84,7 +104,8 @@ class Writer:
     """Consumes scored batches on its own thread so encoding (and drift statistics) overlap
     the next inference. Items are ``(batch or None, side job or None)``."""
 
-    def __init__(self, open_writer: Callable[[pa.Schema], io.StagedWriter] | None, stop: threading.Event) -> None:
+    def __init__(self, open_writer: Callable[[pa.Schema], io.StagedWriter] | None, stop: threading.Event,
+                 *, threaded: bool = True) -> None:
         self.q: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
         self.seconds = 0.0
         self.stats_seconds = 0.0
@@ -92,8 +113,25 @@ class Writer:
         self.writer: io.StagedWriter | None = None
         self._open = open_writer
         self._stop = stop
+        self.threaded = threaded
         self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        if threaded:
+            self.thread.start()
+
+    def _handle(self, item: tuple[pa.RecordBatch | None, Callable[[], None] | None]) -> None:
+        batch, side_job = item
+        if side_job is not None:  # drift statistics overlap the next inference
+            t1 = time.perf_counter()
+            side_job()
+            self.stats_seconds += time.perf_counter() - t1
+        if batch is None:
+            return
+        t0 = time.perf_counter()
+        if self.writer is None:
+            assert self._open is not None
+            self.writer = self._open(batch.schema)
+        self.writer.write(batch)
+        self.seconds += time.perf_counter() - t0
 
     def _run(self) -> None:
         try:
@@ -101,19 +139,7 @@ class Writer:
                 item = self.q.get()
                 if item is DONE:
                     return
-                batch, side_job = item
-                if side_job is not None:  # drift statistics overlap the next inference
-                    t1 = time.perf_counter()
-                    side_job()
-                    self.stats_seconds += time.perf_counter() - t1
-                if batch is None:
-                    continue
-                t0 = time.perf_counter()
-                if self.writer is None:
-                    assert self._open is not None
-                    self.writer = self._open(batch.schema)
-                self.writer.write(batch)
-                self.seconds += time.perf_counter() - t0
+                self._handle(item)
         except BaseException as exc:  # noqa: BLE001
             self.error = exc
             self._stop.set()
@@ -125,6 +151,14 @@ class Writer:
                     return
 
     def put(self, batch: pa.RecordBatch | None, side_job: Callable[[], None] | None = None) -> None:
+        if not self.threaded:
+            try:
+                self._handle((batch, side_job))
+            except BaseException as exc:
+                self.error = exc
+                self._stop.set()
+                raise
+            return
         while self.error is None:
             try:
                 self.q.put((batch, side_job), timeout=0.1)
@@ -134,6 +168,10 @@ class Writer:
         raise self.error
 
     def finish(self) -> None:
+        if not self.threaded:
+            if self.error is not None:
+                raise self.error
+            return
         while self.thread.is_alive():  # a consumer that died on an error no longer takes from the queue
             try:
                 self.q.put(DONE, timeout=0.1)

@@ -1,0 +1,96 @@
+"""Many small files: bundled into shared tasks, still one output and one commit per input, every
+row against the model's own library; a bad file inside a bundle under both error policies; and the
+engine a run used (worker threads for a small job, processes when asked for workers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import batchserve
+from tests.conftest import make_table, write_dataset
+from tests.test_pipeline import features_matrix, proba_from
+
+pytestmark = pytest.mark.slow
+
+
+def _small_dataset(root: Path, n: int = 48, rows: int = 40) -> dict[str, pa.Table]:
+    tables = {f"hour={i:02d}/part-0.parquet": make_table(rows, seed=100 + i) for i in range(n)}
+    write_dataset(root, tables)
+    return tables
+
+
+def test_small_files_are_bundled_and_every_row_matches_the_library(tmp_path: Path, cluster: str,
+                                                                    model_dir: dict) -> None:
+    path, clf = model_dir["lgbm"]
+    tables = _small_dataset(tmp_path / "in")
+    # batch 64: bundles of about 128 rows (three or four 40-row files per task)
+    result = batchserve.score(model=str(path), input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                              scheduler=cluster, batch_size=64)
+    m = result.manifest
+    assert sorted(e.relpath for e in m.outputs) == sorted(tables) and m.totals.rows == 48 * 40
+    for rel, table in tables.items():
+        got = pq.read_table(tmp_path / "out" / rel)
+        assert got.column("id").to_pylist() == table.column("id").to_pylist()  # one output per input, in order
+        np.testing.assert_allclose(proba_from(got), clf.predict_proba(features_matrix(table)), rtol=1e-4, atol=1e-5)
+    # drift statistics merged per bundle on the workers still cover every row exactly once
+    assert m.drift is not None and all(c.count + c.nulls == 48 * 40 for c in m.drift.features.values())
+
+
+def _nan_in_one_file(root: Path, n: int = 12, bad: int = 5) -> dict[str, pa.Table]:
+    """Small files, one of which has nulls in a float feature: it fails in its task under --nan fail,
+    in the middle of a bundle (planning cannot see values, only footers)."""
+    tables = {f"hour={i:02d}/part-0.parquet": make_table(40, seed=100 + i, null_every=7 if i == bad else 0)
+              for i in range(n)}
+    write_dataset(root, tables)
+    return tables
+
+
+def _on_disk(out: Path) -> set[str]:
+    return {str(p.relative_to(out)) for p in out.rglob("*.parquet") if "_temporary" not in p.parts}
+
+
+def test_a_bad_file_inside_a_bundle_is_skipped_under_skip(tmp_path: Path, cluster: str, model_dir: dict) -> None:
+    path, _ = model_dir["lgbm"]
+    _nan_in_one_file(tmp_path / "in")
+    result = batchserve.score(model=str(path), input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                              scheduler=cluster, batch_size=64, nan="fail", on_error="skip")
+    m = result.manifest
+    assert [f.relpath for f in m.failures] == ["hour=05/part-0.parquet"]
+    assert len(m.outputs) == 11 and _on_disk(tmp_path / "out") == {e.relpath for e in m.outputs}
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_a_bad_file_inside_a_bundle_fails_the_run_and_the_manifest_lists_what_committed(
+    tmp_path: Path, cluster: str, model_dir: dict
+) -> None:
+    path, _ = model_dir["lgbm"]
+    _nan_in_one_file(tmp_path / "in")
+    with pytest.raises(batchserve.DataError, match="hour=05"):
+        batchserve.score(model=str(path), input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                         scheduler=cluster, batch_size=64, nan="fail")
+    m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    listed = {e["relpath"] for e in m["outputs"]}
+    assert m["run"]["status"] == "failed" and not (tmp_path / "out" / "_SUCCESS").exists()
+    assert "hour=05/part-0.parquet" not in listed
+    assert _on_disk(tmp_path / "out") == listed  # exactly what is on disk: kept for --resume, nothing more
+    # the bundle's files before the bad one committed and came back with the failure
+    assert {"hour=04/part-0.parquet"} <= listed
+
+
+def test_the_engine_a_run_used_is_recorded(tmp_path: Path, model_dir: dict) -> None:
+    """No --scheduler and a small plan: worker threads in this process (no process start-up, most
+    of a small job's time); --workers asks for worker processes."""
+    path, _ = model_dir["lgbm"]
+    _small_dataset(tmp_path / "in", n=3)
+    threads = batchserve.score(model=str(path), input=str(tmp_path / "in"), output=str(tmp_path / "a"))
+    procs = batchserve.score(model=str(path), input=str(tmp_path / "in"), output=str(tmp_path / "b"), workers=1)
+    assert threads.manifest.run.engine is not None and threads.manifest.run.engine.kind == "local-threads"
+    assert procs.manifest.run.engine is not None and procs.manifest.run.engine.kind == "local"
+    assert pq.read_table(tmp_path / "a" / "hour=00" / "part-0.parquet").equals(
+        pq.read_table(tmp_path / "b" / "hour=00" / "part-0.parquet"))
