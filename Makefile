@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-BENCH_ROWS ?= 4000000
+BENCH_ROWS ?= 2000000
 
 .PHONY: install demo test test-fast test-airflow system-deps lint bench sample clean
 
@@ -63,8 +63,13 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: install
-	$(BIN)/python tests/bench.py --rows $(BENCH_ROWS)
+$(VENV)/.bench-stamp: pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+# Extra flags go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--models mlp --repeat 3".
+bench: install $(VENV)/.bench-stamp
+	$(BIN)/python tests/bench.py --rows $(BENCH_ROWS) $(BENCH_ARGS)
 
 sample: install
 	$(BIN)/python sample_data/make_sample.py
