@@ -69,7 +69,11 @@ class ScoreConfig:
     output: str
     features: tuple[str, ...] | None = None
     keep: tuple[str, ...] | None = None
+    #: Rows per read, write and statistics batch (and per inference run unless ``batch_auto``).
     batch_size: int = DEFAULT_BATCH_SIZE
+    #: ``--batch-size auto`` (the default): each worker probes onnxruntime's fastest rows per run
+    #: for this model on this machine and runs each I/O batch in such pieces.
+    batch_auto: bool = True
     workers: int | None = None
     scheduler: str | None = None
     device: str = "auto"
@@ -280,6 +284,16 @@ def _to_int(value: Any) -> int:
         raise ConfigError(f"expected a whole number, got {value!r}") from None
 
 
+def _to_batch(value: Any) -> int | str:
+    """``auto`` or a whole number of rows."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _to_int(value)
+    except ConfigError:
+        raise ConfigError(f"expected auto or a whole number of rows, got {value!r}") from None
+
+
 def _to_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ConfigError(f"expected a number, got {value!r}")
@@ -327,7 +341,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "output": _to_str,
     "features": _split_columns,
     "keep": _split_columns,
-    "batch_size": _to_int,
+    "batch_size": _to_batch,
     "workers": _to_int,
     "scheduler": _to_str,
     "device": _to_str,
@@ -485,7 +499,7 @@ class ScoreSettings(TypedDict, total=False):
     output: str
     features: Sequence[str] | str | None
     keep: Sequence[str] | str | None
-    batch_size: int
+    batch_size: int | Literal["auto"]
     workers: int | None
     scheduler: str | None
     #: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
@@ -580,4 +594,8 @@ def resolve_score_config(
         )
     for name in ("model", "input", "output"):
         merged.setdefault(name, "")  # a command that needs no output (validate) or model (profile)
+    if merged.get("batch_size") == "auto":
+        del merged["batch_size"]
+    elif "batch_size" in merged:
+        merged["batch_auto"] = False  # a fixed size: every batch runs whole, as asked
     return ScoreConfig(**merged)

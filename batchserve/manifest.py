@@ -92,6 +92,9 @@ class WorkerInfo:
     fallback_reason: str | None
     setup_seconds: float
     cuda_visible_devices: str | None
+    #: ``--batch-size auto``: rows per session.run the probe chose, and rows/s per size it tried.
+    infer_batch: int | None = None
+    batch_probe: dict[str, float] | None = None
 
 
 @dataclasses.dataclass

@@ -105,3 +105,45 @@ def test_zipmap_is_stripped_but_values_and_labels_match_ort(string_labels: bool,
     np.testing.assert_array_equal(probs.values, np.array([[d[k] for k in probs.labels] for d in want], np.float32))
     np.testing.assert_array_equal(got["output_label"], want_labels)
     assert m.output_names == ["output_label", "output_probability"]
+
+
+def test_batch_size_auto_picks_the_largest_size_within_ten_percent_of_the_fastest() -> None:
+    from batchserve.model import choose_batch
+
+    # an MLP's curve on 2 cores (make bench): fastest at 2,048, 8,192 within 10%
+    assert choose_batch({1024: 359_276, 2048: 412_117, 4096: 411_226, 8192: 400_714, 16384: 296_904}) == 8192
+    # LightGBM is flat: the largest size wins
+    assert choose_batch({1024: 312_506, 4096: 305_760, 16384: 283_812}) == 16384
+    assert choose_batch({4096: 1.0}) == 4096
+
+
+def test_probe_limit_only_probes_runs_it_can_pay_for() -> None:
+    from batchserve.config import resolve_score_config
+    from batchserve.pipeline.cluster import probe_limit
+
+    auto = resolve_score_config({"model": "m", "input": "i", "output": "o"}, env={})
+    fixed = resolve_score_config({"model": "m", "input": "i", "output": "o", "batch_size": "4096"}, env={})
+    assert auto.batch_auto and not fixed.batch_auto and fixed.batch_size == 4096
+    assert probe_limit(auto, 100_000) is None  # the sample data: not worth a probe
+    assert probe_limit(auto, 2_000_000) == 16_384 and probe_limit(auto, 10**9) == 65_536
+    assert probe_limit(fixed, 10**9) is None
+
+
+def test_running_in_probed_pieces_gives_the_same_outputs(model_dir: dict) -> None:
+    """A batch run in pieces of infer_rows equals the batch run whole, for tensors and ZipMap outputs."""
+    import numpy as np
+
+    from batchserve import model as m
+    from tests.conftest import FEATURES, features_matrix, make_table
+
+    x = features_matrix(make_table(1000, seed=3))
+    for kind in ("logreg", "lgbm", "zipmap"):
+        path, _ = model_dir[kind]
+        whole = m.build_session(path.read_bytes(), device="cpu", intra_op_threads=1, gpu_id=None)
+        name = whole.session.get_inputs()[0].name
+        feeds = {name: x} if len(whole.session.get_inputs()) == 1 else {n: x[:, [FEATURES.index(n)]] for n in FEATURES}
+        a = whole.run(feeds)
+        whole.infer_rows = 96  # 1,000 rows in 11 pieces, the last one short
+        b = whole.run(feeds)
+        for k in a:
+            np.testing.assert_array_equal(np.asarray(getattr(a[k], "values", a[k])), np.asarray(getattr(b[k], "values", b[k])))

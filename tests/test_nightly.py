@@ -368,7 +368,7 @@ def test_version_completion_and_help_with_defaults_and_environment() -> None:
     comp = run_cli("--show-completion", "bash")
     assert comp.returncode == 0 and "_batchserve_completion" in comp.stdout
     help_ = run_cli("score", "--help", env={"COLUMNS": "300"})
-    assert "Rows per inference batch. [default: 65536; env: BATCHSERVE_BATCH_SIZE]" in help_.stdout
+    assert "probe on each worker finds fastest; N: N rows for both. [default: auto; env: BATCHSERVE_BATCH_SIZE]" in help_.stdout
     assert "[default: auto; env: BATCHSERVE_DEVICE]" in help_.stdout and " ." not in help_.stdout
 
 

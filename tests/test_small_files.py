@@ -94,3 +94,23 @@ def test_the_engine_a_run_used_is_recorded(tmp_path: Path, model_dir: dict) -> N
     assert procs.manifest.run.engine is not None and procs.manifest.run.engine.kind == "local"
     assert pq.read_table(tmp_path / "a" / "hour=00" / "part-0.parquet").equals(
         pq.read_table(tmp_path / "b" / "hour=00" / "part-0.parquet"))
+
+
+def test_batch_size_auto_probes_records_and_scores_every_row_like_the_library(
+    tmp_path: Path, cluster: str, model_dir: dict
+) -> None:
+    """Big enough to probe (>= 102,400 rows): each worker records its inference batch and the rows/s
+    it measured; predictions still match LightGBM row for row, across I/O batches run in pieces."""
+    path, clf = model_dir["lgbm"]
+    tables = {f"part-{i}.parquet": make_table(60_000, seed=200 + i) for i in range(2)}
+    write_dataset(tmp_path / "in", tables, row_group_size=20_000)
+    result = batchserve.score(model=str(path), input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                              scheduler=cluster)
+    engine = result.manifest.run.engine
+    assert engine is not None and result.manifest.run.config["batch_auto"] is True
+    for w in engine.per_worker:
+        # 120k rows: the probe stops at rows/100, one size; nothing smaller won, so batches run whole
+        assert w.batch_probe and list(w.batch_probe) == ["1024"] and w.infer_batch is None
+    for rel, table in tables.items():
+        got = pq.read_table(tmp_path / "out" / rel)
+        np.testing.assert_allclose(proba_from(got), clf.predict_proba(features_matrix(table)), rtol=1e-4, atol=1e-5)

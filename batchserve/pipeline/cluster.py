@@ -124,18 +124,33 @@ def install_model(
 ) -> tuple[ModelSpec, list[manifest.WorkerInfo], int]:
     """Register the model plugin on every worker (a no-op for one that has it) and read back what each
     really runs on: the spec tasks refer to, the per-worker facts for the manifest, the worker count."""
-    return _install(client, cfg, plan.model_url, plan.info.sha256, plan.features)
+    return _install(client, cfg, plan.model_url, plan.info.sha256, plan.features, plan.rows)
+
+
+def probe_limit(cfg: ScoreConfig, rows: int) -> int | None:
+    """The largest inference batch ``--batch-size auto`` may probe, or None for no probe.
+
+    The probe costs about two runs of its largest size and saves at most a part of inference, so
+    it only runs where the run is at least 100 times that size, in powers of two up to the I/O batch
+    (a 100k-row job is not probed at all; 2M rows probe up to 16,384).
+    """
+    if not cfg.batch_auto:
+        return None
+    most = min(cfg.batch_size, rows // 100)
+    if most < 1024:
+        return None
+    return 1 << (most.bit_length() - 1)
 
 
 def install_challenger(client: Client, cfg: ScoreConfig, plan: RunPlan) -> ModelSpec:
     """The challenger's session beside the champion's on every worker (its own plugin name)."""
     assert plan.challenger is not None
     ch = plan.challenger
-    return _install(client, cfg, ch.model_url, ch.info.sha256, ch.features)[0]
+    return _install(client, cfg, ch.model_url, ch.info.sha256, ch.features, plan.rows)[0]
 
 
 def _install(
-    client: Client, cfg: ScoreConfig, url: str, sha256: str, features: scoring.FeaturePlan
+    client: Client, cfg: ScoreConfig, url: str, sha256: str, features: scoring.FeaturePlan, rows: int
 ) -> tuple[ModelSpec, list[manifest.WorkerInfo], int]:
     workers_info = client.scheduler_info(n_workers=-1)["workers"]
     hosts: dict[str, list[str]] = {}
@@ -146,6 +161,7 @@ def _install(
         storage_options=cfg.storage_options,
         workers_per_host=tuple((h, len(a)) for h, a in hosts.items()),
         worker_slots=tuple((a, i) for addrs in hosts.values() for i, a in enumerate(addrs)),
+        probe_up_to=probe_limit(cfg, rows),
     )
     client.register_plugin(ModelPlugin(spec), name=spec.plugin_name)
     reports = client.run(worker_report, spec.plugin_name)

@@ -36,11 +36,14 @@ class ModelSpec:
     workers_per_host: tuple[tuple[str, int], ...] = ()
     #: worker address -> index among workers on its host, for "worker i takes GPU i mod n".
     worker_slots: tuple[tuple[str, int], ...] = ()
+    #: ``--batch-size auto``: probe ORT's fastest batch size up to this many rows (the I/O batch);
+    #: None runs every batch whole (a fixed ``--batch-size N``).
+    probe_up_to: int | None = None
 
     @property
     def plugin_name(self) -> str:
         # The digest in the name makes re-registering the same model a no-op.
-        plan_digest = model.sha256_hex(repr((self.plan, self.prefix)).encode())[:8]
+        plan_digest = model.sha256_hex(repr((self.plan, self.prefix, self.probe_up_to)).encode())[:8]
         return f"batchserve-model-{self.sha256[:16]}-{self.device}-{plan_digest}"
 
     @property
@@ -55,11 +58,18 @@ def _available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _warmup_feeds(plan: scoring.FeaturePlan, rows: int = 2) -> dict[str, np.ndarray]:
+def _warmup_feeds(plan: scoring.FeaturePlan, rows: int = 2, random: bool = False) -> dict[str, np.ndarray]:
+    """Rows of the model's input types: zeros to warm up, standard normals (floats) for the probe, so
+    tree models branch as they would on data rather than down one path."""
     feeds = {}
+    rng = np.random.default_rng(0)
     for b in plan.bindings:
         shape = (rows,) if b.rank == 1 else (rows, len(b.columns))
-        feeds[b.input_name] = np.zeros(shape, dtype=np.dtype(b.dtype))
+        dtype = np.dtype(b.dtype)
+        if random and dtype.kind == "f":
+            feeds[b.input_name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[b.input_name] = np.zeros(shape, dtype=dtype)
     return feeds
 
 
@@ -74,6 +84,7 @@ class ModelPlugin(WorkerPlugin):
         self.model: model.LoadedModel | None = None
         self.prediction_schema: pa.Schema | None = None
         self.setup_seconds = 0.0
+        self.probe: dict[int, float] | None = None
 
     def setup(self, worker: Any) -> None:
         start = time.perf_counter()
@@ -96,6 +107,12 @@ class ModelPlugin(WorkerPlugin):
         loaded = model.build_session(data, device=spec.device, intra_op_threads=threads, gpu_id=gpu)
         outputs = loaded.run(_warmup_feeds(spec.plan))
         cols = scoring.outputs_to_columns(outputs, 2, spec.prefix)
+        if spec.probe_up_to:
+            best, self.probe = model.probe_batch(
+                loaded, lambda n: _warmup_feeds(spec.plan, n, random=True), spec.probe_up_to)
+            # Pieces only where the probe saw smaller runs win; sizes above what it tried are unknown,
+            # so a winner at its largest size means: run batches whole, as before.
+            loaded.infer_rows = best if best < max(self.probe) else None
         self.prediction_schema = pa.schema([pa.field(k, v.type) for k, v in cols.items()])
         self.model = loaded
         self.setup_seconds = time.perf_counter() - start
@@ -130,4 +147,6 @@ def worker_report(plugin_name: str, dask_worker: Any = None) -> dict[str, Any]:
         "fallback_reason": m.fallback_reason,
         "setup_seconds": round(plugin.setup_seconds, 4),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "infer_batch": m.infer_rows,
+        "batch_probe": {str(k): round(v) for k, v in plugin.probe.items()} if plugin.probe else None,
     }
