@@ -95,6 +95,8 @@ class WorkerInfo:
     #: ``--batch-size auto``: rows per session.run the probe chose, and rows/s per size it tried.
     infer_batch: int | None = None
     batch_probe: dict[str, float] | None = None
+    #: provider -> operator -> nodes it ran (from ORT's profile of the warm-up run).
+    node_placement: dict[str, dict[str, int]] | None = None
 
 
 @dataclasses.dataclass

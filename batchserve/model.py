@@ -213,6 +213,17 @@ class LoadedModel:
     #: Rows per session.run when a batch is larger (``--batch-size auto``: from :func:`probe_batch`);
     #: None runs each batch whole.
     infer_rows: int | None = None
+    #: provider -> operator -> nodes, from the profile of the first run (:meth:`node_placement`).
+    placement: dict[str, dict[str, int]] | None = None
+
+    def node_placement(self) -> dict[str, dict[str, int]]:
+        """Which provider ran each graph node in the run(s) so far, read from ORT's profile; ends the
+        profiling, so later runs cost nothing. A GPU session runs what has no GPU kernel (tree
+        ensembles, most ONNX-ML operators) on the CPU provider beside it: this is how we know."""
+        if self.placement is None:
+            path = self.session.end_profiling()
+            self.placement = parse_placement(path)
+        return self.placement
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
         fetch = [self.zipmaps[n][0] if n in self.zipmaps else n for n in self.output_names]
@@ -223,6 +234,8 @@ class LoadedModel:
         else:  # I/O batches stay large (cheap per row to decode and encode); ORT gets its fastest size
             parts = [self.session.run(fetch, {k: v[s : s + step] for k, v in feeds.items()}) for s in range(0, n, step)]
             values = [np.concatenate([p[i] for p in parts]) for i in range(len(fetch))]
+        if self.placement is None:  # the first run was profiled; read it and stop profiling
+            self.node_placement()
         out: dict[str, Any] = {}
         for name, value in zip(self.output_names, values, strict=True):
             if name in self.zipmaps:
@@ -230,6 +243,45 @@ class LoadedModel:
             else:
                 out[name] = value
         return out
+
+
+def parse_placement(path: str) -> dict[str, dict[str, int]]:
+    """provider -> operator type -> distinct nodes, from an ORT profile file (removed afterwards)."""
+    import json
+    import shutil
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            events = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    finally:
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    seen: dict[str, tuple[str, str]] = {}
+    for e in events if isinstance(events, list) else []:
+        args = e.get("args") or {}
+        if e.get("cat") == "Node" and "provider" in args:
+            seen[str(args.get("node_index", e.get("name")))] = (str(args["provider"]), str(args.get("op_name", "?")))
+    out: dict[str, dict[str, int]] = {}
+    for provider, op in seen.values():
+        out.setdefault(provider, {}).setdefault(op, 0)
+        out[provider][op] += 1
+    return out
+
+
+def placement_warning(placement: Mapping[str, Mapping[str, int]], provider: str) -> str | None:
+    """A warning when a GPU session runs most of its nodes on the CPU (a tree ensemble, say): the
+    GPU then mostly waits, and a CPU worker would do as well."""
+    if provider == "CPUExecutionProvider" or not placement:
+        return None
+    total = sum(sum(ops.values()) for ops in placement.values())
+    on_cpu = placement.get("CPUExecutionProvider", {})
+    n_cpu = sum(on_cpu.values())
+    if total == 0 or n_cpu * 2 <= total:
+        return None
+    ops = ", ".join(f"{op} x{n}" for op, n in sorted(on_cpu.items()))
+    return (f"{provider} runs only {total - n_cpu} of {total} graph nodes; {n_cpu} run on the CPU ({ops}): "
+            "onnxruntime has no GPU kernels for them, so this GPU mostly waits; --device cpu frees it")
 
 
 #: Inference batch sizes the probe tries, smallest first.
@@ -325,6 +377,8 @@ def check_runnable(info: ModelInfo, data: bytes) -> None:
 
 
 def _session(data: bytes, providers: list[Any], threads: int) -> ort.InferenceSession:
+    """A session whose first run is profiled (ORT's profile says which provider ran each node,
+    :meth:`LoadedModel.node_placement`), and no other run."""
     _load_onnx()
     # ORT's own warnings (e.g. skl2onnx's declared [1] label shape) would flood cron logs.
     ort.set_default_logger_severity(3)
@@ -339,6 +393,10 @@ def _session(data: bytes, providers: list[Any], threads: int) -> ort.InferenceSe
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: a failed CUDA load is reported by us, once
+    import tempfile
+
+    opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="batchserve-ort-"), "placement")
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types

@@ -297,6 +297,25 @@ def run_sample_plain(model: Path, out: Path) -> float:
     return timed([sys.executable, "-c", script, str(model), str(REPO / "sample_data" / "transactions"), str(out)])[0]
 
 
+def memory_scaling(args: argparse.Namespace, work: Path, model: Path) -> dict:
+    """The MLP end to end at growing sizes: the process tree's peak memory must not grow with the data."""
+    found = {}
+    print()
+    print("| rows (mlp) | files | batchserve rows/s | peak RSS, whole process tree | vs the smallest |")
+    print("|---|---|---|---|---|")
+    first = None
+    for rows in args.memory_rows:
+        files = max(2, rows // 1_000_000)
+        make_data(work / "mem", rows, files, seed=3)
+        secs, peak, _ = run_batchserve(model, work / "mem", work / "out_mem", [])
+        first = first or peak
+        found[rows] = {"rows_per_second": rows / secs, "peak_rss_bytes": peak}
+        print(f"| {rows:,} | {files} | {rows / secs:,.0f} | {peak / 2**20:,.0f} MiB | {peak / first:.2f} |", flush=True)
+        shutil.rmtree(work / "mem")
+        shutil.rmtree(work / "out_mem")
+    return found
+
+
 def polars_vs_pyarrow(files: list[Path], work: Path) -> dict:
     """Reading, to_numpy of the 32 features, and writing one of our files: polars against pyarrow."""
     import polars as pl
@@ -342,9 +361,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="interleaved runs per measurement; the best is kept")
     ap.add_argument("--small-files", type=int, default=2000, help="files of 500 rows in the small-files case")
     ap.add_argument("--skip", default="", help="comma-separated peers or sections to skip: plain,pandas,dask,"
-                    "models,small,startup,polars")
+                    "models,small,startup,polars,memory")
+    ap.add_argument("--memory-rows", default="8000000,32000000",
+                    help="row counts for the MLP memory case (the 32M-row input takes ~4.5 GB of disk)")
     args = ap.parse_args()
     args.skip = set(filter(None, args.skip.split(",")))
+    args.memory_rows = [int(r) for r in args.memory_rows.split(",") if r]
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     threads = len(os.sched_getaffinity(0))
@@ -366,6 +388,8 @@ def main() -> None:
         report["startup"] = startup(args, work)
     if "polars" not in args.skip:
         report["polars"] = polars_vs_pyarrow(files, work)
+    if "memory" not in args.skip:
+        report["memory"] = memory_scaling(args, work, paths["mlp"])
     (work / "results.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"# results: {work / 'results.json'}")
 

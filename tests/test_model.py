@@ -81,6 +81,8 @@ def test_cuda_session_matches_cpu() -> None:
     m = model.build_session(data, device="cuda", intra_op_threads=1, gpu_id=0)
     assert m.provider == "CUDAExecutionProvider" and m.device == "cuda:0"
     np.testing.assert_allclose(m.run({"X": x})["score"], oracle(x)[:, None], rtol=1e-3, atol=1e-3)
+    assert m.placement is not None and "Gemm" in m.placement.get("CUDAExecutionProvider", {})  # the matmuls ran on it
+    assert model.placement_warning(m.placement, m.provider) is None
 
 
 @pytest.mark.parametrize("string_labels", [False, True])
@@ -147,3 +149,36 @@ def test_running_in_probed_pieces_gives_the_same_outputs(model_dir: dict) -> Non
         b = whole.run(feeds)
         for k in a:
             np.testing.assert_array_equal(np.asarray(getattr(a[k], "values", a[k])), np.asarray(getattr(b[k], "values", b[k])))
+
+
+def test_node_placement_is_read_from_the_profile_of_the_first_run(model_dir: dict) -> None:
+    """Which provider ran which operator, from ORT's own profile: a tree ensemble on the CPU here.
+    The profile ends after the first run (later runs are not profiled) and its file is removed."""
+    import glob
+    import tempfile
+
+    import numpy as np
+
+    from batchserve import model as m
+
+    path, _ = model_dir["lgbm"]
+    loaded = m.build_session(path.read_bytes(), device="cpu", intra_op_threads=1, gpu_id=None)
+    name = loaded.session.get_inputs()[0].name
+    before = set(glob.glob(f"{tempfile.gettempdir()}/batchserve-ort-*"))
+    loaded.run({name: np.zeros((3, 6), np.float32)})
+    assert loaded.placement is not None
+    assert loaded.placement["CPUExecutionProvider"]["TreeEnsembleClassifier"] == 1
+    assert set(glob.glob(f"{tempfile.gettempdir()}/batchserve-ort-*")) <= before  # no profile left behind
+    loaded.run({name: np.zeros((3, 6), np.float32)})  # not profiled: nothing new appears
+    assert set(glob.glob(f"{tempfile.gettempdir()}/batchserve-ort-*")) <= before
+
+
+def test_a_gpu_run_mostly_on_the_cpu_is_warned_about() -> None:
+    from batchserve.model import placement_warning
+
+    trees = {"CUDAExecutionProvider": {"Cast": 1}, "CPUExecutionProvider": {"TreeEnsembleClassifier": 1, "ZipMap": 1}}
+    text = placement_warning(trees, "CUDAExecutionProvider")
+    assert text is not None and "runs only 1 of 3 graph nodes" in text and "TreeEnsembleClassifier x1" in text
+    mlp = {"CUDAExecutionProvider": {"Gemm": 3, "Relu": 2}, "CPUExecutionProvider": {"Shape": 1}}
+    assert placement_warning(mlp, "CUDAExecutionProvider") is None  # mostly on the GPU
+    assert placement_warning(trees, "CPUExecutionProvider") is None  # a CPU run has nothing to warn about

@@ -111,6 +111,8 @@ def test_batch_size_auto_probes_records_and_scores_every_row_like_the_library(
     for w in engine.per_worker:
         # 120k rows: the probe stops at rows/100, one size; nothing smaller won, so batches run whole
         assert w.batch_probe and list(w.batch_probe) == ["1024"] and w.infer_batch is None
+        assert w.node_placement == {"CPUExecutionProvider": {"TreeEnsembleClassifier": 1, "Cast": 1}} or (
+            w.node_placement and w.node_placement["CPUExecutionProvider"]["TreeEnsembleClassifier"] == 1)
     for rel, table in tables.items():
         got = pq.read_table(tmp_path / "out" / rel)
         np.testing.assert_allclose(proba_from(got), clf.predict_proba(features_matrix(table)), rtol=1e-4, atol=1e-5)

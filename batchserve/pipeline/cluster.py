@@ -169,6 +169,9 @@ def _install(
     for w in per_worker:
         if w.fallback_reason:  # expected under --device auto on CPU machines: info, not a warning
             log.info("worker %s runs on CPU: %s", w.address, w.fallback_reason)
+    warnings = {model.placement_warning(w.node_placement or {}, w.provider) for w in per_worker} - {None}
+    for text in sorted(w for w in warnings if w):  # once per distinct placement, not once per worker
+        log.warning("%s", text, extra={"fields": {"event": "placement"}})
     return spec, per_worker, len(workers_info)
 
 

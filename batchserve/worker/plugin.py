@@ -106,6 +106,7 @@ class ModelPlugin(WorkerPlugin):
         gpu = model.pick_gpu(spec.device, slot)
         loaded = model.build_session(data, device=spec.device, intra_op_threads=threads, gpu_id=gpu)
         outputs = loaded.run(_warmup_feeds(spec.plan))
+        loaded.node_placement()  # from the warm-up's profile; later runs are not profiled
         cols = scoring.outputs_to_columns(outputs, 2, spec.prefix)
         if spec.probe_up_to:
             best, self.probe = model.probe_batch(
@@ -148,5 +149,6 @@ def worker_report(plugin_name: str, dask_worker: Any = None) -> dict[str, Any]:
         "setup_seconds": round(plugin.setup_seconds, 4),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "infer_batch": m.infer_rows,
+        "node_placement": m.node_placement(),
         "batch_probe": {str(k): round(v) for k, v in plugin.probe.items()} if plugin.probe else None,
     }
