@@ -90,7 +90,12 @@ def test_the_engine_a_run_used_is_recorded(tmp_path: Path, model_dir: dict) -> N
     _small_dataset(tmp_path / "in", n=3)
     threads = batchserve.score(model=str(path), input=str(tmp_path / "in"), output=str(tmp_path / "a"))
     procs = batchserve.score(model=str(path), input=str(tmp_path / "in"), output=str(tmp_path / "b"), workers=1)
-    assert threads.manifest.run.engine is not None and threads.manifest.run.engine.kind == "local-threads"
+    from batchserve.config import resolve_score_config
+    from batchserve.pipeline.cluster import engine_for
+
+    # local-threads on a CPU machine of under 8 cores (one default worker); a GPU or more cores: processes
+    expected = engine_for(resolve_score_config({"model": "m", "input": "i", "output": "o"}, env={}), 120)
+    assert threads.manifest.run.engine is not None and threads.manifest.run.engine.kind == expected
     assert procs.manifest.run.engine is not None and procs.manifest.run.engine.kind == "local"
     assert pq.read_table(tmp_path / "a" / "hour=00" / "part-0.parquet").equals(
         pq.read_table(tmp_path / "b" / "hour=00" / "part-0.parquet"))

@@ -32,3 +32,20 @@ def test_pieces_cover_every_group_once_in_order(groups: list[int], target: int) 
     assert [g for r in ranges for g in r] == list(range(len(groups)))  # each group once, in order
     for r in ranges[:-1]:
         assert sum(groups[g] for g in r) >= target  # only the last piece may be short
+
+
+def test_the_engine_is_chosen_by_gpus_dask_cuda_size_and_flags() -> None:
+    """Decided without a GPU: which engine each machine gets."""
+    from batchserve.config import resolve_score_config
+    from batchserve.pipeline.cluster import THREADS_MAX_ROWS, engine_for
+
+    def cfg(**kw: object) -> object:
+        return resolve_score_config({"model": "m", "input": "i", "output": "o", **kw}, env={})
+
+    small, big = 100_000, THREADS_MAX_ROWS + 1
+    assert engine_for(cfg(scheduler="tcp://10.0.0.5:8786"), small, gpus=4, dask_cuda=True) == "scheduler"
+    assert engine_for(cfg(), small, gpus=2, dask_cuda=True) == "local-cuda"
+    assert engine_for(cfg(), small, gpus=2, dask_cuda=False) == "local"  # our own worker per GPU
+    assert engine_for(cfg(device="cpu"), small, gpus=2, dask_cuda=True) != "local-cuda"
+    assert engine_for(cfg(), big, gpus=0, dask_cuda=True) == "local"
+    assert engine_for(cfg(workers=1), small, gpus=0, dask_cuda=False) == "local"  # asked for processes

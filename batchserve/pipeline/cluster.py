@@ -56,15 +56,25 @@ THREADS_MAX_ROWS = 2_000_000
 THREADS_TASKS = 1
 
 
-def engine_for(cfg: ScoreConfig, rows: int) -> str:
-    """Which engine runs the tasks: ``scheduler`` (--scheduler), ``local-threads`` (a small CPU job
-    with one worker and no explicit --workers), else ``local`` worker processes."""
+def _has_dask_cuda() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("dask_cuda") is not None
+
+
+def engine_for(cfg: ScoreConfig, rows: int, *, gpus: int | None = None, dask_cuda: bool | None = None) -> str:
+    """Which engine runs the tasks: ``scheduler`` (--scheduler); with GPUs, ``local-cuda`` (dask-cuda's
+    LocalCUDACluster, one worker per GPU, when dask-cuda is installed) or ``local`` (our own worker
+    per GPU, CUDA_VISIBLE_DEVICES rotated); on CPU, ``local-threads`` for a small job with one
+    worker and no explicit --workers, else ``local`` worker processes."""
     if cfg.scheduler:
         return "scheduler"
+    gpus = model.visible_gpu_count() if gpus is None else gpus
+    if cfg.device != "cpu" and gpus > 0:
+        # each GPU worker needs its own CUDA_VISIBLE_DEVICES: a process, preferably dask-cuda's
+        return "local-cuda" if (_has_dask_cuda() if dask_cuda is None else dask_cuda) else "local"
     if cfg.workers is not None or rows > THREADS_MAX_ROWS:
         return "local"
-    if cfg.device != "cpu" and model.visible_gpu_count() > 0:
-        return "local"  # each GPU worker needs its own CUDA_VISIBLE_DEVICES: a process
     return "local-threads" if default_workers() == 1 else "local"
 
 
@@ -92,6 +102,9 @@ def attach(cfg: ScoreConfig, rows: int = THREADS_MAX_ROWS + 1) -> Iterator[tuple
     # Worker-side logs would repeat, with tracebacks, errors we report once ourselves;
     # --debug (DEBUG on our logger) lets them through.
     quiet = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    if engine == "local-cuda":
+        yield from _cuda_cluster(n, quiet)
+        return
     if engine == "local-threads":
         workers: dict[int, dict[str, Any]] = {
             0: {"cls": Worker, "options": {"nthreads": THREADS_TASKS, "host": "127.0.0.1", "name": 0}}}
@@ -113,6 +126,24 @@ def attach(cfg: ScoreConfig, rows: int = THREADS_MAX_ROWS + 1) -> Iterator[tuple
         try:
             client.wait_for_workers(n, timeout=120)
             yield client, engine, str(cluster.scheduler_address)
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def _cuda_cluster(n: int, quiet: int) -> Iterator[tuple[Client, str, str]]:
+    """dask-cuda's LocalCUDACluster: one worker process per GPU, each pinned to its own device (it sets
+    CUDA_VISIBLE_DEVICES and CPU affinity per worker), as `dask cuda worker` does on remote nodes."""
+    from dask_cuda import LocalCUDACluster
+
+    cluster = LocalCUDACluster(n_workers=n, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                               silence_logs=quiet)
+    try:
+        client = Client(cluster)
+        try:
+            client.wait_for_workers(n, timeout=120)
+            yield client, "local-cuda", str(cluster.scheduler_address)
         finally:
             client.close()
     finally:
