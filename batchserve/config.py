@@ -108,6 +108,10 @@ class ScoreConfig:
     challenger: str | None = None
     challenger_output: str | None = None
     challenger_keep: tuple[str, ...] | None = None
+    #: On a GPU: ``fp32`` or ``fp16`` (weights and arithmetic; inputs and outputs keep their types).
+    precision: str = "fp32"
+    #: A TensorRT engine cache folder that survives runs: TensorRT first, then CUDA, then CPU.
+    trt_cache: str | None = None
     #: ``--filter`` expressions on hive partition keys; a file is scored when it passes all of them.
     filter: tuple[str, ...] = ()
     #: Prometheus text file written (atomically) after the run, for node_exporter's textfile collector.
@@ -170,6 +174,10 @@ class ScoreConfig:
 
         for expr in self.filter:
             parse_filter(expr)
+        if self.precision not in ("fp32", "fp16"):
+            raise ConfigError(f"--precision must be fp32 or fp16, got {self.precision!r}")
+        if (self.precision == "fp16" or self.trt_cache) and self.device == "cpu":
+            raise ConfigError("--precision fp16 and --trt-cache are for GPU sessions; drop them or use --device cuda")
         if self.pushgateway is not None and not re.match(r"^(https?://)?[^\s/:]+(:\d{1,5})?(/\S*)?$", self.pushgateway):
             raise ConfigError(f"--pushgateway must be a URL such as http://pushgateway:9091, got {self.pushgateway!r}")
 
@@ -365,6 +373,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "challenger_output": _to_str,
     "challenger_keep": _split_columns,
     "filter": _to_items_kept,
+    "precision": _to_str,
+    "trt_cache": _to_str,
     "metrics_file": _to_str,
     "pushgateway": _to_str,
 }
@@ -524,6 +534,8 @@ class ScoreSettings(TypedDict, total=False):
     challenger_output: str | None
     challenger_keep: Sequence[str] | str | None
     filter: Sequence[str]
+    precision: Literal["fp32", "fp16"]
+    trt_cache: str | None
     metrics_file: str | None
     pushgateway: str | None
     job: str | None

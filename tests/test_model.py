@@ -85,6 +85,18 @@ def test_cuda_session_matches_cpu() -> None:
     assert model.placement_warning(m.placement, m.provider) is None
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+def test_cuda_fp16_session_keeps_float32_io_and_matches_within_half_precision() -> None:
+    data, oracle = models.mlp(32, (256, 256))
+    x = np.random.default_rng(2).normal(size=(4096, 32)).astype(np.float32)
+    m = model.build_session(data, device="cuda", intra_op_threads=1, gpu_id=0, precision="fp16")
+    got = m.run({"X": x})["score"]
+    assert got.dtype == np.float32
+    want = oracle(x)[:, None]
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2 * float(np.abs(want).max()))
+
+
 @pytest.mark.parametrize("string_labels", [False, True])
 def test_zipmap_is_stripped_but_values_and_labels_match_ort(string_labels: bool, train_table) -> None:
     import onnxruntime as ort
@@ -182,3 +194,47 @@ def test_a_gpu_run_mostly_on_the_cpu_is_warned_about() -> None:
     mlp = {"CUDAExecutionProvider": {"Gemm": 3, "Relu": 2}, "CPUExecutionProvider": {"Shape": 1}}
     assert placement_warning(mlp, "CUDAExecutionProvider") is None  # mostly on the GPU
     assert placement_warning(trees, "CPUExecutionProvider") is None  # a CPU run has nothing to warn about
+
+
+def test_gpu_provider_options_are_decided_without_a_gpu() -> None:
+    from batchserve.errors import DeviceError
+    from batchserve.model import gpu_providers
+
+    assert gpu_providers(1) == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    trt = gpu_providers(0, precision="fp16", trt_cache="/var/cache/trt",
+                        available=["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert [p[0] if isinstance(p, tuple) else p for p in trt] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    opts = trt[0][1]
+    assert opts["trt_engine_cache_enable"] is True and opts["trt_engine_cache_path"] == "/var/cache/trt"
+    assert opts["trt_fp16_enable"] is True and opts["device_id"] == 0
+    with pytest.raises(DeviceError, match="TensorrtExecutionProvider"):
+        gpu_providers(0, trt_cache="/c", available=["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_fp16_keeps_input_and_output_types_and_halves_the_weights() -> None:
+    import onnx
+
+    from batchserve.model import to_fp16
+
+    data, _ = models.mlp(32, (64, 64))
+    half = onnx.load_model_from_string(to_fp16(data))
+    full = onnx.load_model_from_string(data)
+    io = lambda m: [(v.name, v.type.tensor_type.elem_type) for v in [*m.graph.input, *m.graph.output]]  # noqa: E731
+    assert io(half) == io(full)  # float32 in, float32 out: the casts sit inside the graph
+    assert {t.data_type for t in half.graph.initializer} == {onnx.TensorProto.FLOAT16}
+    assert sum(len(t.raw_data) for t in half.graph.initializer) * 2 == pytest.approx(
+        sum(len(t.raw_data) or 4 * len(t.float_data) for t in full.graph.initializer), rel=0.01)
+
+
+def test_fp16_and_trt_cache_are_refused_on_cpu() -> None:
+    from batchserve.config import resolve_score_config
+    from batchserve.errors import ConfigError
+
+    base = {"model": "m", "input": "i", "output": "o", "device": "cpu"}
+    with pytest.raises(ConfigError, match="for GPU sessions"):
+        resolve_score_config({**base, "precision": "fp16"}, env={})
+    with pytest.raises(ConfigError, match="for GPU sessions"):
+        resolve_score_config({**base, "trt_cache": "/c"}, env={})
+    with pytest.raises(ConfigError, match="fp32 or fp16"):
+        resolve_score_config({**base, "device": "auto", "precision": "int8"}, env={})

@@ -125,6 +125,8 @@ def score(
     challenger: Annotated[str | None, typer.Option(help=H("A second model scored beside --model in the same pass (shadow scoring), e.g. models/fraud@candidate.", setting="challenger"))] = None,
     challenger_output: Annotated[str | None, typer.Option(help=H("Where the challenger's predictions go (mirrors the layout); required with --challenger.", setting="challenger_output"))] = None,
     challenger_keep: Annotated[str | None, typer.Option(help=H("Input columns beside the challenger's predictions, e.g. a key.", default="the --keep columns", setting="challenger_keep"))] = None,
+    precision: Annotated[str | None, typer.Option(help=H("On a GPU: fp32, or fp16 (weights and arithmetic in float16; inputs and outputs keep their types).", default="fp32", setting="precision"))] = None,
+    trt_cache: Annotated[str | None, typer.Option(help=H("On a GPU: run through TensorRT, caching its engines in this folder (keep it between runs: building takes minutes, loading seconds).", setting="trt_cache"))] = None,
     metrics_file: Annotated[str | None, typer.Option(help=H("Write the run's Prometheus metrics here (atomically) after success or failure, for node_exporter's textfile collector.", setting="metrics_file"))] = None,
     pushgateway: Annotated[str | None, typer.Option(help=H("Push the run's metrics to this Prometheus Pushgateway (job batchserve, grouped by output); unreachable: one warning.", setting="pushgateway"))] = None,
     job: Annotated[str | None, typer.Option(help="TOML job file ([score] table); flags and BATCHSERVE_* variables override it.")] = None,
@@ -157,7 +159,7 @@ def score(
             "on_error": on_error, "max_failed_files": max_failed_files, "nan": nan, "challenger": challenger,
             "challenger_output": challenger_output, "challenger_keep": columns(challenger_keep),
             "storage_options": storage_flag(storage_option), "filter": filter or None,
-            "metrics_file": metrics_file, "pushgateway": pushgateway,
+            "metrics_file": metrics_file, "pushgateway": pushgateway, "precision": precision, "trt_cache": trt_cache,
         }
         return resolve_score_config(flags, job_file=job, variables=var)
 

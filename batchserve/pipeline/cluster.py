@@ -192,7 +192,7 @@ def _install(
         storage_options=cfg.storage_options,
         workers_per_host=tuple((h, len(a)) for h, a in hosts.items()),
         worker_slots=tuple((a, i) for addrs in hosts.values() for i, a in enumerate(addrs)),
-        probe_up_to=probe_limit(cfg, rows),
+        probe_up_to=probe_limit(cfg, rows), precision=cfg.precision, trt_cache=cfg.trt_cache,
     )
     client.register_plugin(ModelPlugin(spec), name=spec.plugin_name)
     reports = client.run(worker_report, spec.plugin_name)

@@ -39,11 +39,15 @@ class ModelSpec:
     #: ``--batch-size auto``: probe ORT's fastest batch size up to this many rows (the I/O batch);
     #: None runs every batch whole (a fixed ``--batch-size N``).
     probe_up_to: int | None = None
+    #: GPU sessions: fp32 or fp16, and a TensorRT engine cache folder (None: CUDA provider only).
+    precision: str = "fp32"
+    trt_cache: str | None = None
 
     @property
     def plugin_name(self) -> str:
         # The digest in the name makes re-registering the same model a no-op.
-        plan_digest = model.sha256_hex(repr((self.plan, self.prefix, self.probe_up_to)).encode())[:8]
+        plan_digest = model.sha256_hex(
+            repr((self.plan, self.prefix, self.probe_up_to, self.precision, self.trt_cache)).encode())[:8]
         return f"batchserve-model-{self.sha256[:16]}-{self.device}-{plan_digest}"
 
     @property
@@ -104,7 +108,8 @@ class ModelPlugin(WorkerPlugin):
         task_threads = max(1, int(getattr(worker.state, "nthreads", 1)))
         threads = max(1, _available_cores() // max(1, per_host) // task_threads)
         gpu = model.pick_gpu(spec.device, slot)
-        loaded = model.build_session(data, device=spec.device, intra_op_threads=threads, gpu_id=gpu)
+        loaded = model.build_session(data, device=spec.device, intra_op_threads=threads, gpu_id=gpu,
+                                     precision=spec.precision, trt_cache=spec.trt_cache)
         outputs = loaded.run(_warmup_feeds(spec.plan))
         loaded.node_placement()  # from the warm-up's profile; later runs are not profiled
         cols = scoring.outputs_to_columns(outputs, 2, spec.prefix)
