@@ -39,7 +39,7 @@ def test_precedence_flags_over_env_over_job_file(tmp_path: Path) -> None:
         ({"device": "gpu"}, "--device must be"),
         ({"features": "a,b,a"}, "lists a column twice: a"),
         ({"workers": 0}, "--workers must be at least 1"),
-        ({"batch_size": "many"}, "expected a whole number"),
+        ({"batch_size": "many"}, "expected auto or a whole number"),
     ],
 )
 def test_invalid_values_are_named(flags: dict, message: str) -> None:

@@ -89,6 +89,14 @@ def _root(
 H = helptext
 
 
+def _batch_flag(value: str | None) -> str | None:
+    """``--batch-size`` takes auto or a whole number: anything else is a usage error (exit 2), as a
+    bad integer was when the option was typed as one."""
+    if value is None or value.strip().lower() == "auto" or value.strip().isdigit():
+        return value
+    raise typer.BadParameter(f"expected auto or a whole number of rows, got {value!r}")
+
+
 @app.command(
     epilog=(
         "Example: batchserve score --job jobs/nightly.toml --var ds=2026-11-05 -q "
@@ -102,7 +110,7 @@ def score(
     features: Annotated[str | None, typer.Option(help=H("Feature columns in model input order, comma-separated.", default="the model's feature_names metadata", setting="features"))] = None,
     keep: Annotated[str | None, typer.Option(help=H("Input columns to carry to the output, comma-separated.", default="all", setting="keep"))] = None,
     filter: Annotated[list[str] | None, typer.Option("--filter", help=H("Score only files whose hive key=value folders match, e.g. 'date>=2026-11-03', date=2026-11-05, 'region in (eu,us)' (repeatable, all must hold).", setting="filter"))] = None,
-    batch_size: Annotated[str | None, typer.Option(help=H(f"auto: read and write {DEFAULT_BATCH_SIZE:,}-row batches and run the model in the pieces a short probe on each worker finds fastest; N: N rows for both.", default="auto", setting="batch_size"))] = None,
+    batch_size: Annotated[str | None, typer.Option(callback=_batch_flag, help=H(f"auto: read and write {DEFAULT_BATCH_SIZE:,}-row batches and run the model in the pieces a short probe on each worker finds fastest; N: N rows for both.", default="auto", setting="batch_size"))] = None,
     workers: Annotated[int | None, typer.Option(help=H("Local cluster size.", default="one per GPU, else cores/4", setting="workers"))] = None,
     scheduler: Annotated[str | None, typer.Option(help=H("Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786.", default="start a local cluster", setting="scheduler"))] = None,
     device: Annotated[str | None, typer.Option(help=H("auto | cpu | cuda | cuda:N.", default="auto", setting="device"))] = None,
