@@ -252,3 +252,20 @@ def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def screenshot(page: Path, shot: Path, size: str = "1400,1800") -> Path:
+    """Render a self-contained HTML page in Debian's headless Chromium; the PNG is what a person sees.
+    ``TEST_SCREENSHOTS_DIR`` keeps a copy for looking at."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.fail("headless Chromium is needed to render the report (make test installs Debian's chromium)")
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--no-first-run", f"--user-data-dir={shot.parent / 'chrome'}",
+                    f"--screenshot={shot}", f"--window-size={size}", page.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 20_000, f"Chromium did not render {page.name}"
+    keep = os.environ.get("TEST_SCREENSHOTS_DIR")
+    if keep:
+        shutil.copy(shot, Path(keep) / shot.name)
+    return shot

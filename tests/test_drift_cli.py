@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -12,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchserve import manifest
-from tests.conftest import SAMPLE_DATA, SAMPLE_MODEL
+from tests.conftest import SAMPLE_DATA, SAMPLE_MODEL, screenshot
 from tests.test_cli import assert_one_error_line, run_cli
 
 #: Every test here runs the real console script or real processes.
@@ -163,15 +161,7 @@ def test_report_text_and_self_contained_html(tmp_path: Path, drifted: Path, refe
     assert html.count("<svg") == 11 and "distance_km" in html and "drift: psi" in html
     for needle in ("http://", "https://", "<script", "<link"):
         assert needle not in html, f"report must be self-contained ({needle})"
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.fail("headless Chromium is needed to render the report (make test installs Debian's chromium)")
-    shot = tmp_path / "report.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
-                    f"--screenshot={shot}", "--window-size=1400,1800", html_path.as_uri()],
-                   capture_output=True, timeout=120)
-    assert shot.exists() and shot.stat().st_size > 20_000, "Chromium did not render the report"
+    screenshot(html_path, tmp_path / "report.png")
 
 
 def test_the_api_fails_on_drift_like_the_cli_after_committing(tmp_path: Path, drifted: Path, reference: Path,

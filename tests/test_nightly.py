@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REPO, SAMPLE_DATA, SAMPLE_MODEL
+from tests.conftest import REPO, SAMPLE_DATA, SAMPLE_MODEL, screenshot
 from tests.test_cli import BIN, assert_one_error_line, run_cli
 
 pytestmark = pytest.mark.slow
@@ -341,18 +341,7 @@ def test_runs_diff_and_the_history_report(tmp_path: Path, cluster: str) -> None:
     assert "drifted in 1 run(s)" in html and "date=2026-11-03" in html
     for needle in ("http://", "https://", "<script", "<link"):
         assert needle not in html
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.fail("headless Chromium is needed to render the report (make test installs Debian's chromium)")
-    shot = tmp_path / "trend.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
-                    f"--screenshot={shot}", "--window-size=1400,1400", page.as_uri()],
-                   capture_output=True, timeout=120)
-    assert shot.exists() and shot.stat().st_size > 20_000, "Chromium did not render the trend report"
-    keep = os.environ.get("TEST_SCREENSHOTS_DIR")
-    if keep:
-        shutil.copy(shot, Path(keep) / "trend.png")
+    screenshot(page, tmp_path / "trend.png", "1400,1400")
 
     one = run_cli("report", *manifests[:2])
     assert one.returncode == 2 and assert_one_error_line(one, "pass --history")
