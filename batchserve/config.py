@@ -17,11 +17,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypedDict
 
 from batchserve.errors import ConfigError, UsageError
+from batchserve.jobfile import closest, load_job_file, parse_vars, substitute
 from batchserve.selection import parse_filter
 
 __all__ = [
@@ -38,8 +38,6 @@ __all__ = [
     "utc_now",
     "new_run_id",
     "TIMESTAMP_FORMAT",
-    "load_job_file",
-    "substitute",
     "EXTRA_ENV",
 ]
 
@@ -384,102 +382,13 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
 EXTRA_ENV = frozenset({"BATCHSERVE_ACTOR", "BATCHSERVE_LOG_FORMAT", "BATCHSERVE_LOG_FILE"})
 
 
-def _closest(name: str, candidates: Sequence[str]) -> str:
-    """`` (did you mean X?)`` for a likely typo, else nothing."""
-    import difflib
-
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-_PLACEHOLDER_RE = re.compile(r"\$\$|\$\{([^}]*)\}")
-_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def parse_vars(items: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
-    """``--var name=value`` flags (repeatable) as a mapping; a bad one is a one-line error."""
-    if items is None:
-        return {}
-    if isinstance(items, Mapping):
-        pairs = [(str(k), v) for k, v in items.items()]
-    else:
-        pairs = []
-        for item in items:
-            key, sep, value = str(item).partition("=")
-            if not sep:
-                raise ConfigError(f"--var takes name=value, got {item!r}")
-            pairs.append((key.strip(), value))
-    out: dict[str, str] = {}
-    for key, value in pairs:
-        if not _VAR_NAME_RE.match(key):
-            raise ConfigError(f"--var name {key!r} must be letters, digits and _ (not starting with a digit)")
-        if not isinstance(value, str):
-            raise ConfigError(f"--var {key} must be text, got {value!r}")
-        out[key] = value
-    return out
-
-
-def substitute(value: Any, variables: Mapping[str, str], env: Mapping[str, str], where: str,
-               used: set[str] | None = None) -> Any:
-    """Fill ``${name}`` placeholders in every string of a job file value: ``--var`` first, then the
-    environment; ``$$`` is a literal ``$``. A missing variable names itself and the closest given one."""
-    if isinstance(value, str):
-        def fill(m: re.Match[str]) -> str:
-            if m.group(0) == "$$":
-                return "$"
-            name = m.group(1)
-            if not _VAR_NAME_RE.match(name):
-                raise ConfigError(f"{where}: ${{{name}}} is not a variable name (letters, digits and _)")
-            if used is not None:
-                used.add(name)
-            if name in variables:
-                return variables[name]
-            if name in env:
-                return env[name]
-            raise ConfigError(
-                f"{where} uses ${{{name}}} but no --var {name}=... was given and the environment has no {name}"
-                + _closest(name, sorted(variables)).replace("did you mean ", "did you mean --var ")
-            )
-        return _PLACEHOLDER_RE.sub(fill, value)
-    if isinstance(value, list):
-        return [substitute(v, variables, env, where, used) for v in value]
-    if isinstance(value, dict):
-        return {k: substitute(v, variables, env, where, used) for k, v in value.items()}
-    return value
-
-
-def load_job_file(path: str) -> dict[str, Any]:
-    """Read the ``[score]`` table of a TOML job file (top-level keys also accepted), placeholders unfilled."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError("job file not found", path=path) from None
-    except IsADirectoryError:
-        raise ConfigError("job file is a folder; pass the .toml file itself", path=path) from None
-    except UnicodeDecodeError:
-        raise ConfigError("job file is not UTF-8 text (is it a TOML file?)", path=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"job file is not valid TOML: {exc}", path=path) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the job file: {exc.strerror or exc}", path=path) from None
-    table = data.get("score", data)
-    if not isinstance(table, dict):
-        raise ConfigError("job file [score] must be a table", path=path)
-    unknown = sorted(set(table) - set(_CONVERTERS))
-    if unknown:
-        raise ConfigError(f"job file has an unknown key {unknown[0]!r}{_closest(unknown[0], sorted(_CONVERTERS))}"
-                          + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""), path=path)
-    return table
-
-
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     """The ``BATCHSERVE_*`` settings; one that is no setting is a typo (``BATCHSERVE_OUPUT`` would
     otherwise be ignored and the run write somewhere else), named with the closest real one."""
     known = {f"BATCHSERVE_{n.upper()}" for n in _CONVERTERS} | EXTRA_ENV
     for key in sorted(env):
         if key.startswith("BATCHSERVE_") and key not in known:
-            raise ConfigError(f"unknown environment variable {key}{_closest(key, sorted(known))}; "
+            raise ConfigError(f"unknown environment variable {key}{closest(key, sorted(known))}; "
                               "unset it, or see `batchserve score --help` for the variables batchserve reads")
     found: dict[str, Any] = {}
     for name in _CONVERTERS:
@@ -578,12 +487,12 @@ def resolve_score_config(
     layers: list[tuple[str, Mapping[str, Any]]] = []
     if job_file:
         used: set[str] = set()
-        table = load_job_file(job_file)
+        table = load_job_file(job_file, _CONVERTERS)
         filled = {k: substitute(v, given, env, f"job file {job_file}, key {k!r}", used) for k, v in table.items()}
         unused = sorted(set(given) - used)
         if unused:
             raise ConfigError(f"--var {unused[0]} is not used by the job file (it has no ${{{unused[0]}}})"
-                              + _closest(unused[0], sorted(used)).replace("did you mean ", "did you mean --var "),
+                              + closest(unused[0], sorted(used)).replace("did you mean ", "did you mean --var "),
                               path=job_file)
         layers.append((f"job file {job_file}", filled))
     elif given:
@@ -594,7 +503,7 @@ def resolve_score_config(
     for source, layer in layers:
         for name, value in layer.items():
             if name not in _CONVERTERS:
-                raise ConfigError(f"unknown setting {name!r} from {source}{_closest(name, sorted(_CONVERTERS))}")
+                raise ConfigError(f"unknown setting {name!r} from {source}{closest(name, sorted(_CONVERTERS))}")
             try:
                 merged[name] = _CONVERTERS[name](value)
             except ConfigError as exc:
