@@ -22,12 +22,12 @@ import functools
 import hashlib
 import os
 import re
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from batchserve import tuning
 from batchserve.errors import DeviceError, ModelError
 from batchserve.signature import ONNX_NUMPY_TYPES, LabeledProbabilities, ModelInfo, ModelRunner, TensorInfo
 
@@ -222,7 +222,7 @@ class LoadedModel:
         ensembles, most ONNX-ML operators) on the CPU provider beside it: this is how we know."""
         if self.placement is None:
             path = self.session.end_profiling()
-            self.placement = parse_placement(path)
+            self.placement = tuning.parse_placement(path)
         return self.placement
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -243,84 +243,6 @@ class LoadedModel:
             else:
                 out[name] = value
         return out
-
-
-def parse_placement(path: str) -> dict[str, dict[str, int]]:
-    """provider -> operator type -> distinct nodes, from an ORT profile file (removed afterwards)."""
-    import json
-    import shutil
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            events = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    finally:
-        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-    seen: dict[str, tuple[str, str]] = {}
-    for e in events if isinstance(events, list) else []:
-        args = e.get("args") or {}
-        if e.get("cat") == "Node" and "provider" in args:
-            seen[str(args.get("node_index", e.get("name")))] = (str(args["provider"]), str(args.get("op_name", "?")))
-    out: dict[str, dict[str, int]] = {}
-    for provider, op in seen.values():
-        out.setdefault(provider, {}).setdefault(op, 0)
-        out[provider][op] += 1
-    return out
-
-
-def placement_warning(placement: Mapping[str, Mapping[str, int]], provider: str) -> str | None:
-    """A warning when a GPU session runs most of its nodes on the CPU (a tree ensemble, say): the
-    GPU then mostly waits, and a CPU worker would do as well."""
-    if provider == "CPUExecutionProvider" or not placement:
-        return None
-    total = sum(sum(ops.values()) for ops in placement.values())
-    on_cpu = placement.get("CPUExecutionProvider", {})
-    n_cpu = sum(on_cpu.values())
-    if total == 0 or n_cpu * 2 <= total:
-        return None
-    ops = ", ".join(f"{op} x{n}" for op, n in sorted(on_cpu.items()))
-    return (f"{provider} runs only {total - n_cpu} of {total} graph nodes; {n_cpu} run on the CPU ({ops}): "
-            "onnxruntime has no GPU kernels for them, so this GPU mostly waits; --device cpu frees it")
-
-
-#: Inference batch sizes the probe tries, smallest first.
-PROBE_SIZES = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
-#: The probe stops growing the batch once one run takes this long (it stays well under a second).
-PROBE_RUN_LIMIT_S = 0.1
-
-
-def probe_batch(loaded: LoadedModel, make_feeds: Callable[[int], dict[str, np.ndarray]], most: int,
-                clock: Callable[[], float] = time.perf_counter) -> tuple[int, dict[int, float]]:
-    """Time session.run at growing batch sizes (up to ``most`` rows) on synthetic rows of the model's
-    input types; returns the size to run with and rows/s per size tried.
-
-    Why: ORT's speed per row changes 1.7x with batch size on the same CPU (an MLP 32-512-512-1 ran
-    462k rows/s at 4,096 rows and 277k at 65,536, 2 cores; LightGBM is flat), and the best size
-    differs between models and machines. The largest size within 10% of the best wins: fewer,
-    larger runs cost less around them.
-    """
-    rates: dict[int, float] = {}
-    for size in [s for s in PROBE_SIZES if s <= most] or [most]:
-        feeds = make_feeds(size)
-        loaded.session.run(None, feeds)  # warm: allocations, kernels
-        t0 = clock()
-        runs = 0
-        while runs < 3 and (runs == 0 or clock() - t0 < 0.03):
-            loaded.session.run(None, feeds)
-            runs += 1
-        took = max(clock() - t0, 1e-9)
-        rates[size] = size * runs / took
-        if took / runs > PROBE_RUN_LIMIT_S:
-            break
-    return choose_batch(rates), rates
-
-
-def choose_batch(rates: Mapping[int, float]) -> int:
-    """The largest batch size within 10% of the fastest rows/s: the run around each session.run
-    (slicing, a concatenate, Python) is cheaper per row with fewer, larger runs."""
-    top = max(rates.values())
-    return max(s for s, r in rates.items() if r >= 0.90 * top)
 
 
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
@@ -403,42 +325,6 @@ def _session(data: bytes, providers: list[Any], threads: int) -> ort.InferenceSe
         raise ModelError(f"onnxruntime cannot load the model: {ort_reason(exc)}") from None
 
 
-def gpu_providers(gpu_id: int, *, precision: str = "fp32", trt_cache: str | None = None,
-                  available: Sequence[str] = ()) -> list[Any]:
-    """The provider list of a GPU session, CPU last (it runs what the GPU providers cannot).
-
-    With ``trt_cache``, TensorRT first: its engines are built once per model, shape and GPU and cached
-    in that folder, which must survive runs (a first run builds for minutes, later ones load in
-    seconds). ``fp16`` is TensorRT's own fp16 mode there; on the CUDA provider the weights are
-    converted instead (:func:`to_fp16`). Inputs and outputs keep their types either way.
-    """
-    cuda: tuple[str, dict[str, Any]] = ("CUDAExecutionProvider", {"device_id": gpu_id})
-    if trt_cache is None:
-        return [cuda, "CPUExecutionProvider"]
-    if "TensorrtExecutionProvider" not in available:
-        raise DeviceError("--trt-cache needs onnxruntime's TensorrtExecutionProvider (an onnxruntime-gpu build "
-                          "with TensorRT, and TensorRT's libraries); drop --trt-cache to use the CUDA provider")
-    trt = ("TensorrtExecutionProvider", {
-        "device_id": gpu_id, "trt_engine_cache_enable": True, "trt_engine_cache_path": trt_cache,
-        "trt_fp16_enable": precision == "fp16", "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": trt_cache,
-    })
-    return [trt, cuda, "CPUExecutionProvider"]
-
-
-def to_fp16(data: bytes) -> bytes:
-    """The model with float16 weights and arithmetic, float32 inputs and outputs kept (casts at the edges),
-    for the CUDA provider's tensor cores. Needs onnxconverter-common (``pip install 'batchserve[gpu]'``)."""
-    _load_onnx()
-    try:
-        from onnxconverter_common import float16
-    except ImportError:
-        raise ModelError("--precision fp16 needs onnxconverter-common: pip install 'batchserve[gpu]'") from None
-    proto = onnx.load_model_from_string(data)
-    converted = float16.convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
-    return bytes(converted.SerializeToString())
-
-
 def build_session(
     data: bytes, *, device: str, intra_op_threads: int, gpu_id: int | None, precision: str = "fp32",
     trt_cache: str | None = None,
@@ -467,9 +353,9 @@ def build_session(
             fallback = reason
         else:
             assert gpu_id is not None  # wants_cuda
-            providers = gpu_providers(gpu_id, precision=precision, trt_cache=trt_cache,
+            providers = tuning.gpu_providers(gpu_id, precision=precision, trt_cache=trt_cache,
                                       available=ort.get_available_providers())
-            gpu_data = to_fp16(data) if precision == "fp16" and trt_cache is None else data
+            gpu_data = tuning.to_fp16(data) if precision == "fp16" and trt_cache is None else data
             sess = _session(gpu_data, providers, intra_op_threads)
             if sess.get_providers()[0] == "CUDAExecutionProvider":
                 return LoadedModel(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batchserve import model
+from batchserve import model, tuning
 from batchserve.errors import DeviceError, ModelError
 from tests import models
 
@@ -82,7 +82,7 @@ def test_cuda_session_matches_cpu() -> None:
     assert m.provider == "CUDAExecutionProvider" and m.device == "cuda:0"
     np.testing.assert_allclose(m.run({"X": x})["score"], oracle(x)[:, None], rtol=1e-3, atol=1e-3)
     assert m.placement is not None and "Gemm" in m.placement.get("CUDAExecutionProvider", {})  # the matmuls ran on it
-    assert model.placement_warning(m.placement, m.provider) is None
+    assert tuning.placement_warning(m.placement, m.provider) is None
 
 
 @pytest.mark.gpu
@@ -122,7 +122,7 @@ def test_zipmap_is_stripped_but_values_and_labels_match_ort(string_labels: bool,
 
 
 def test_batch_size_auto_picks_the_largest_size_within_ten_percent_of_the_fastest() -> None:
-    from batchserve.model import choose_batch
+    from batchserve.tuning import choose_batch
 
     # an MLP's curve on 2 cores (make bench): fastest at 2,048, 8,192 within 10%
     assert choose_batch({1024: 359_276, 2048: 412_117, 4096: 411_226, 8192: 400_714, 16384: 296_904}) == 8192
@@ -186,7 +186,7 @@ def test_node_placement_is_read_from_the_profile_of_the_first_run(model_dir: dic
 
 
 def test_a_gpu_run_mostly_on_the_cpu_is_warned_about() -> None:
-    from batchserve.model import placement_warning
+    from batchserve.tuning import placement_warning
 
     trees = {"CUDAExecutionProvider": {"Cast": 1}, "CPUExecutionProvider": {"TreeEnsembleClassifier": 1, "ZipMap": 1}}
     text = placement_warning(trees, "CUDAExecutionProvider")
@@ -198,7 +198,7 @@ def test_a_gpu_run_mostly_on_the_cpu_is_warned_about() -> None:
 
 def test_gpu_provider_options_are_decided_without_a_gpu() -> None:
     from batchserve.errors import DeviceError
-    from batchserve.model import gpu_providers
+    from batchserve.tuning import gpu_providers
 
     assert gpu_providers(1) == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
     trt = gpu_providers(0, precision="fp16", trt_cache="/var/cache/trt",
@@ -215,7 +215,7 @@ def test_gpu_provider_options_are_decided_without_a_gpu() -> None:
 def test_fp16_keeps_input_and_output_types_and_halves_the_weights() -> None:
     import onnx
 
-    from batchserve.model import to_fp16
+    from batchserve.tuning import to_fp16
 
     data, _ = models.mlp(32, (64, 64))
     half = onnx.load_model_from_string(to_fp16(data))

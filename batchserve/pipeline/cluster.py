@@ -12,7 +12,7 @@ from typing import Any
 
 from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
 
-from batchserve import manifest, model, scoring
+from batchserve import manifest, model, scoring, tuning
 from batchserve.config import ScoreConfig
 from batchserve.errors import ClusterError
 from batchserve.pipeline.plan import RunPlan
@@ -200,7 +200,7 @@ def _install(
     for w in per_worker:
         if w.fallback_reason:  # expected under --device auto on CPU machines: info, not a warning
             log.info("worker %s runs on CPU: %s", w.address, w.fallback_reason)
-    warnings = {model.placement_warning(w.node_placement or {}, w.provider) for w in per_worker} - {None}
+    warnings = {tuning.placement_warning(w.node_placement or {}, w.provider) for w in per_worker} - {None}
     for text in sorted(w for w in warnings if w):  # once per distinct placement, not once per worker
         log.warning("%s", text, extra={"fields": {"event": "placement"}})
     return spec, per_worker, len(workers_info)

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from distributed import WorkerPlugin
 
-from batchserve import io, model, scoring
+from batchserve import io, model, scoring, tuning
 from batchserve.errors import WorkerStateError
 
 __all__ = ["ModelSpec", "ModelPlugin", "loaded_model", "worker_report"]
@@ -114,7 +114,7 @@ class ModelPlugin(WorkerPlugin):
         loaded.node_placement()  # from the warm-up's profile; later runs are not profiled
         cols = scoring.outputs_to_columns(outputs, 2, spec.prefix)
         if spec.probe_up_to:
-            best, self.probe = model.probe_batch(
+            best, self.probe = tuning.probe_batch(
                 loaded, lambda n: _warmup_feeds(spec.plan, n, random=True), spec.probe_up_to)
             # Pieces only where the probe saw smaller runs win; sizes above what it tried are unknown,
             # so a winner at its largest size means: run batches whole, as before.
