@@ -318,7 +318,7 @@ def _to_items(value: Any) -> tuple[str, ...]:
     raise ConfigError(f"expected a list of strings, got {value!r}")
 
 
-def _to_items_kept(value: Any) -> tuple[str, ...]:
+def _to_expressions(value: Any) -> tuple[str, ...]:
     """Expressions, one per item; from the environment, separated by ``;`` (they may hold commas)."""
     if isinstance(value, str):
         return tuple(v.strip() for v in value.split(";") if v.strip())
@@ -370,7 +370,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "challenger": _to_str,
     "challenger_output": _to_str,
     "challenger_keep": _split_columns,
-    "filter": _to_items_kept,
+    "filter": _to_expressions,
     "precision": _to_str,
     "trt_cache": _to_str,
     "metrics_file": _to_str,

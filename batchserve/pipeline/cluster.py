@@ -102,25 +102,7 @@ def attach(cfg: ScoreConfig, rows: int = THREADS_MAX_ROWS + 1) -> Iterator[tuple
     # Worker-side logs would repeat, with tracebacks, errors we report once ourselves;
     # --debug (DEBUG on our logger) lets them through.
     quiet = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
-    if engine == "local-cuda":
-        yield from _cuda_cluster(n, quiet)
-        return
-    if engine == "local-threads":
-        workers: dict[int, dict[str, Any]] = {
-            0: {"cls": Worker, "options": {"nthreads": THREADS_TASKS, "host": "127.0.0.1", "name": 0}}}
-    else:
-        workers = {
-            i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": gpu_env(i), "name": i,
-                                       "silence_logs": quiet}}
-            for i in range(n)
-        }
-    cluster = SpecCluster(
-        scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False,
-                                                  "dashboard_address": "127.0.0.1:0"}},
-        workers=workers,
-        silence_logs=quiet,
-        name="batchserve-local",
-    )
+    cluster = _local_cluster(engine, n, quiet)
     try:
         client = Client(cluster)
         try:
@@ -132,22 +114,35 @@ def attach(cfg: ScoreConfig, rows: int = THREADS_MAX_ROWS + 1) -> Iterator[tuple
         cluster.close()
 
 
-def _cuda_cluster(n: int, quiet: int) -> Iterator[tuple[Client, str, str]]:
-    """dask-cuda's LocalCUDACluster: one worker process per GPU, each pinned to its own device (it sets
-    CUDA_VISIBLE_DEVICES and CPU affinity per worker), as `dask cuda worker` does on remote nodes."""
-    from dask_cuda import LocalCUDACluster
+def _local_cluster(engine: str, n: int, quiet: int) -> Any:
+    """The cluster an engine runs on, with n workers, started on 127.0.0.1.
 
-    cluster = LocalCUDACluster(n_workers=n, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                               silence_logs=quiet)
-    try:
-        client = Client(cluster)
-        try:
-            client.wait_for_workers(n, timeout=120)
-            yield client, "local-cuda", str(cluster.scheduler_address)
-        finally:
-            client.close()
-    finally:
-        cluster.close()
+    ``local-cuda`` is dask-cuda's LocalCUDACluster: one worker process per GPU, each pinned to its own
+    device (it sets CUDA_VISIBLE_DEVICES and CPU affinity per worker), as `dask cuda worker` does on
+    remote nodes. ``local-threads`` is one worker thread in this process; ``local`` worker processes
+    under nannies, each GPU worker with its own rotated CUDA_VISIBLE_DEVICES.
+    """
+    if engine == "local-cuda":
+        from dask_cuda import LocalCUDACluster
+
+        return LocalCUDACluster(n_workers=n, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                                silence_logs=quiet)
+    if engine == "local-threads":
+        workers: dict[int, dict[str, Any]] = {
+            0: {"cls": Worker, "options": {"nthreads": THREADS_TASKS, "host": "127.0.0.1", "name": 0}}}
+    else:
+        workers = {
+            i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": gpu_env(i), "name": i,
+                                       "silence_logs": quiet}}
+            for i in range(n)
+        }
+    return SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False,
+                                                  "dashboard_address": "127.0.0.1:0"}},
+        workers=workers,
+        silence_logs=quiet,
+        name="batchserve-local",
+    )
 
 
 def install_model(

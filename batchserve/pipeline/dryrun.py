@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from batchserve import manifest
 from batchserve.config import ScoreConfig
 from batchserve.pipeline.output import check_challenger_location, check_output_location, survey_output
 from batchserve.pipeline.plan import RunPlan, absolute_paths, plan_run
@@ -50,14 +51,12 @@ def plan_dry_run(cfg: ScoreConfig) -> DryRun:
     check_challenger_location(cfg, plan)
     survey = survey_output(cfg)  # the real run's refusal (not empty, foreign files) is the dry run's too
     previous = survey.previous
-    reusable: list[str] = []
-    reusable_rows = 0
+    kept: list[manifest.FileEntry] = []
     if previous is not None:
         as_resume = dataclasses.replace(cfg, overwrite=False, resume=True, challenger=None, challenger_output=None,
                                         challenger_keep=None)
         kept, _ = resume_decisions(as_resume, plan, previous)
-        reusable = [e.relpath for e in kept]
-        reusable_rows = sum(e.rows for e in kept)
+    reusable_rows = sum(e.rows for e in kept)
     rows = plan.rows
     to_score = rows - reusable_rows if cfg.resume else rows
     rps = previous.totals.rows_per_second if previous is not None and previous.totals.rows > 0 else None
@@ -67,7 +66,7 @@ def plan_dry_run(cfg: ScoreConfig) -> DryRun:
         files=len(plan.partitions),
         rows=rows,
         bytes=sum(p.size for p in plan.partitions),
-        reusable=len(reusable),
+        reusable=len(kept),
         reusable_rows=reusable_rows,
         previous_run=previous.run.id if previous is not None else None,
         previous_status=previous.run.status if previous is not None else None,

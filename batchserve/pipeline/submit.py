@@ -73,8 +73,11 @@ def submit_all(
     bundle_rows = max(1, min(2 * cfg.batch_size, math.ceil(plan.rows / max(1, 4 * n_workers))))
     futures: dict[Any, tuple[str, ...]] = {}
     small: list[FileTask] = []
+    small_rows = 0
 
     def flush() -> None:
+        nonlocal small_rows
+        small_rows = 0
         if not small:
             return
         if len(small) == 1:
@@ -86,7 +89,6 @@ def submit_all(
                 t.relpath for t in small)
         small.clear()
 
-    small_rows = 0
     for part, footer in zip(plan.partitions, plan.footers, strict=True):
         if part.relpath in skip_relpaths:
             continue
@@ -105,10 +107,8 @@ def submit_all(
             small_rows += footer.num_rows
             if small_rows >= bundle_rows or len(small) >= BUNDLE_MAX_FILES:
                 flush()
-                small_rows = 0
             continue
         flush()
-        small_rows = 0
         if ranges is None:
             futures[client.submit(score_file, base, key=f"score-{run_id}-{part.relpath}", pure=False)] = (
                 part.relpath,)
@@ -260,9 +260,12 @@ class Submission:
         rows_done = 0
         files_total = sum(len(rels) for rels in futures.values())
         for fut in as_completed(list(futures)):
-            for receipt in self._receipts(fut, futures[fut]):
+            receipts, error = self._receipts(fut, futures[fut])
+            for receipt in receipts:  # a bundle's files committed before a bad one count, then it fails
                 rows_done += receipt.rows
                 self._record(receipt, files_total, rows_done, t0, on_receipt, on_progress)
+            if error is not None:
+                raise error
 
     def _record(
         self, receipt: Receipt, files_total: int, rows_done: int, t0: float,
@@ -286,9 +289,10 @@ class Submission:
                 time.perf_counter() - t0, receipt.output_url or receipt.input_url,
             ))
 
-    def _receipts(self, fut: Any, rels: tuple[str, ...]) -> list[Receipt]:
-        """A finished task's receipts, in order; a bad file is skipped under --on-error skip (recorded
-        as a failure) and raised otherwise, after the receipts of the files committed before it."""
+    def _receipts(self, fut: Any, rels: tuple[str, ...]) -> tuple[list[Receipt], BatchserveError | None]:
+        """A finished task's receipts, in order, and the error that fails the run, if any: a bad file
+        is recorded as a failure under --on-error skip, and returned otherwise (the receipts before it
+        still count: those files are committed)."""
         try:
             found = results_of(fut.result())
         except BatchserveError as exc:
@@ -300,17 +304,15 @@ class Submission:
                 "than a worker has: try a smaller --batch-size or larger workers",
             ) from None
         receipts: list[Receipt] = []
-        for i, item in enumerate(found):
+        for rel, item in zip(rels, found, strict=False):  # a failed bundle stops early: fewer results
             if isinstance(item, Receipt):
                 receipts.append(item)
                 continue
-            rel = rels[min(i, len(rels) - 1)]
             if self.cfg.on_error != "skip":
-                self.receipts.extend(r for r in receipts if r.committed)  # committed before the bad file
-                raise item
+                return receipts, item
             log.warning("skipping %s: %s", rel, item, extra={"fields": {"event": "skipped_file", "path": rel}})
             self.failures.append(manifest.FailureEntry(item.path or rel, rel, str(item)))
-        return receipts
+        return receipts, None
 
     def _stop(self, client: Client, futures: Mapping[Any, tuple[str, ...]]) -> None:
         """On the way out: fence every worker, record what committed, cancel the rest, fence again

@@ -111,7 +111,6 @@ class ModelPlugin(WorkerPlugin):
         loaded = model.build_session(data, device=spec.device, intra_op_threads=threads, gpu_id=gpu,
                                      precision=spec.precision, trt_cache=spec.trt_cache)
         outputs = loaded.run(_warmup_feeds(spec.plan))
-        loaded.node_placement()  # from the warm-up's profile; later runs are not profiled
         cols = scoring.outputs_to_columns(outputs, 2, spec.prefix)
         if spec.probe_up_to:
             best, self.probe = tuning.probe_batch(
