@@ -69,8 +69,33 @@ def strict(value: Any) -> Any:
     return value
 
 
+#: Containers this deep and deeper, and every record in a list, are written on one line.
+_EXPANDED_LEVELS = 3
+
+
 def strict_dumps(data: Any, indent: int) -> str:
-    return json.dumps(strict(data), indent=indent, allow_nan=False) + "\n"
+    """Strict JSON laid out for people and diffs: the top levels indented, one line per record (a file
+    of a run, a feature's statistics). json's own ``indent`` runs its pure-Python encoder, which took
+    ~0.9 s per manifest of 2,000 files (make bench, small files) and a manifest is rewritten as a run
+    goes; one line per record lets the C encoder write each. NaN and infinity become null."""
+    try:
+        return _layout(data, indent, 0) + "\n"
+    except ValueError:  # a NaN or infinity somewhere: the rare case pays for the walk
+        return _layout(strict(data), indent, 0) + "\n"
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, allow_nan=False, separators=(", ", ": "))
+
+
+def _layout(value: Any, indent: int, level: int) -> str:
+    inner, outer = " " * (indent * (level + 1)), " " * (indent * level)
+    if level < _EXPANDED_LEVELS and isinstance(value, dict) and value:
+        items = (f"{inner}{json.dumps(str(k))}: {_layout(v, indent, level + 1)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + outer + "}"
+    if level < _EXPANDED_LEVELS and isinstance(value, list | tuple) and any(isinstance(v, dict | list) for v in value):
+        return "[\n" + ",\n".join(inner + _compact(v) for v in value) + "\n" + outer + "]"
+    return _compact(value)
 
 
 def schema_text(name: str) -> dict[str, Any]:
@@ -87,9 +112,21 @@ def check_against_schema(data: Any, schema: dict[str, Any], what: str, source: s
         raise ConfigError(f"{what} is malformed at {where}: {error.message[:200]}", path=source)
 
 
+def plain(value: Any) -> Any:
+    """``dataclasses.asdict`` without its deep copy of every leaf: artifacts hold only immutable
+    scalars, and the copying was a third of writing a 2,000-file manifest."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
 def schema_first(artifact: Any) -> dict[str, Any]:
     """An artifact as a dict with its schema identity first: whoever opens the file sees what it is."""
-    data = dataclasses.asdict(artifact)
+    data = plain(artifact)
     return {"schema": data.pop("schema"), "schema_version": data.pop("schema_version"), **data}
 
 

@@ -42,10 +42,12 @@ __all__ = [
     "outputs_to_columns",
     "predict",
     "assemble",
-    "merge_statistics",
     "output_schema",
     "is_numeric_type",
     "feature_statistics",
+    "feature_nulls",
+    "feature_kinds",
+    "summarize_features",
     "prediction_statistics",
     "flat_prediction_columns",
     "column_statistics",
@@ -315,13 +317,31 @@ def feature_statistics(
     batch: pa.RecordBatch, plan: FeaturePlan, feeds: Mapping[str, np.ndarray]
 ) -> dict[str, drift.ColumnSummary]:
     """Drift summaries of the features, from the arrays already built for the model."""
+    return summarize_features(plan, feeds, feature_nulls(batch, plan), feature_kinds(batch.schema, plan))
+
+
+def feature_nulls(batch: pa.RecordBatch, plan: FeaturePlan) -> dict[str, int]:
+    return {c: batch.column(c).null_count for b in plan.bindings for c in b.columns}
+
+
+def feature_kinds(schema: pa.Schema, plan: FeaturePlan) -> tuple[bool, ...]:
+    """Per feature column (in binding order), whether it is summarised as categories too (not a float)."""
+    return tuple(not pa.types.is_floating(schema.field(c).type) for b in plan.bindings for c in b.columns)
+
+
+def summarize_features(
+    plan: FeaturePlan, feeds: Mapping[str, np.ndarray], nulls: Mapping[str, int], kinds: Sequence[bool]
+) -> dict[str, drift.ColumnSummary]:
+    """Drift summaries of the feature arrays fed to the model, given each column's nulls and kind."""
     out: dict[str, drift.ColumnSummary] = {}
+    k = 0
     for b in plan.bindings:
         x = feeds[b.input_name]
         x2 = x.reshape(len(x), -1)
-        nulls = [batch.column(c).null_count for c in b.columns]
-        cats = [not pa.types.is_floating(batch.schema.field(c).type) for c in b.columns]
-        for name, summary in zip(b.columns, drift.summarize_matrix(x2, nulls, categorical=cats), strict=True):
+        cats = list(kinds[k : k + len(b.columns)])
+        k += len(b.columns)
+        summaries = drift.summarize_matrix(x2, [nulls[c] for c in b.columns], categorical=cats)
+        for name, summary in zip(b.columns, summaries, strict=True):
             out[name] = summary
     return out
 
@@ -372,19 +392,6 @@ def assemble(batch: pa.RecordBatch, keep: Sequence[str], preds: Mapping[str, pa.
     return pa.RecordBatch.from_arrays(
         [batch.column(c) for c in keep] + list(preds.values()), names=[*keep, *preds]
     )
-
-
-def merge_statistics(
-    stats: dict[str, drift.ColumnSummary],
-    batch: pa.RecordBatch,
-    plan: FeaturePlan,
-    feeds: Mapping[str, np.ndarray],
-    preds: Mapping[str, pa.Array],
-) -> None:
-    """Fold one batch's feature and prediction summaries into ``stats``."""
-    fresh = {**feature_statistics(batch, plan, feeds), **prediction_statistics(preds)}
-    for k, v in fresh.items():
-        stats[k] = drift.merge(stats[k], v) if k in stats else v
 
 
 def output_schema(input_schema: pa.Schema, keep: Sequence[str], prediction_schema: pa.Schema) -> pa.Schema:

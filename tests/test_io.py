@@ -148,3 +148,16 @@ def test_a_glob_matching_folders_reads_the_parquet_files_below_them(tmp_path: Pa
     root, parts = io.list_partitions(str(tmp_path / "date=2026-11-0[12]"), {})
     assert root == str(tmp_path)
     assert [p.relpath for p in parts] == [f"date=2026-11-0{d}/part-{k}.parquet" for d in (1, 2) for k in (0, 1)]
+
+
+def test_resolved_locations_follow_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """URLs are resolved once and reused, except relative ones: they mean another file after a chdir."""
+    from batchserve.io.paths import _fs
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = _fs("x.parquet", {})[1]
+    monkeypatch.chdir(tmp_path / "b")
+    assert _fs("x.parquet", {})[1] == str(tmp_path / "b" / "x.parquet") != first
+    assert _fs(str(tmp_path / "y"), {}) == _fs(str(tmp_path / "y"), {})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import batchserve
@@ -128,3 +128,30 @@ def test_older_versions_go_through_the_upgrade_chain(monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigError, match="unsupported manifest schema_version 1") as info:
         manifest.loads((FIXTURES / "run-manifest.v1.json").read_text())
     assert (info.value.expected, info.value.found) == ("schema_version <= 2", "1")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=30,
+))
+def test_artifact_json_is_strict_json_of_the_same_data(data: object) -> None:
+    """The laid-out writer (records one per line, the C encoder) says exactly what json says, with
+    every NaN and infinity as null, at any nesting."""
+    from batchserve.reference import strict, strict_dumps
+
+    text = strict_dumps(data, 2)
+    assert json.loads(text) == json.loads(json.dumps(strict(data)))
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_a_manifest_lists_one_file_per_line() -> None:
+    """People diff and grep manifests: one line per input and output file, settings one per line."""
+    m = manifest.example_manifest()
+    m.run.config = {"a": 1, "b": [1, 2]}
+    lines = manifest.dumps(m).splitlines()
+    records = [line for line in lines if '"relpath": ' in line]
+    assert len(records) == len(m.inputs) + len(m.outputs) == 2
+    assert all(line.startswith("    {") and line.rstrip(",").endswith("}") for line in records)
+    assert '      "a": 1,' in lines and '      "b": [1, 2]' in lines

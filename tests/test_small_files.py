@@ -63,6 +63,8 @@ def test_a_bad_file_inside_a_bundle_is_skipped_under_skip(tmp_path: Path, cluste
     m = result.manifest
     assert [f.relpath for f in m.failures] == ["hour=05/part-0.parquet"]
     assert len(m.outputs) == 11 and _on_disk(tmp_path / "out") == {e.relpath for e in m.outputs}
+    # the skipped file's rows are in no statistics: the bundle summarises committed files only
+    assert m.drift is not None and all(c.count + c.nulls == 11 * 40 for c in m.drift.features.values())
     assert (tmp_path / "out" / "_SUCCESS").exists()
 
 

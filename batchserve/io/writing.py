@@ -3,6 +3,7 @@ the exclusive create behind the output lock, and the output folder's checks."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import posixpath
@@ -41,13 +42,15 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=256)
 def writer_options(schema: pa.Schema) -> dict[str, Any]:
     """Parquet writer settings for scored files.
 
     Dictionary encoding only where it pays (strings, ints, bools): on
     continuous floats pyarrow builds a dictionary, overflows it and falls back
     to plain, which made writing 7x slower and files 1.5x larger in
-    ``make bench`` profiling.
+    ``make bench`` profiling. Cached per schema: every small file of a run has the same one. The
+    result is shared: callers must not change it.
     """
     def wants_dictionary(t: pa.DataType) -> bool:
         return bool(

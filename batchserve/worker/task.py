@@ -19,6 +19,7 @@ from batchserve.worker.commit import commit_fence
 from batchserve.worker.plugin import ModelPlugin, loaded_model
 from batchserve.worker.shadow import ChallengerTask, Shadow
 from batchserve.worker.stages import Stage, Writer
+from batchserve.worker.statistics import BatchStatistics
 
 __all__ = ["FileTask", "Receipt", "score_file", "score_bundle", "merge_pieces"]
 
@@ -93,15 +94,21 @@ def score_file(task: FileTask) -> Receipt:
     A retry rewrites the same staging name, so a half-written attempt is replaced,
     never committed. With ``task.write`` false (profiling) it only reads and summarises.
     """
+    receipt, stats = _score_file(task)
+    return receipt if stats is None else dataclasses.replace(receipt, stats=stats.finish())
+
+
+def _score_file(task: FileTask) -> tuple[Receipt, BatchStatistics | None]:
+    """:func:`score_file` with the drift statistics still open (a bundle folds them into its own)."""
     attempts = 0
 
-    def attempt() -> Receipt:
+    def attempt() -> tuple[Receipt, BatchStatistics | None]:
         nonlocal attempts
         attempts += 1
         return _score_file_once(task)
 
-    receipt = io.with_retries(attempt, task.retries)
-    return dataclasses.replace(receipt, attempts=attempts)
+    receipt, stats = io.with_retries(attempt, task.retries)
+    return dataclasses.replace(receipt, attempts=attempts), stats
 
 
 def score_bundle(tasks: tuple[FileTask, ...], keep_going: bool) -> list[Receipt | BatchserveError]:
@@ -114,36 +121,38 @@ def score_bundle(tasks: tuple[FileTask, ...], keep_going: bool) -> list[Receipt 
     without ``keep_going`` (``--on-error fail``) the rest of the bundle is not started.
     """
     results: list[Receipt | BatchserveError] = []
-    merged: dict[str, drift.ColumnSummary] | None = None
+    # One summary per bundle, of the committed files only: ~90 KB less per receipt to ship and merge,
+    # and the statistics of many small files summarised together (see worker/statistics.py).
+    merged: BatchStatistics | None = None
     last = -1
     for task in tasks:
         try:
-            receipt = score_file(task)
+            receipt, stats = _score_file(task)
         except BatchserveError as exc:
             results.append(exc)
             if not keep_going:
                 break
             continue
-        if receipt.stats is not None:  # one merged summary per bundle: ~90 KB less per receipt to ship and merge
-            merged = receipt.stats if merged is None else drift.merge_maps([merged, receipt.stats])
-            receipt = dataclasses.replace(receipt, stats=None)
+        if stats is not None:
+            merged = merged or BatchStatistics(task.plan, task.batch_size)
+            merged.absorb(stats)
         results.append(receipt)
         last = len(results) - 1
     if merged is not None and last >= 0:
         done = results[last]
         assert isinstance(done, Receipt)
-        results[last] = dataclasses.replace(done, stats=merged)
+        results[last] = dataclasses.replace(done, stats=merged.finish())
     return results
 
 
-def _score_file_once(task: FileTask) -> Receipt:
+def _score_file_once(task: FileTask) -> tuple[Receipt, BatchStatistics | None]:
     wall0 = time.perf_counter()
     worker = get_worker()
     plugin = loaded_model(worker, task.plugin_name) if task.plugin_name else None
     source = io.ParquetInput(task.input_url, task.storage)  # one open: footer here, batches below
     footer = source.footer
     keep = _keep_columns(task, footer.schema) if task.write else []
-    stats: dict[str, drift.ColumnSummary] | None = {} if task.stats else None
+    stats = BatchStatistics(task.plan, task.batch_size) if task.stats else None
     stop = threading.Event()
     shadow = None if task.challenger is None else Shadow(
         task.challenger, loaded_model(worker, task.challenger.plugin_name), footer.schema.names, task.run_id,
@@ -164,9 +173,9 @@ def _score_file_once(task: FileTask) -> Receipt:
         input_url=task.input_url, relpath=task.relpath, output_url=output_url, rows=rows, bytes=size,
         read_s=round(reader.seconds, 6), infer_s=round(infer_s, 6), write_s=round(write_s, 6),
         wall_s=round(time.perf_counter() - wall0, 6), worker=worker.address,
-        committed=task.write and task.piece is None, piece=task.piece, stats=stats, checksum=checksum,
+        committed=task.write and task.piece is None, piece=task.piece, checksum=checksum,
         **(_commit_shadow(task, shadow, footer, output_url) if shadow is not None else {}),
-    )
+    ), stats
 
 
 def _commit_shadow(task: FileTask, shadow: Shadow, footer: io.Footer, champion_url: str) -> dict[str, Any]:
@@ -191,7 +200,7 @@ def _open_writer(task: FileTask, schema: pa.Schema) -> io.StagedWriter:
 
 
 def _run_batches(
-    task: FileTask, plugin: ModelPlugin | None, keep: list[str], stats: dict[str, drift.ColumnSummary] | None,
+    task: FileTask, plugin: ModelPlugin | None, keep: list[str], stats: BatchStatistics | None,
     reader: Stage, writer: Writer, stop: threading.Event, shadow: Shadow | None = None,
 ) -> float:
     """The inference loop (this thread), between the reader and writer threads; returns its seconds."""
@@ -214,8 +223,7 @@ def _run_batches(
             infer_s += time.perf_counter() - t0
             scored = scoring.assemble(batch, keep, preds) if task.write and plugin is not None else None
             # Drift statistics run on the writer thread, overlapping the next inference.
-            job = functools.partial(scoring.merge_statistics, stats, batch, task.plan, feeds, preds) if (
-                stats is not None) else None
+            job = functools.partial(stats.add, batch, feeds, preds) if stats is not None else None
             if scored is not None or job is not None:
                 writer.put(scored, job)
             if shadow is not None:  # the same batch and feature arrays: no second read or decode
