@@ -86,3 +86,19 @@ def test_help_and_errors_before_scoring_import_nothing_heavy(tmp_path: Path) -> 
     assert not _imported_by("score", "-m", "m", "-i", "i", "-o", str(tmp_path / "o"), "--batch-size", "0") & HEAVY
     missing = _imported_by("score", "-m", str(tmp_path / "nope"), "-i", str(tmp_path), "-o", str(tmp_path / "o"))
     assert "fsspec" in missing and not missing & {"distributed", "dask", "onnxruntime", "onnx", "polars"}
+
+
+def test_a_small_local_run_imports_neither_dask_nor_pandas(tmp_path: Path) -> None:
+    """The sample data on this machine's own engine: in-process threads on a CPU machine of under 8
+    cores load no Dask (~0.3 s), and nothing on the scoring path lets pyarrow import pandas (~0.15 s)."""
+    from batchserve.config import resolve_score_config
+    from batchserve.pipeline.cluster import engine_for
+
+    repo = PKG.parent
+    loaded = _imported_by("score", "-m", str(repo / "sample_data" / "model"), "-i",
+                          str(repo / "sample_data" / "transactions"), "-o", str(tmp_path / "o"), "-q")
+    assert (tmp_path / "o" / "_SUCCESS").exists()
+    assert {"onnxruntime", "pyarrow"} <= loaded and "pandas" not in loaded
+    if engine_for(resolve_score_config({"model": "m", "input": "i", "output": "o"}, env={}), 100_000) == \
+            "local-threads":
+        assert not loaded & {"distributed", "dask"}

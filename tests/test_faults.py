@@ -82,10 +82,12 @@ def slow_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     return model_path, root / "in", tables
 
 
-def start_cli(model: Path, inp: Path, out: Path, scheduler: str, *extra: str) -> subprocess.Popen[str]:
+def start_cli(model: Path, inp: Path, out: Path, scheduler: str | None, *extra: str) -> subprocess.Popen[str]:
+    """The CLI on a Dask cluster, or (scheduler None) on the engine it picks itself: for this job, on
+    a machine of under 8 CPU cores, the in-process engine."""
     return subprocess.Popen(
         [str(BIN), "score", "--model", str(model), "--input", str(inp), "--output", str(out),
-         "--scheduler", scheduler, "--batch-size", "1000", *extra],
+         *(["--scheduler", scheduler] if scheduler else []), "--batch-size", "1000", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -141,10 +143,13 @@ def data_files_once_settled(out: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_sigterm_writes_interrupted_manifest_and_exits_143(tmp_path: Path, slow_job, cluster: str) -> None:
+@pytest.mark.parametrize("engine", ["scheduler", "own"])
+def test_sigterm_writes_interrupted_manifest_and_exits_143(tmp_path: Path, slow_job, cluster: str,
+                                                           engine: str) -> None:
+    """On a Dask cluster, and on the engine the run picks itself (in-process threads, for this job)."""
     model_path, inp, tables = slow_job
     out = tmp_path / "out"
-    proc = start_cli(model_path, inp, out, cluster)
+    proc = start_cli(model_path, inp, out, cluster if engine == "scheduler" else None)
     listed, stderr = interrupt(out, proc, signal.SIGTERM)
     assert proc.returncode == 143, stderr
     errors = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]

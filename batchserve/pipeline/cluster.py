@@ -1,24 +1,32 @@
 """Where tasks run: a local cluster we start (one worker per GPU, each seeing its own GPU first),
-or an existing one with ``--scheduler``; and the model installed on every worker as a plugin.
+an existing one with ``--scheduler``, or, for a small job on a CPU machine, a thread of this
+process (``inprocess``, no Dask imported); and the model installed on every worker as a plugin.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
+from typing import TYPE_CHECKING, Any
 
 from batchserve import manifest, model, scoring, tuning
 from batchserve.config import ScoreConfig
 from batchserve.errors import ClusterError
+from batchserve.pipeline import inprocess
 from batchserve.pipeline.plan import RunPlan
-from batchserve.worker import ModelPlugin, ModelSpec, worker_report
+from batchserve.worker import ModelSpec, WorkerModel, worker_report
 
-__all__ = ["default_workers", "gpu_env", "attach", "install_model", "install_challenger", "worker_count"]
+if TYPE_CHECKING:
+    from distributed import Client
+
+    #: A Dask client, or the in-process engine's stand-in for one.
+    TaskClient = Client | inprocess.InProcessClient
+
+__all__ = ["default_workers", "gpu_env", "attach", "install_model", "install_challenger", "worker_count",
+           "as_completed", "workers_died"]
 
 log = logging.getLogger("batchserve")
 
@@ -46,10 +54,10 @@ def gpu_env(i: int) -> dict[str, str]:
     return {"CUDA_VISIBLE_DEVICES": ",".join(ids[k:] + ids[:k])}
 
 
-#: Up to this many rows, and with one CPU worker, the run uses a worker thread in this process:
-#: a worker process costs ~0.4 s to start and ~0.1 s to stop, plus its own imports and session
-#: (~0.5 s), which is most of a small job's time (make bench, "startup"). Larger jobs keep worker
-#: processes (memory isolation, the nanny's restarts). Measured in make bench; see README.
+#: Up to this many rows, and with one CPU worker, the run uses a thread of this process and no Dask
+#: (pipeline/inprocess.py): a worker process costs ~0.4 s to start and ~0.1 s to stop, plus its own
+#: imports and session (~0.5 s), and Dask's import ~0.3 s, which is most of a small job's time (make
+#: bench, "startup"). Larger jobs keep worker processes (memory isolation, the nanny's restarts).
 THREADS_MAX_ROWS = 2_000_000
 #: One task at a time in the threads engine: two ran 2,000 small files 8% faster and one large file
 #: 31% slower (ORT then gets half the cores per task); measured on 2 cores.
@@ -79,8 +87,10 @@ def engine_for(cfg: ScoreConfig, rows: int, *, gpus: int | None = None, dask_cud
 
 
 @contextmanager
-def attach(cfg: ScoreConfig, rows: int = THREADS_MAX_ROWS + 1) -> Iterator[tuple[Client, str, str]]:
+def attach(cfg: ScoreConfig, rows: int = THREADS_MAX_ROWS + 1) -> Iterator[tuple[TaskClient, str, str]]:
     if cfg.scheduler:
+        from distributed import Client
+
         try:
             client = Client(cfg.scheduler, timeout="15s")
         except (OSError, TimeoutError, ValueError, TypeError) as exc:
@@ -98,7 +108,16 @@ def attach(cfg: ScoreConfig, rows: int = THREADS_MAX_ROWS + 1) -> Iterator[tuple
             client.close()
         return
     engine = engine_for(cfg, rows)
-    n = 1 if engine == "local-threads" else (cfg.workers or default_workers())
+    if engine == "local-threads":
+        local = inprocess.InProcessClient(THREADS_TASKS)
+        try:
+            yield local, engine, local.worker.address
+        finally:
+            local.close()
+        return
+    from distributed import Client
+
+    n = cfg.workers or default_workers()
     # Worker-side logs would repeat, with tracebacks, errors we report once ourselves;
     # --debug (DEBUG on our logger) lets them through.
     quiet = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
@@ -114,28 +133,41 @@ def attach(cfg: ScoreConfig, rows: int = THREADS_MAX_ROWS + 1) -> Iterator[tuple
         cluster.close()
 
 
+def as_completed(client: TaskClient, futures: list[Any]) -> Iterator[Any]:
+    """The futures as they finish, whichever engine runs them."""
+    if isinstance(client, inprocess.InProcessClient):
+        return inprocess.as_completed(futures)
+    from distributed import as_completed as dask_as_completed
+
+    return iter(dask_as_completed(futures))
+
+
+def workers_died(exc: BaseException) -> bool:
+    """Whether Dask gave up on a task because it kept killing the workers that ran it."""
+    distributed = sys.modules.get("distributed")  # not loaded: no Dask cluster ran the task
+    return distributed is not None and isinstance(exc, distributed.KilledWorker)
+
+
 def _local_cluster(engine: str, n: int, quiet: int) -> Any:
     """The cluster an engine runs on, with n workers, started on 127.0.0.1.
 
     ``local-cuda`` is dask-cuda's LocalCUDACluster: one worker process per GPU, each pinned to its own
     device (it sets CUDA_VISIBLE_DEVICES and CPU affinity per worker), as `dask cuda worker` does on
-    remote nodes. ``local-threads`` is one worker thread in this process; ``local`` worker processes
-    under nannies, each GPU worker with its own rotated CUDA_VISIBLE_DEVICES.
+    remote nodes. ``local`` is worker processes under nannies, each GPU worker with its own rotated
+    CUDA_VISIBLE_DEVICES.
     """
     if engine == "local-cuda":
         from dask_cuda import LocalCUDACluster
 
         return LocalCUDACluster(n_workers=n, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
                                 silence_logs=quiet)
-    if engine == "local-threads":
-        workers: dict[int, dict[str, Any]] = {
-            0: {"cls": Worker, "options": {"nthreads": THREADS_TASKS, "host": "127.0.0.1", "name": 0}}}
-    else:
-        workers = {
-            i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": gpu_env(i), "name": i,
-                                       "silence_logs": quiet}}
-            for i in range(n)
-        }
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    workers = {
+        i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": gpu_env(i), "name": i,
+                                   "silence_logs": quiet}}
+        for i in range(n)
+    }
     return SpecCluster(
         scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False,
                                                   "dashboard_address": "127.0.0.1:0"}},
@@ -146,7 +178,7 @@ def _local_cluster(engine: str, n: int, quiet: int) -> Any:
 
 
 def install_model(
-    client: Client, cfg: ScoreConfig, plan: RunPlan
+    client: TaskClient, cfg: ScoreConfig, plan: RunPlan
 ) -> tuple[ModelSpec, list[manifest.WorkerInfo], int]:
     """Register the model plugin on every worker (a no-op for one that has it) and read back what each
     really runs on: the spec tasks refer to, the per-worker facts for the manifest, the worker count."""
@@ -168,7 +200,7 @@ def probe_limit(cfg: ScoreConfig, rows: int) -> int | None:
     return 1 << (most.bit_length() - 1)
 
 
-def install_challenger(client: Client, cfg: ScoreConfig, plan: RunPlan) -> ModelSpec:
+def install_challenger(client: TaskClient, cfg: ScoreConfig, plan: RunPlan) -> ModelSpec:
     """The challenger's session beside the champion's on every worker (its own plugin name)."""
     assert plan.challenger is not None
     ch = plan.challenger
@@ -176,7 +208,7 @@ def install_challenger(client: Client, cfg: ScoreConfig, plan: RunPlan) -> Model
 
 
 def _install(
-    client: Client, cfg: ScoreConfig, url: str, sha256: str, features: scoring.FeaturePlan, rows: int
+    client: TaskClient, cfg: ScoreConfig, url: str, sha256: str, features: scoring.FeaturePlan, rows: int
 ) -> tuple[ModelSpec, list[manifest.WorkerInfo], int]:
     workers_info = client.scheduler_info(n_workers=-1)["workers"]
     hosts: dict[str, list[str]] = {}
@@ -189,7 +221,12 @@ def _install(
         worker_slots=tuple((a, i) for addrs in hosts.values() for i, a in enumerate(addrs)),
         probe_up_to=probe_limit(cfg, rows), precision=cfg.precision, trt_cache=cfg.trt_cache,
     )
-    client.register_plugin(ModelPlugin(spec), name=spec.plugin_name)
+    if isinstance(client, inprocess.InProcessClient):
+        client.register_plugin(WorkerModel(spec), name=spec.plugin_name)
+    else:
+        from batchserve.worker.dask_plugin import ModelPlugin
+
+        client.register_plugin(ModelPlugin(spec), name=spec.plugin_name)
     reports = client.run(worker_report, spec.plugin_name)
     per_worker = [manifest.WorkerInfo(**r) for _, r in sorted(reports.items())]
     for w in per_worker:
@@ -201,5 +238,5 @@ def _install(
     return spec, per_worker, len(workers_info)
 
 
-def worker_count(client: Client) -> int:
+def worker_count(client: TaskClient) -> int:
     return len(client.scheduler_info(n_workers=-1)["workers"])

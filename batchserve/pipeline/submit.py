@@ -9,9 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
-
-from distributed import Client, KilledWorker, as_completed
+from typing import TYPE_CHECKING, Any
 
 from batchserve import io, manifest
 from batchserve.config import ScoreConfig
@@ -30,6 +28,9 @@ from batchserve.worker import (
     score_file,
     stop_commits,
 )
+
+if TYPE_CHECKING:
+    from batchserve.pipeline.cluster import TaskClient
 
 __all__ = ["ProgressEvent", "Submission", "pieces", "submit_all", "results_of", "BUNDLE_MAX_FILES"]
 
@@ -59,7 +60,7 @@ def pieces(footer: io.Footer, target_rows: int) -> list[tuple[int, ...]] | None:
 
 
 def submit_all(
-    client: Client, cfg: ScoreConfig, plan: RunPlan, spec: ModelSpec | None, run_id: str, n_workers: int,
+    client: TaskClient, cfg: ScoreConfig, plan: RunPlan, spec: ModelSpec | None, run_id: str, n_workers: int,
     write: bool = True, skip_relpaths: frozenset[str] = frozenset(), challenger: ModelSpec | None = None,
 ) -> dict[Any, tuple[str, ...]]:
     """Futures mapped to the relpaths of the files they score: one per large file (a merge future for
@@ -148,7 +149,7 @@ def _challenger_task(
     )
 
 
-def stop_commits_everywhere(client: Client, run_id: str) -> None:
+def stop_commits_everywhere(client: TaskClient, run_id: str) -> None:
     """Close the commit fence on every worker: once this returns, no task of the run moves a file
     into place, and none is in the middle of doing so."""
     try:
@@ -248,18 +249,18 @@ class Submission:
             futures = submit_all(client, cfg, self.plan, spec, self.run_id, n_workers, write=self.write,
                                  skip_relpaths=self.skip, challenger=challenger)
             try:
-                self._collect(futures, t0, on_receipt, on_progress)
+                self._collect(client, futures, t0, on_receipt, on_progress)
             except BaseException:
                 self._stop(client, futures)
                 raise
 
     def _collect(
-        self, futures: Mapping[Any, tuple[str, ...]], t0: float, on_receipt: Callable[[], None] | None,
-        on_progress: Callable[[ProgressEvent], None] | None,
+        self, client: TaskClient, futures: Mapping[Any, tuple[str, ...]], t0: float,
+        on_receipt: Callable[[], None] | None, on_progress: Callable[[ProgressEvent], None] | None,
     ) -> None:
         rows_done = 0
         files_total = sum(len(rels) for rels in futures.values())
-        for fut in as_completed(list(futures)):
+        for fut in cluster.as_completed(client, list(futures)):
             receipts, error = self._receipts(fut, futures[fut])
             for receipt in receipts:  # a bundle's files committed before a bad one count, then it fails
                 rows_done += receipt.rows
@@ -297,7 +298,9 @@ class Submission:
             found = results_of(fut.result())
         except BatchserveError as exc:
             found = [exc]
-        except KilledWorker as exc:
+        except Exception as exc:
+            if not cluster.workers_died(exc):
+                raise
             # Dask already re-ran the task on other workers; it kept killing them.
             raise ClusterError(
                 f"workers kept dying while running this file ({exc}); it may need more memory "
@@ -314,7 +317,7 @@ class Submission:
             self.failures.append(manifest.FailureEntry(item.path or rel, rel, str(item)))
         return receipts, None
 
-    def _stop(self, client: Client, futures: Mapping[Any, tuple[str, ...]]) -> None:
+    def _stop(self, client: TaskClient, futures: Mapping[Any, tuple[str, ...]]) -> None:
         """On the way out: fence every worker, record what committed, cancel the rest, fence again
         (a worker that joined meanwhile), and remove anything committed that has no receipt."""
         if self.write:

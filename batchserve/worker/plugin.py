@@ -1,8 +1,10 @@
 """The worker's model: one ONNX Runtime session per worker, built where it lives.
 
-A task refers to the session by plugin name; :class:`ModelPlugin` builds it once per (model
+A task refers to the session by plugin name; :class:`WorkerModel` builds it once per (model
 digest, device, feature plan) in ``setup()``: loaded, warmed up, and checked for the provider it
-really got. Registering the same model twice is a no-op (the digest is in the name).
+really got. Registering the same model twice is a no-op (the digest is in the name). On Dask it is
+registered as :class:`~batchserve.worker.dask_plugin.ModelPlugin` (the same, as a WorkerPlugin);
+the in-process engine holds it directly, so this module imports no Dask.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from distributed import WorkerPlugin
 
 from batchserve import io, model, scoring, tuning
 from batchserve.errors import WorkerStateError
+from batchserve.worker.context import host_of
 
-__all__ = ["ModelSpec", "ModelPlugin", "loaded_model", "worker_report"]
+__all__ = ["ModelSpec", "WorkerModel", "loaded_model", "worker_report"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +79,7 @@ def _warmup_feeds(plan: scoring.FeaturePlan, rows: int = 2, random: bool = False
     return feeds
 
 
-class ModelPlugin(WorkerPlugin):
+class WorkerModel:
     """Builds and holds this worker's session; Dask runs ``setup`` on every (new) worker."""
 
     idempotent = True
@@ -100,7 +102,7 @@ class ModelPlugin(WorkerPlugin):
                 "model file changed since the run was planned (sha256 differs); re-run to pick up the new model",
                 path=spec.url, expected=spec.sha256[:12], found=digest[:12],
             )
-        host = worker.address.rsplit(":", 1)[0].split("://")[-1]
+        host = host_of(worker.address)
         per_host = dict(spec.workers_per_host).get(host, 1)
         slot = dict(spec.worker_slots).get(worker.address)
         if slot is None:  # a replacement worker that joined after planning
@@ -126,7 +128,7 @@ class ModelPlugin(WorkerPlugin):
         self.model = None
 
 
-def loaded_model(worker: Any, plugin_name: str) -> ModelPlugin:
+def loaded_model(worker: Any, plugin_name: str) -> WorkerModel:
     """The one accessor for worker state; says how to fix it when it is missing."""
     plugin = worker.plugins.get(plugin_name)
     if plugin is None or getattr(plugin, "model", None) is None:

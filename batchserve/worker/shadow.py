@@ -16,7 +16,7 @@ import pyarrow as pa
 from batchserve import compare, io, scoring
 from batchserve.errors import BatchserveError
 from batchserve.worker.commit import commit_fence
-from batchserve.worker.plugin import ModelPlugin
+from batchserve.worker.plugin import WorkerModel
 from batchserve.worker.stages import Writer
 
 __all__ = ["ChallengerTask", "Shadow"]
@@ -38,7 +38,7 @@ class ChallengerTask:
 class Shadow:
     """One task's challenger: run per batch, then committed after the champion's file."""
 
-    def __init__(self, spec: ChallengerTask, plugin: ModelPlugin, schema_names: list[str], run_id: str,
+    def __init__(self, spec: ChallengerTask, plugin: WorkerModel, schema_names: list[str], run_id: str,
                  storage: Mapping[str, object], stop: threading.Event) -> None:
         self.spec, self.plugin, self.run_id = spec, plugin, run_id
         self.keep = list(schema_names) if spec.keep is None else list(spec.keep)

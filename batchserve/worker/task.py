@@ -11,12 +11,12 @@ import time
 from typing import Any
 
 import pyarrow as pa
-from distributed import get_worker
 
 from batchserve import compare, drift, io, scoring
 from batchserve.errors import BatchserveError
 from batchserve.worker.commit import commit_fence
-from batchserve.worker.plugin import ModelPlugin, loaded_model
+from batchserve.worker.context import current_worker
+from batchserve.worker.plugin import WorkerModel, loaded_model
 from batchserve.worker.shadow import ChallengerTask, Shadow
 from batchserve.worker.stages import Stage, Writer
 from batchserve.worker.statistics import BatchStatistics
@@ -147,7 +147,7 @@ def score_bundle(tasks: tuple[FileTask, ...], keep_going: bool) -> list[Receipt 
 
 def _score_file_once(task: FileTask) -> tuple[Receipt, BatchStatistics | None]:
     wall0 = time.perf_counter()
-    worker = get_worker()
+    worker = current_worker()
     plugin = loaded_model(worker, task.plugin_name) if task.plugin_name else None
     source = io.ParquetInput(task.input_url, task.storage)  # one open: footer here, batches below
     footer = source.footer
@@ -200,7 +200,7 @@ def _open_writer(task: FileTask, schema: pa.Schema) -> io.StagedWriter:
 
 
 def _run_batches(
-    task: FileTask, plugin: ModelPlugin | None, keep: list[str], stats: BatchStatistics | None,
+    task: FileTask, plugin: WorkerModel | None, keep: list[str], stats: BatchStatistics | None,
     reader: Stage, writer: Writer, stop: threading.Event, shadow: Shadow | None = None,
 ) -> float:
     """The inference loop (this thread), between the reader and writer threads; returns its seconds."""
@@ -242,7 +242,7 @@ def _run_batches(
 
 
 def _commit(
-    task: FileTask, plugin: ModelPlugin | None, footer: io.Footer, keep: list[str], writer: Writer
+    task: FileTask, plugin: WorkerModel | None, footer: io.Footer, keep: list[str], writer: Writer
 ) -> tuple[int, int, str | None, str, float]:
     """Finish the staged file: commit it (a whole file) or leave it staged (a piece for the merge).
     Returns rows, bytes, checksum, where it is, and the write seconds."""
@@ -304,7 +304,7 @@ def merge_pieces(
         infer_s=round(sum(p.infer_s for p in ordered), 6),
         write_s=round(sum(p.write_s for p in ordered) + write_s, 6),
         wall_s=round(sum(p.wall_s for p in ordered) + time.perf_counter() - wall0, 6),
-        worker=get_worker().address,
+        worker=current_worker().address,
         committed=True,
         stats=None if ordered[0].stats is None else drift.merge_maps(p.stats for p in ordered if p.stats is not None),
         checksum=checksum,
