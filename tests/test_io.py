@@ -161,3 +161,7 @@ def test_resolved_locations_follow_the_working_directory(tmp_path: Path, monkeyp
     monkeypatch.chdir(tmp_path / "b")
     assert _fs("x.parquet", {})[1] == str(tmp_path / "b" / "x.parquet") != first
     assert _fs(str(tmp_path / "y"), {}) == _fs(str(tmp_path / "y"), {})
+    from fsspec.core import url_to_fs
+
+    for url in [f"{tmp_path}/x/", f"{tmp_path}//a/b", "/", f"{tmp_path}/a b/c.parquet", f"{tmp_path}/./a"]:
+        assert _fs(url, {}) == url_to_fs(url), url  # the fast path for absolute local paths says what fsspec says

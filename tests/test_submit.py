@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -49,3 +50,29 @@ def test_the_engine_is_chosen_by_gpus_dask_cuda_size_and_flags() -> None:
     assert engine_for(cfg(device="cpu"), small, gpus=2, dask_cuda=True) != "local-cuda"
     assert engine_for(cfg(), big, gpus=0, dask_cuda=True) == "local"
     assert engine_for(cfg(workers=1), small, gpus=0, dask_cuda=False) == "local"  # asked for processes
+
+
+def test_many_small_files_get_a_worker_process_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their cost is per-file Python under one GIL, which only processes share out: from 512 files of
+    at most 16,384 rows on average, a CPU run gets a worker per core (capped at 8)."""
+    from batchserve.config import resolve_score_config
+    from batchserve.pipeline import cluster
+
+    def cfg(**kw: object) -> object:
+        return resolve_score_config({"model": "m", "input": "i", "output": "o", **kw}, env={})
+
+    for cores, want in [(2, 2), (6, 6), (64, cluster.SMALL_FILES_WORKERS_MAX)]:
+        monkeypatch.setattr(cluster, "_cores", lambda c=cores: c)
+        monkeypatch.setattr(cluster, "default_workers", lambda c=cores: max(1, c // 4))
+        assert cluster.engine_for(cfg(), 1_000_000, files=2000, gpus=0) == "local"
+        assert cluster.local_workers(cfg(), 1_000_000, files=2000, gpus=0) == want
+        # fewer files, or big ones: the size rules as before
+        assert cluster.local_workers(cfg(), 1_000_000, files=100, gpus=0) == max(1, cores // 4)
+        assert cluster.local_workers(cfg(), 2000 * 20_000, files=2000, gpus=0) == max(1, cores // 4)
+        assert cluster.local_workers(cfg(workers=3), 1_000_000, files=2000, gpus=0) == 3  # asked for
+        assert cluster.local_workers(cfg(), 1_000_000, files=2000, gpus=2) == max(1, cores // 4)  # GPUs decide
+    monkeypatch.setattr(cluster, "_cores", lambda: 2)
+    monkeypatch.setattr(cluster, "default_workers", lambda: 1)
+    assert cluster.engine_for(cfg(), 100_000, files=100, gpus=0) == "local-threads"
+    monkeypatch.setattr(cluster, "_cores", lambda: 1)  # one core: nothing to share out
+    assert cluster.engine_for(cfg(), 1_000_000, files=2000, gpus=0) == "local-threads"

@@ -57,6 +57,8 @@ def _fs(url: str, storage: Mapping[str, Any]) -> tuple[fsspec.AbstractFileSystem
     """The filesystem and path of a URL. Resolved once per (URL, options): fsspec's parse costs ~0.1 ms,
     and a task on a small file resolved its input, staging and output names six times (make bench,
     small files); fsspec caches the filesystem instances themselves, so reusing one changes nothing."""
+    if url.startswith("/") and not storage:  # an absolute local path: fsspec would only strip a trailing /
+        return _local(), url.rstrip("/") or "/"
     if not (url.startswith("/") or "://" in url):  # relative: it depends on the working directory
         return _resolve(url, storage)
     try:
@@ -65,6 +67,11 @@ def _fs(url: str, storage: Mapping[str, Any]) -> tuple[fsspec.AbstractFileSystem
     except TypeError:  # unhashable options (a dict of credentials): resolve every time
         return _resolve(url, storage)
     return _resolve_cached(*key)
+
+
+@functools.cache
+def _local() -> LocalFileSystem:
+    return LocalFileSystem()
 
 
 def _resolve(url: str, storage: Mapping[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:

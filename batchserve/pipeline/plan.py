@@ -226,10 +226,16 @@ def _majority_types(cfg: ScoreConfig, pairs: list[tuple[io.Partition, io.Footer]
     if cfg.keep is not None:
         cols = list(cfg.keep)
     else:
-        cols = list(dict.fromkeys(n for _, f in pairs for n in f.schema.names))
+        cols = list(dict.fromkeys(n for schema in dict.fromkeys(f.schema for _, f in pairs) for n in schema.names))
+    # Files mostly share one schema: each distinct schema votes with its count (2,000 small files of
+    # 38 columns were 152,000 lookups, ~0.4 s of planning).
+    schemas = collections.Counter(f.schema for _, f in pairs)
     expected: dict[str, str] = {}
     for col in cols:
-        votes = collections.Counter(v for _, f in pairs if (v := _type_vote(f.schema, col)) is not None)
+        votes: collections.Counter[str] = collections.Counter()
+        for schema, n in schemas.items():
+            if (v := _type_vote(schema, col)) is not None:
+                votes[v] += n
         if not votes:
             continue
         ranked = votes.most_common()

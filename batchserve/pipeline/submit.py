@@ -235,7 +235,8 @@ class Submission:
     ) -> None:
         """Attach a cluster, install the model, run every task, collect receipts as they come."""
         cfg = self.cfg
-        with cluster.attach(cfg, self.plan.rows) as (client, kind, address):
+        with cluster.attach(cfg, self.plan.rows, len(self.plan.partitions) - len(self.skip)) as (
+                client, kind, address):
             spec: ModelSpec | None = None
             per_worker: list[manifest.WorkerInfo] = []
             challenger: ModelSpec | None = None
