@@ -117,6 +117,10 @@ __all__ = [
 ]
 
 
+#: Set on first use by ``__getattr__`` (an annotation alone creates no attribute).
+__version__: str
+
+
 def _installed_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -126,10 +130,11 @@ def _installed_version() -> str:
         return "0+unknown"
 
 
-__version__ = _installed_version()
-
-
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # looked up on first use: importlib.metadata is ~20 ms of every start
+        global __version__
+        __version__ = _installed_version()
+        return __version__
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'batchserve' has no attribute {name!r}")

@@ -79,13 +79,17 @@ HEAVY = {"distributed", "dask", "onnxruntime", "onnx", "pyarrow", "fsspec", "pol
 
 
 def test_help_and_errors_before_scoring_import_nothing_heavy(tmp_path: Path) -> None:
-    """Startup is import time: --help and settings errors load none of the heavy stack, and errors
-    found while planning load no Dask and (before the model is parsed) no onnxruntime."""
+    """Startup is import time: --help, settings errors and a missing model or input load none of the
+    heavy stack, and errors found while planning load no Dask."""
     assert not _imported_by("--help") & HEAVY
     assert not _imported_by("score", "--help") & HEAVY
     assert not _imported_by("score", "-m", "m", "-i", "i", "-o", str(tmp_path / "o"), "--batch-size", "0") & HEAVY
-    missing = _imported_by("score", "-m", str(tmp_path / "nope"), "-i", str(tmp_path), "-o", str(tmp_path / "o"))
-    assert "fsspec" in missing and not missing & {"distributed", "dask", "onnxruntime", "onnx", "polars"}
+    # a missing local model or input is found with os.path before the scoring stack loads
+    assert not _imported_by("score", "-m", str(tmp_path / "nope"), "-i", str(tmp_path), "-o", str(tmp_path / "o")) & HEAVY
+    # one planning must read (here: an input folder with no Parquet files) loads storage, but no Dask
+    empty = _imported_by("score", "-m", str(PKG.parent / "sample_data" / "model"), "-i", str(tmp_path), "-o",
+                         str(tmp_path / "o"))
+    assert "fsspec" in empty and not empty & {"distributed", "dask", "polars"}
 
 
 def test_a_small_local_run_imports_neither_dask_nor_pandas(tmp_path: Path) -> None:

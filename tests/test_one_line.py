@@ -218,13 +218,14 @@ def test_sigterm_while_starting_still_says_its_line(tmp_path: Path) -> None:
 def test_an_unexpected_exception_is_one_line_naming_the_run_and_debug(tmp_path: Path) -> None:
     """Fault injection: the real main() with the pipeline replaced by one that hits a bug."""
     write_dataset(tmp_path / "in", {"a.parquet": make_table(5)})
+    (tmp_path / "m.onnx").write_bytes(b"never read: the pipeline is replaced")
     code = (
         "import sys\n"
         "import batchserve.cli as cli\n"
         "def boom(*a, **k):\n"
         "    raise ZeroDivisionError('division by zero')\n"
         "cli.pipeline.score = boom\n"
-        f"sys.argv = ['batchserve', 'score', '--model', 'm.onnx', '--input', {str(tmp_path / 'in')!r}, "
+        f"sys.argv = ['batchserve', 'score', '--model', {str(tmp_path / 'm.onnx')!r}, '--input', {str(tmp_path / 'in')!r}, "
         f"'--output', {str(tmp_path / 'out')!r}] + sys.argv[1:]\n"
         "from batchserve.launch import main\n"
         "main()\n"

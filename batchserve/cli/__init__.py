@@ -40,6 +40,7 @@ from batchserve.cli.models import models_app
 from batchserve.cli.output import echo_dry_run, echo_result, publish_metrics
 from batchserve.config import DEFAULT_BATCH_SIZE, new_run_id, resolve_config, resolve_score_config
 from batchserve.errors import EXIT_OK, EXIT_USAGE, BatchserveError, DriftError, Interrupted, exit_code_of
+from batchserve.preflight import check_local_paths
 
 if TYPE_CHECKING:
     from batchserve import history as hist
@@ -174,6 +175,7 @@ def score(
 
     cfg = guard(debug, resolve)
     if dry_run:
+        guard(debug, lambda: check_local_paths(cfg))
         plan = guard(debug, lambda: pipeline.dry_run(cfg))
         echo_dry_run(plan, cfg)
         return
@@ -186,6 +188,7 @@ def score(
     code, done = 1, None
 
     def run() -> tuple[Any, DriftError | None]:
+        check_local_paths(cfg)
         try:
             return pipeline.score(cfg, on_progress=bar, run_id=run_id), None
         except DriftError as exc:  # outputs are committed: say what was scored, then why it is exit 3

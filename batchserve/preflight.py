@@ -1,0 +1,40 @@
+"""The cheapest errors first: a local model or input path that does not exist, found with ``os.path``
+before the CLI imports the scoring stack (pyarrow, numpy, onnx: ~0.2 s of a 0.4 s error; make bench
+"startup"). It raises exactly the error planning raises for the same path, and decides nothing
+else: anything it is unsure of (a URL, ``@`` tags, globs, a broken link, ``--model-version``) is
+left to planning. One difference in order: planning parses the model before it lists the input, so
+with a broken model *and* a missing input this names the input first; both need fixing.
+"""
+
+from __future__ import annotations
+
+import os
+
+from batchserve.config import ScoreConfig
+from batchserve.errors import InputError, ModelError
+
+__all__ = ["check_local_paths"]
+
+_GLOB_CHARS = set("*?[")
+
+
+def _local(text: str) -> str | None:
+    """The absolute form of a plain local path (as planning writes it in errors), else None."""
+    if not text or "://" in text or "::" in text:
+        return None
+    path = os.path.abspath(text)
+    return path + ("/" if text.endswith("/") and path != "/" else "")
+
+
+def check_local_paths(cfg: ScoreConfig) -> None:
+    """Raise planning's own error for a missing local model file or input."""
+    model = _local(cfg.model)
+    if model is None or "@" in cfg.model or cfg.model_version is not None:
+        return
+    if not os.path.exists(model):
+        raise ModelError("model not found", path=model)
+    data = _local(cfg.input)
+    if data is None or any(c in _GLOB_CHARS for c in cfg.input):
+        return
+    if not os.path.lexists(data):
+        raise InputError("input not found: no such file, folder or prefix", path=data)
