@@ -165,3 +165,30 @@ def test_resolved_locations_follow_the_working_directory(tmp_path: Path, monkeyp
 
     for url in [f"{tmp_path}/x/", f"{tmp_path}//a/b", "/", f"{tmp_path}/a b/c.parquet", f"{tmp_path}/./a"]:
         assert _fs(url, {}) == url_to_fs(url), url  # the fast path for absolute local paths says what fsspec says
+
+
+def test_a_local_output_listing_agrees_with_fsspec(tmp_path: Path) -> None:
+    """The scandir listing of a local output says what fsspec's find says: nested folders, hidden
+    and staging files, a link to a file, a link to nothing (size 0); and a link loop ends."""
+    import os
+    import posixpath
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    from batchserve.io.writing import _local_files
+
+    root = tmp_path / "out"
+    for rel, data in {"a.parquet": b"x" * 5, "d=1/b.parquet": b"yy", "d=1/e/f/c.parquet": b"",
+                      "_temporary/r1/d=1/b.parquet": b"zzz", ".hidden": b"h", "_manifest.json": b"{}"}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    os.symlink(root / "a.parquet", root / "d=1" / "link.parquet")
+    os.symlink(root / "gone.parquet", root / "broken.parquet")
+    fs = LocalFileSystem()
+    want = {posixpath.relpath(p, str(root)): int(i.get("size") or 0)
+            for p, i in fs.find(str(root), detail=True).items() if i.get("type", "file") != "directory"}
+    assert _local_files(str(root)) == want
+    assert want["d=1/link.parquet"] == 5 and want["broken.parquet"] == 0
+    os.symlink(root, root / "d=1" / "loop")  # a folder link back to the root: listed once, and it ends
+    assert set(_local_files(str(root))) >= set(want)
+    assert _local_files(str(tmp_path / "missing")) == {}

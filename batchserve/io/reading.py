@@ -196,14 +196,19 @@ class ParquetInput:
         )
 
     def batches(
-        self, *, columns: Sequence[str] | None, batch_size: int, row_groups: Sequence[int] | None = None
+        self, *, columns: Sequence[str] | None, batch_size: int, row_groups: Sequence[int] | None = None,
+        use_threads: bool = True,
     ) -> Iterator[pa.RecordBatch]:
-        """Stream record batches of at most ``batch_size`` rows, one row group at a time; closes the file."""
+        """Stream record batches of at most ``batch_size`` rows, one row group at a time; closes the file.
+
+        ``use_threads=False`` decodes in this thread: for a file of one small batch, Arrow's thread pool
+        cost more than it saved (a 500-row file of 38 columns: 1.4 ms with it, 0.8 ms without).
+        """
         groups = list(range(len(self.footer.row_group_rows))) if row_groups is None else list(row_groups)
         try:
             yield from self._pf.iter_batches(
                 batch_size=batch_size, row_groups=groups, columns=list(columns) if columns is not None else None,
-                use_threads=True,
+                use_threads=use_threads,
             )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, EOFError) as exc:
             raise DataError(f"cannot decode Parquet data (corrupt or truncated?): {exc}", path=self.url) from None
@@ -253,7 +258,9 @@ def read_footers(
                 raise
             return exc
 
-    if len(urls) <= 1:
+    if len(urls) <= 1 or all(u.startswith("/") for u in urls):
+        # Local footers are CPU work under the GIL, not waiting: threads only add their hand-offs
+        # (2,000 small files: 0.37 s in one thread, 0.7 to 0.84 s in 16). Object stores wait on latency.
         return [one(u) for u in urls]
     with ThreadPoolExecutor(max_workers=min(threads, len(urls))) as pool:
         return list(pool.map(one, urls))

@@ -162,7 +162,7 @@ def _score_file_once(task: FileTask) -> tuple[Receipt, BatchStatistics | None]:
     # One batch has nothing to overlap: read, infer and write it in this thread (small files).
     overlap = footer.num_rows > task.batch_size
     reader = Stage(source.batches(columns=list(dict.fromkeys(columns)), batch_size=task.batch_size,
-                                  row_groups=task.row_groups), stop, threaded=overlap)
+                                  row_groups=task.row_groups, use_threads=overlap), stop, threaded=overlap)
     writer = Writer(functools.partial(_open_writer, task) if task.write else None, stop, threaded=overlap)
     infer_s = _run_batches(task, plugin, keep, stats, reader, writer, stop, shadow)
     rows = footer.num_rows if task.row_groups is None else sum(footer.row_group_rows[g] for g in task.row_groups)
