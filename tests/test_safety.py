@@ -229,14 +229,15 @@ def test_on_error_skip_keeps_the_majority_when_the_odd_file_sorts_first(
     tmp_path: Path, linear: tuple[Path, np.ndarray], cluster: str
 ) -> None:
     model, w = linear
-    good = {f"{c}.parquet": make_table(25, seed=i) for i, c in enumerate("bcd")}
-    write_dataset(tmp_path / "in", {"a.parquet": _odd(25, 9), **good})
+    good = {f"{c}.parquet": make_table(25, seed=i) for i, c in enumerate("bcdf")}
+    # two odd files of one schema: planning checks a schema once when it passes, never when it fails
+    write_dataset(tmp_path / "in", {"a.parquet": _odd(25, 9), **good, "e.parquet": _odd(25, 8)})
     out = tmp_path / "out"
     proc = score(model, tmp_path / "in", out, cluster, "--on-error", "skip")
     assert proc.returncode == 0, proc.stderr
     m = manifest_of(out)
-    assert [f["relpath"] for f in m["failures"]] == ["a.parquet"]
-    assert "expected int32, found double" in m["failures"][0]["error"]
+    assert [f["relpath"] for f in m["failures"]] == ["a.parquet", "e.parquet"]
+    assert all("expected int32, found double" in f["error"] for f in m["failures"])
     assert data_files(out) == set(good)
     for rel, t in good.items():
         assert_scored(out, rel, t, w)

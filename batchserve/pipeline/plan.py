@@ -188,9 +188,17 @@ def _passing(
     pairs: list[tuple[io.Partition, io.Footer]], check: Callable[[io.Partition, io.Footer], None], skip: bool,
     failures: list[manifest.FailureEntry],
 ) -> list[tuple[io.Partition, io.Footer]]:
-    """The files that pass ``check``: under --on-error skip the others are recorded, else the first raises."""
+    """The files that pass ``check``: under --on-error skip the others are recorded, else the first raises.
+
+    Every check here reads only the file's schema (the path is only named in its error), so a schema
+    that passed once passes again: 2,000 small files of one schema are checked once, not 2,000 times.
+    """
     kept = []
+    passed: set[pa.Schema] = set()
     for part, footer in pairs:
+        if footer.schema in passed:
+            kept.append((part, footer))
+            continue
         try:
             check(part, footer)
         except BatchserveError as exc:
@@ -198,6 +206,7 @@ def _passing(
                 raise
             failures.append(manifest.FailureEntry(part.url, part.relpath, str(exc)))
             continue
+        passed.add(footer.schema)
         kept.append((part, footer))
     return kept
 
