@@ -102,8 +102,9 @@ class WorkerInfo:
 @dataclasses.dataclass
 class EngineInfo:
     #: "local" (we started a cluster of worker processes), "local-threads" (a small job: one worker
-    #: thread in this process, no Dask and no process start-up; address ``inproc://host/pid``), "local-cuda" (dask-cuda's LocalCUDACluster, one worker per
-    #: GPU) or "scheduler" (an existing cluster).
+    #: thread in this process, no Dask and no process start-up; address ``inproc://host/pid``),
+    #: "local-cuda" (dask-cuda's LocalCUDACluster, one worker per GPU) or "scheduler" (an existing
+    #: cluster).
     kind: str
     address: str
     workers: int
