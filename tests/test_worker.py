@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,27 @@ def test_a_reader_that_failed_after_a_stop_raises_its_error() -> None:
 
     with pytest.raises(OSError, match="disk gone"):
         list(Stage(source(), stop))
+
+
+def test_a_bundle_starts_no_file_once_its_run_was_stopped(tmp_path: Path) -> None:
+    """After the client closed the fence, the rest of a bundle is not even read: a stopped run's
+    engine shuts down in seconds, whatever the bundle's length."""
+    from batchserve.scoring import FeaturePlan, InputBinding
+    from batchserve.worker import FileTask, score_bundle, stop_commits
+    from batchserve.worker.context import running_on
+    from tests.conftest import make_table, write_dataset
+
+    write_dataset(tmp_path / "in", {f"p{i}.parquet": make_table(5, seed=i) for i in range(3)})
+    plan = FeaturePlan(("f0",), (InputBinding("x", "float32", ("f0",), 2),))
+
+    def task(run_id: str, i: int) -> FileTask:
+        rel = f"p{i}.parquet"
+        return FileTask(run_id=run_id, input_url=str(tmp_path / "in" / rel), relpath=rel, output_url="",
+                        staging_url="", keep=None, batch_size=100, plugin_name=None, plan=plan, prefix="",
+                        storage_options=(), write=False)
+
+    worker = type("W", (), {"address": "inproc://127.0.0.1/1"})()
+    with running_on(worker):
+        assert len(score_bundle(tuple(task("live-run", i) for i in range(3)), True)) == 3  # read and profiled
+        assert stop_commits("stopped-run")
+        assert score_bundle(tuple(task("stopped-run", i) for i in range(3)), True) == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import logging
 import os
 import queue
 import threading
@@ -24,6 +25,12 @@ from typing import Any
 from batchserve.worker.context import host_of, running_on
 
 __all__ = ["InProcessClient", "InProcessWorker", "TaskFuture"]
+
+log = logging.getLogger("batchserve")
+
+#: How long close() waits for a running task: a bundle stops between files once the run is stopped,
+#: and a single file of at most 2M rows (the engine's limit) takes seconds.
+CLOSE_WAIT_S = 60.0
 
 
 class TaskFuture(concurrent.futures.Future[Any]):
@@ -120,7 +127,9 @@ class InProcessClient:
         for _ in self._threads:
             self._queue.put(None)
         for t in self._threads:
-            t.join()
+            t.join(CLOSE_WAIT_S)
+            if t.is_alive():  # a task stuck in storage: its commit is fenced off; the daemon thread ends with us
+                log.warning("a task was still running %.0f s after the run stopped; leaving it behind", CLOSE_WAIT_S)
         for plugin in self.worker.plugins.values():
             plugin.teardown(self.worker)
         self.worker.plugins.clear()

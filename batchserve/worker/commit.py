@@ -9,7 +9,7 @@ from typing import Any
 
 from batchserve.errors import WorkerStateError
 
-__all__ = ["CommitGate", "commit_fence", "stop_commits"]
+__all__ = ["CommitGate", "commit_fence", "stop_commits", "commits_stopped"]
 
 
 class CommitGate:
@@ -40,6 +40,10 @@ class CommitGate:
                 self._active -= 1
                 self._cond.notify_all()
 
+    def stopped(self, run_id: str) -> bool:
+        with self._cond:
+            return run_id in self._stopped
+
     def stop(self, run_id: str, timeout: float = 120.0) -> bool:
         """Refuse the run's commits from now on; True once no commit is in progress."""
         with self._cond:
@@ -58,3 +62,8 @@ def commit_fence(run_id: str) -> Any:
 def stop_commits(run_id: str) -> bool:
     """Run on every worker by the client (``client.run``) when a run stops early."""
     return _GATE.stop(run_id)
+
+
+def commits_stopped(run_id: str) -> bool:
+    """Whether the run was stopped here: a bundle starts no further file once it was."""
+    return _GATE.stopped(run_id)

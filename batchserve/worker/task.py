@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from batchserve import compare, drift, io, scoring
 from batchserve.errors import BatchserveError
-from batchserve.worker.commit import commit_fence
+from batchserve.worker.commit import commit_fence, commits_stopped
 from batchserve.worker.context import current_worker
 from batchserve.worker.plugin import WorkerModel, loaded_model
 from batchserve.worker.shadow import ChallengerTask, Shadow
@@ -126,6 +126,8 @@ def score_bundle(tasks: tuple[FileTask, ...], keep_going: bool) -> list[Receipt 
     merged: BatchStatistics | None = None
     last = -1
     for task in tasks:
+        if commits_stopped(task.run_id):  # the run stopped: none of the rest could commit
+            break
         try:
             receipt, stats = _score_file(task)
         except BatchserveError as exc:
