@@ -67,7 +67,8 @@ class InProcessClient:
         self._queue: queue.SimpleQueue[tuple[TaskFuture, Callable[..., Any], tuple[Any, ...]] | None] = (
             queue.SimpleQueue())
         # Daemon threads: an interrupted run's process can exit while a task finishes (it cannot commit:
-        # the fence is closed); close() still waits for it, so nothing writes after the run cleaned up.
+        # the fence is closed). close() waits for it, up to CLOSE_WAIT_S, so that normally nothing writes
+        # after the run has cleaned up.
         self._threads = [threading.Thread(target=self._work, name=f"batchserve-task-{i}", daemon=True)
                          for i in range(threads)]
         for t in self._threads:
