@@ -16,7 +16,15 @@ import numpy as np
 from batchserve.errors import DeviceError, ModelError
 
 __all__ = ["parse_placement", "placement_warning", "probe_batch", "choose_batch", "gpu_providers", "to_fp16",
-           "PROBE_SIZES"]
+           "PROBE_SIZES", "available_cores"]
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or a batch system's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
 
 
 def parse_placement(path: str) -> dict[str, dict[str, int]]:

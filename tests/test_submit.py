@@ -55,6 +55,7 @@ def test_the_engine_is_chosen_by_gpus_dask_cuda_size_and_flags() -> None:
 def test_many_small_files_get_a_worker_process_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
     """Their cost is per-file Python under one GIL, which only processes share out: from 512 files of
     at most 16,384 rows on average, a CPU run gets a worker per core (capped at 8)."""
+    from batchserve import tuning
     from batchserve.config import resolve_score_config
     from batchserve.pipeline import cluster
 
@@ -62,7 +63,7 @@ def test_many_small_files_get_a_worker_process_per_core(monkeypatch: pytest.Monk
         return resolve_score_config({"model": "m", "input": "i", "output": "o", **kw}, env={})
 
     for cores, want in [(2, 2), (6, 6), (64, cluster.SMALL_FILES_WORKERS_MAX)]:
-        monkeypatch.setattr(cluster, "_cores", lambda c=cores: c)
+        monkeypatch.setattr(tuning, "available_cores", lambda c=cores: c)
         monkeypatch.setattr(cluster, "default_workers", lambda c=cores: max(1, c // 4))
         assert cluster.engine_for(cfg(), 1_000_000, files=2000, gpus=0) == "local"
         assert cluster.local_workers(cfg(), 1_000_000, files=2000, gpus=0) == want
@@ -71,8 +72,21 @@ def test_many_small_files_get_a_worker_process_per_core(monkeypatch: pytest.Monk
         assert cluster.local_workers(cfg(), 2000 * 20_000, files=2000, gpus=0) == max(1, cores // 4)
         assert cluster.local_workers(cfg(workers=3), 1_000_000, files=2000, gpus=0) == 3  # asked for
         assert cluster.local_workers(cfg(), 1_000_000, files=2000, gpus=2) == max(1, cores // 4)  # GPUs decide
-    monkeypatch.setattr(cluster, "_cores", lambda: 2)
+    monkeypatch.setattr(tuning, "available_cores", lambda: 2)
     monkeypatch.setattr(cluster, "default_workers", lambda: 1)
     assert cluster.engine_for(cfg(), 100_000, files=100, gpus=0) == "local-threads"
-    monkeypatch.setattr(cluster, "_cores", lambda: 1)  # one core: nothing to share out
+    monkeypatch.setattr(tuning, "available_cores", lambda: 1)  # one core: nothing to share out
     assert cluster.engine_for(cfg(), 1_000_000, files=2000, gpus=0) == "local-threads"
+
+
+def test_default_workers_follow_the_cores_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container held to 4 of a host's 64 cores (its affinity) gets one CPU worker, not 16."""
+    from batchserve import tuning
+    from batchserve.pipeline import cluster
+
+    monkeypatch.setattr(cluster.model, "visible_gpu_count", lambda: 0)
+    for cores, workers in [(4, 1), (7, 1), (8, 2), (64, 16)]:
+        monkeypatch.setattr(tuning, "available_cores", lambda c=cores: c)
+        assert cluster.default_workers() == workers
+    monkeypatch.setattr(cluster.model, "visible_gpu_count", lambda: 3)
+    assert cluster.default_workers() == 3  # one per GPU

@@ -32,12 +32,12 @@ log = logging.getLogger("batchserve")
 
 
 def default_workers() -> int:
-    """One worker per GPU; on CPU, a worker per 4 cores (ORT threads do the rest)."""
+    """One worker per GPU; on CPU, a worker per 4 cores this process may use (ORT threads do the rest;
+    the affinity, not the host's count: a container limited to 4 of 64 cores gets one worker, not 16)."""
     gpus = model.visible_gpu_count()
     if gpus:
         return gpus
-    cores = os.cpu_count() or 1
-    return max(1, cores // 4)
+    return max(1, tuning.available_cores() // 4)
 
 
 def gpu_env(i: int) -> dict[str, str]:
@@ -98,14 +98,7 @@ def engine_for(cfg: ScoreConfig, rows: int, *, files: int = 0, gpus: int | None 
 
 
 def _many_small_files(rows: int, files: int) -> bool:
-    return files >= SMALL_FILES_MIN and rows <= files * SMALL_FILE_ROWS and _cores() > 1
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        return os.cpu_count() or 1
+    return files >= SMALL_FILES_MIN and rows <= files * SMALL_FILE_ROWS and tuning.available_cores() > 1
 
 
 def local_workers(cfg: ScoreConfig, rows: int, files: int, *, gpus: int | None = None) -> int:
@@ -115,7 +108,7 @@ def local_workers(cfg: ScoreConfig, rows: int, files: int, *, gpus: int | None =
         return cfg.workers
     gpus = model.visible_gpu_count() if gpus is None else gpus
     if (cfg.device == "cpu" or gpus == 0) and _many_small_files(rows, files):
-        return min(_cores(), SMALL_FILES_WORKERS_MAX)
+        return min(tuning.available_cores(), SMALL_FILES_WORKERS_MAX)
     return default_workers()
 
 

@@ -57,13 +57,6 @@ class ModelSpec:
         return io.storage_of(self.storage_options)
 
 
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        return os.cpu_count() or 1
-
-
 def _warmup_feeds(plan: scoring.FeaturePlan, rows: int = 2, random: bool = False) -> dict[str, np.ndarray]:
     """Rows of the model's input types: zeros to warm up, standard normals (floats) for the probe, so
     tree models branch as they would on data rather than down one path."""
@@ -108,7 +101,7 @@ class WorkerModel:
         if slot is None:  # a replacement worker that joined after planning
             slot = int(worker.name) if str(worker.name).isdigit() else 0
         task_threads = max(1, int(getattr(worker.state, "nthreads", 1)))
-        threads = max(1, _available_cores() // max(1, per_host) // task_threads)
+        threads = max(1, tuning.available_cores() // max(1, per_host) // task_threads)
         gpu = model.pick_gpu(spec.device, slot)
         loaded = model.build_session(data, device=spec.device, intra_op_threads=threads, gpu_id=gpu,
                                      precision=spec.precision, trt_cache=spec.trt_cache)
