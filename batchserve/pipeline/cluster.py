@@ -113,7 +113,7 @@ def local_workers(cfg: ScoreConfig, rows: int, files: int, *, gpus: int | None =
 
 
 @contextmanager
-def attach(cfg: ScoreConfig, rows: int = THREADS_MAX_ROWS + 1, files: int = 0) -> Iterator[tuple[TaskClient, str, str]]:
+def attach(cfg: ScoreConfig, rows: int, files: int) -> Iterator[tuple[TaskClient, str, str]]:
     if cfg.scheduler:
         from distributed import Client
 

@@ -53,21 +53,15 @@ class Stage:
 
     def _run(self) -> None:
         try:
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    item = next(self._source)
-                except StopIteration:
-                    break
-                finally:
-                    self.seconds += time.perf_counter() - t0
+            for item in self._timed():
                 if not self._put(item):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             self.error = exc
         self._put(DONE)
 
-    def _inline(self) -> Iterator[Any]:
+    def _timed(self) -> Iterator[Any]:
+        """The source's items until it ends or the task stops, its time kept in ``seconds``."""
         while not self._stop.is_set():
             t0 = time.perf_counter()
             try:
@@ -80,7 +74,7 @@ class Stage:
 
     def __iter__(self) -> Iterator[Any]:
         if not self.threaded:
-            yield from self._inline()
+            yield from self._timed()
             return
         while True:
             try:
