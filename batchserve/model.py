@@ -225,6 +225,11 @@ class LoadedModel:
             self.placement = tuning.parse_placement(path)
         return self.placement
 
+    def close(self) -> None:
+        """End the session's profiling (and remove its profile folder) if no run did: a session
+        dropped before its first run would otherwise leave the folder in the temp directory."""
+        self.node_placement()
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
         fetch = [self.zipmaps[n][0] if n in self.zipmaps else n for n in self.output_names]
         n = len(next(iter(feeds.values()))) if feeds else 0
@@ -362,6 +367,7 @@ def build_session(
                     sess, "CUDAExecutionProvider", f"cuda:{gpu_id}", gpu_id, intra_op_threads, None,
                     declared, zipmaps,
                 )
+            tuning.parse_placement(sess.end_profiling())  # the discarded session's profile folder goes too
             reason = "the CUDA provider failed to load (CUDA/cuDNN libraries missing or no GPU)"
             if device.startswith("cuda"):
                 raise DeviceError(f"--device {device} requested but {reason}; use --device cpu or auto")

@@ -64,6 +64,7 @@ def test_cpu_session_runs_and_auto_records_fallback() -> None:
     if not HAS_GPU:
         auto = model.build_session(data, device="auto", intra_op_threads=1, gpu_id=model.pick_gpu("auto", 0))
         assert auto.provider == "CPUExecutionProvider" and auto.fallback_reason
+        auto.close()  # never run: its profile folder is removed here
 
 
 @pytest.mark.skipif(HAS_GPU, reason="a GPU is visible")
@@ -238,3 +239,18 @@ def test_fp16_and_trt_cache_are_refused_on_cpu() -> None:
         resolve_score_config({**base, "trt_cache": "/c"}, env={})
     with pytest.raises(ConfigError, match="fp32 or fp16"):
         resolve_score_config({**base, "device": "auto", "precision": "int8"}, env={})
+
+
+def test_a_session_leaves_no_profile_folder_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each session profiles its first run (node placement) in a folder of its own under the temp
+    directory: reading the profile removes it, and so does closing a session that never ran."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    data, _ = models.multi_output(4)
+    ran = model.build_session(data, device="cpu", intra_op_threads=1, gpu_id=None)
+    idle = model.build_session(data, device="cpu", intra_op_threads=1, gpu_id=None)
+    assert len(list(tmp_path.glob("batchserve-ort-*"))) == 2
+    ran.run({"X": np.zeros((3, 4), np.float32)})
+    idle.close()
+    assert not list(tmp_path.glob("batchserve-ort-*"))

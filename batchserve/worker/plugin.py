@@ -105,7 +105,11 @@ class WorkerModel:
         gpu = model.pick_gpu(spec.device, slot)
         loaded = model.build_session(data, device=spec.device, intra_op_threads=threads, gpu_id=gpu,
                                      precision=spec.precision, trt_cache=spec.trt_cache)
-        outputs = loaded.run(_warmup_feeds(spec.plan))
+        try:
+            outputs = loaded.run(_warmup_feeds(spec.plan))
+        except BaseException:
+            loaded.close()
+            raise
         cols = scoring.outputs_to_columns(outputs, 2, spec.prefix)
         if spec.probe_up_to:
             best, self.probe = tuning.probe_batch(
@@ -118,6 +122,8 @@ class WorkerModel:
         self.setup_seconds = time.perf_counter() - start
 
     def teardown(self, worker: Any) -> None:
+        if self.model is not None:
+            self.model.close()
         self.model = None
 
 
