@@ -97,6 +97,9 @@ class WorkerInfo:
     batch_probe: dict[str, float] | None = None
     #: provider -> operator -> nodes it ran (from ORT's profile of the warm-up run).
     node_placement: dict[str, dict[str, int]] | None = None
+    #: A GPU session's IO binding: inputs staged in ``pinned`` (page-locked) or ``pageable`` host memory
+    #: and copied to the device on the reader thread; None where there is none (a CPU session).
+    io_binding: str | None = None
 
 
 @dataclasses.dataclass

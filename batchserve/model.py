@@ -22,12 +22,13 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from batchserve import tuning
+from batchserve.binding import Binder, DeviceFeeds, PinnedPool, cuda_runtime
 from batchserve.errors import DeviceError, ModelError
 from batchserve.signature import ONNX_NUMPY_TYPES, LabeledProbabilities, ModelInfo, ModelRunner, TensorInfo
 
@@ -59,6 +60,7 @@ __all__ = [
     "pick_gpu",
     "build_session",
     "check_runnable",
+    "bind",
     "ort_reason",
     "ONNX_NUMPY_TYPES",
 ]
@@ -215,6 +217,22 @@ class LoadedModel:
     infer_rows: int | None = None
     #: provider -> operator -> nodes, from the profile of the first run (:meth:`node_placement`).
     placement: dict[str, dict[str, int]] | None = None
+    #: A GPU session's IO binding (inputs copied to the device ahead of the run); None on the CPU.
+    binder: Binder | None = None
+
+    @property
+    def fetch(self) -> list[str]:
+        return [self.zipmaps[n][0] if n in self.zipmaps else n for n in self.output_names]
+
+    @property
+    def io_binding(self) -> str | None:
+        """For the manifest: where a bound session's inputs are staged (pinned or pageable), or None."""
+        return None if self.binder is None else self.binder.host_memory
+
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray] | DeviceFeeds:
+        """The feeds as :meth:`run` takes them fastest: on a bound (GPU) session, already on the
+        device. A task calls this on its reader thread, so the copy overlaps the previous batch's run."""
+        return feeds if self.binder is None else self.binder.upload(feeds, self.infer_rows)
 
     def node_placement(self) -> dict[str, dict[str, int]]:
         """Which provider ran each graph node in the run(s) so far, read from ORT's profile; ends the
@@ -227,11 +245,21 @@ class LoadedModel:
 
     def close(self) -> None:
         """End the session's profiling (and remove its profile folder) if no run did: a session
-        dropped before its first run would otherwise leave the folder in the temp directory."""
+        dropped before its first run would otherwise leave the folder in the temp directory. Unpins
+        a bound session's host memory."""
         self.node_placement()
+        if self.binder is not None:
+            self.binder.close()
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        fetch = [self.zipmaps[n][0] if n in self.zipmaps else n for n in self.output_names]
+    def run(self, feeds: Mapping[str, np.ndarray] | DeviceFeeds) -> dict[str, Any]:
+        """The model's outputs for every row of ``feeds`` (numpy arrays, or :meth:`prepare`'s result)."""
+        fetch = self.fetch
+        if self.binder is not None and not isinstance(feeds, DeviceFeeds):
+            feeds = self.binder.upload(feeds, self.infer_rows)
+        if isinstance(feeds, DeviceFeeds):
+            assert self.binder is not None, "device feeds need a bound session"
+            values = self.binder.run(feeds)
+            return self._outputs(values)
         n = len(next(iter(feeds.values()))) if feeds else 0
         step = self.infer_rows
         if step is None or n <= step:
@@ -239,6 +267,9 @@ class LoadedModel:
         else:  # I/O batches stay large (cheap per row to decode and encode); ORT gets its fastest size
             parts = [self.session.run(fetch, {k: v[s : s + step] for k, v in feeds.items()}) for s in range(0, n, step)]
             values = [np.concatenate([p[i] for p in parts]) for i in range(len(fetch))]
+        return self._outputs(values)
+
+    def _outputs(self, values: Sequence[Any]) -> dict[str, Any]:
         if self.placement is None:  # the first run was profiled; read it and stop profiling
             self.node_placement()
         out: dict[str, Any] = {}
@@ -330,6 +361,15 @@ def _session(data: bytes, providers: list[Any], threads: int) -> ort.InferenceSe
         raise ModelError(f"onnxruntime cannot load the model: {ort_reason(exc)}") from None
 
 
+def bind(loaded: LoadedModel, device_type: str, device_id: int) -> Binder | None:
+    """IO binding for a session on ``device_type`` (see :mod:`batchserve.binding`), or None for a
+    model with a string input (it cannot live on a GPU)."""
+    if not Binder.can_bind(loaded.session):
+        return None
+    pool = PinnedPool(cuda_runtime() if device_type == "cuda" else None)
+    return Binder(loaded.session, device_type, device_id, loaded.fetch, pool)
+
+
 def build_session(
     data: bytes, *, device: str, intra_op_threads: int, gpu_id: int | None, precision: str = "fp32",
     trt_cache: str | None = None,
@@ -363,10 +403,12 @@ def build_session(
             gpu_data = tuning.to_fp16(data) if precision == "fp16" and trt_cache is None else data
             sess = _session(gpu_data, providers, intra_op_threads)
             if sess.get_providers()[0] == "CUDAExecutionProvider":
-                return LoadedModel(
+                loaded = LoadedModel(
                     sess, "CUDAExecutionProvider", f"cuda:{gpu_id}", gpu_id, intra_op_threads, None,
                     declared, zipmaps,
                 )
+                loaded.binder = bind(loaded, "cuda", gpu_id)
+                return loaded
             tuning.parse_placement(sess.end_profiling())  # the discarded session's profile folder goes too
             reason = "the CUDA provider failed to load (CUDA/cuDNN libraries missing or no GPU)"
             if device.startswith("cuda"):

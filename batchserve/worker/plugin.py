@@ -155,5 +155,6 @@ def worker_report(plugin_name: str, dask_worker: Any = None) -> dict[str, Any]:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "infer_batch": m.infer_rows,
         "node_placement": m.node_placement(),
+        "io_binding": m.io_binding,
         "batch_probe": {str(k): round(v) for k, v in plugin.probe.items()} if plugin.probe else None,
     }

@@ -8,7 +8,8 @@ import dataclasses
 import functools
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -20,6 +21,9 @@ from batchserve.worker.plugin import WorkerModel, loaded_model
 from batchserve.worker.shadow import ChallengerTask, Shadow
 from batchserve.worker.stages import Stage, Writer
 from batchserve.worker.statistics import BatchStatistics
+
+if TYPE_CHECKING:
+    from batchserve.model import LoadedModel
 
 __all__ = ["FileTask", "Receipt", "score_file", "score_bundle", "merge_pieces"]
 
@@ -163,8 +167,11 @@ def _score_file_once(task: FileTask) -> tuple[Receipt, BatchStatistics | None]:
     columns = [*keep, *task.plan.features, *(shadow.columns if shadow else [])]
     # One batch has nothing to overlap: read, infer and write it in this thread (small files).
     overlap = footer.num_rows > task.batch_size
-    reader = Stage(source.batches(columns=list(dict.fromkeys(columns)), batch_size=task.batch_size,
-                                  row_groups=task.row_groups, use_threads=overlap), stop, threaded=overlap)
+    batches: Iterator[Any] = source.batches(columns=list(dict.fromkeys(columns)), batch_size=task.batch_size,
+                                            row_groups=task.row_groups, use_threads=overlap)
+    if overlap and plugin is not None and plugin.model is not None and plugin.model.binder is not None:
+        batches = _on_device(batches, task, plugin.model)
+    reader = Stage(batches, stop, threaded=overlap)
     writer = Writer(functools.partial(_open_writer, task) if task.write else None, stop, threaded=overlap)
     infer_s = _run_batches(task, plugin, keep, stats, reader, writer, stop, shadow)
     rows = footer.num_rows if task.row_groups is None else sum(footer.row_group_rows[g] for g in task.row_groups)
@@ -197,6 +204,21 @@ def _commit_shadow(task: FileTask, shadow: Shadow, footer: io.Footer, champion_u
     return {"challenger": receipt, "comparisons": shadow.comparisons}
 
 
+def _on_device(batches: Iterator[pa.RecordBatch], task: FileTask, loaded: LoadedModel) -> Iterator[Any]:
+    """A GPU session's batches with their features built and copied to the device on the reader
+    thread (``(batch, (feeds, device feeds))``), so the copy overlaps the previous batch's run."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            yield batch
+            continue
+        try:
+            feeds = scoring.batch_to_feeds(batch, task.plan)
+        except BatchserveError as exc:
+            exc.path = exc.path or task.input_url
+            raise
+        yield batch, (feeds, loaded.prepare(feeds))
+
+
 def _open_writer(task: FileTask, schema: pa.Schema) -> io.StagedWriter:
     return io.StagedWriter(task.output_url, task.staging_url, schema, task.storage, owner=task.run_id)
 
@@ -208,13 +230,18 @@ def _run_batches(
     """The inference loop (this thread), between the reader and writer threads; returns its seconds."""
     infer_s = 0.0
     try:
-        for batch in reader:
+        for item in reader:
+            batch, ready = item if isinstance(item, tuple) else (item, None)
             if batch.num_rows == 0:
                 continue
             t0 = time.perf_counter()
             preds: dict[str, pa.Array] = {}
             try:
-                if plugin is not None:
+                if ready is not None:  # features built and on the device already (_on_device)
+                    assert plugin is not None and plugin.model is not None
+                    feeds = ready[0]
+                    preds = scoring.outputs_to_columns(plugin.model.run(ready[1]), batch.num_rows, task.prefix)
+                elif plugin is not None:
                     assert plugin.model is not None
                     feeds, preds = scoring.predict(batch, task.plan, plugin.model, task.prefix)
                 else:
