@@ -37,10 +37,20 @@ _NUMERIC = ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(int8)"
             "tensor(uint64)", "tensor(bool)")
 
 
+def _loaded_cudart() -> list[str]:
+    """Paths of CUDA runtimes already mapped into this process (the one the CUDA provider linked)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            return sorted({line.split()[-1] for line in maps if "libcudart.so" in line and "/" in line})
+    except OSError:  # not Linux: try the sonames alone
+        return []
+
+
 @functools.lru_cache(maxsize=1)
 def cuda_runtime() -> ctypes.CDLL | None:
-    """The CUDA runtime library, or None where there is none (a CPU machine, a build without CUDA)."""
-    for name in CUDART_NAMES:
+    """The CUDA runtime library, or None where there is none (a CPU machine, a build without CUDA).
+    The copy the CUDA provider already loaded comes first, so the blocks are pinned by its runtime."""
+    for name in [*_loaded_cudart(), *CUDART_NAMES]:
         try:
             lib = ctypes.CDLL(name)
         except OSError:
@@ -63,10 +73,12 @@ class PinnedPool:
         self._free: list[np.ndarray] = []
         self._pointers: list[int] = []
         self._lock = threading.Lock()
+        #: Why pinning failed, once it has: later blocks are ordinary memory.
+        self.refused: str | None = None
 
     @property
     def pinned(self) -> bool:
-        return self.runtime is not None
+        return self.runtime is not None and self.refused is None
 
     def _allocate(self, nbytes: int) -> np.ndarray:
         if self.runtime is None:
@@ -74,7 +86,10 @@ class PinnedPool:
         ptr = ctypes.c_void_p()
         status = self.runtime.cudaHostAlloc(ctypes.byref(ptr), ctypes.c_size_t(nbytes), 0)
         if status != 0 or not ptr.value:
-            raise MemoryError(f"cudaHostAlloc of {nbytes} bytes failed (CUDA error {status})")
+            # Pinning can be refused (a container's locked-memory limit): the run goes on with
+            # ordinary memory, slower to copy from, and the manifest says "pageable".
+            self.refused = f"cudaHostAlloc of {nbytes} bytes failed (CUDA error {status})"
+            return np.empty(nbytes, dtype=np.uint8)
         self._pointers.append(ptr.value)
         return np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr.value))
 

@@ -92,6 +92,22 @@ def test_the_pool_lends_a_block_to_one_borrower_at_a_time_and_reuses_it() -> Non
     pool.close()
 
 
+def test_a_refused_pin_leaves_the_run_on_ordinary_memory() -> None:
+    """cudaHostAlloc can fail (a container's locked-memory limit); uploads then come from pageable
+    memory and the manifest's io_binding says so, instead of the task failing."""
+
+    class NoPinning:  # the CUDA runtime's answer where locked memory is exhausted
+        def cudaHostAlloc(self, ptr, size, flags) -> int:
+            return 2  # cudaErrorMemoryAllocation
+
+    pool = binding.PinnedPool(NoPinning())
+    assert pool.pinned
+    with pool.block(64) as buf:
+        assert buf.nbytes >= 64
+    assert not pool.pinned and "CUDA error 2" in (pool.refused or "")
+    pool.close()
+
+
 class _HostPool(binding.PinnedPool):
     """The staging path of a pinned pool (copy into a lent block, upload from it) on ordinary memory."""
 
