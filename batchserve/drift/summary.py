@@ -169,8 +169,11 @@ def summarize_matrix(
     # Shifted sums (by a value near each column's centre) keep the variance exact
     # in float64 even for columns like years or timestamps.
     head = xf[: min(n, 64)]
-    shift = np.nan_to_num(np.nanmean(np.where(np.isfinite(head), head, np.nan), axis=0)) if not all_finite \
-        else head.mean(axis=0)
+    if all_finite:
+        shift = head.mean(axis=0)
+    else:  # the finite values' mean; 0 for a column with none in its head (nanmean would warn in the logs)
+        ok = finite[: len(head)]
+        shift = (np.where(ok, head, 0).sum(axis=0, dtype=np.float64) / np.maximum(ok.sum(axis=0), 1)).astype(xf.dtype)
     d = xf - shift.astype(xf.dtype)
     if not all_finite:
         d = np.where(finite, d, 0)
