@@ -132,6 +132,18 @@ def test_batch_size_auto_picks_the_largest_size_within_ten_percent_of_the_fastes
     assert choose_batch({4096: 1.0}) == 4096
 
 
+def test_batches_run_whole_only_while_the_probe_still_saw_rows_per_second_rising() -> None:
+    from batchserve.tuning import infer_rows
+
+    # the MLP on one 1M-row file (probe up to 8,192): past its peak at 8,192, so pieces of the chosen
+    # size, even when that is the largest tried (8,192 is within 10% of the peak at 2,048)
+    assert infer_rows({1024: 380_089, 2048: 427_144, 4096: 417_843, 8192: 391_194}) == 8192
+    assert infer_rows({1024: 363_151, 2048: 394_220, 4096: 397_137, 8192: 351_283}) == 4096
+    # still rising at the largest size, or one size alone: larger batches are no slower, run whole
+    assert infer_rows({1024: 300_000, 4096: 310_000, 16384: 320_000}) is None
+    assert infer_rows({1024: 1.0}) is None
+
+
 def test_probe_limit_only_probes_runs_it_can_pay_for() -> None:
     from batchserve.config import resolve_score_config
     from batchserve.pipeline.cluster import probe_limit

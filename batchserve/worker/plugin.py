@@ -112,11 +112,9 @@ class WorkerModel:
             raise
         cols = scoring.outputs_to_columns(outputs, 2, spec.prefix)
         if spec.probe_up_to:
-            best, self.probe = tuning.probe_batch(
+            _, self.probe = tuning.probe_batch(
                 loaded, lambda n: _warmup_feeds(spec.plan, n, random=True), spec.probe_up_to)
-            # Pieces only where the probe saw smaller runs win; sizes above what it tried are unknown,
-            # so a winner at its largest size means: run batches whole, as before.
-            loaded.infer_rows = best if best < max(self.probe) else None
+            loaded.infer_rows = tuning.infer_rows(self.probe)
         self.prediction_schema = pa.schema([pa.field(k, v.type) for k, v in cols.items()])
         self.model = loaded
         self.setup_seconds = time.perf_counter() - start
