@@ -15,8 +15,8 @@ import numpy as np
 
 from batchserve.errors import DeviceError, ModelError
 
-__all__ = ["parse_placement", "placement_warning", "probe_batch", "choose_batch", "infer_rows", "gpu_providers", "to_fp16",
-           "PROBE_SIZES", "available_cores"]
+__all__ = ["parse_placement", "placement_warning", "probe_batch", "choose_batch", "infer_rows", "gpu_providers",
+           "to_fp16", "PROBE_SIZES", "available_cores"]
 
 
 def available_cores() -> int:
