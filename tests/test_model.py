@@ -154,6 +154,9 @@ def test_probe_limit_only_probes_runs_it_can_pay_for() -> None:
     assert probe_limit(auto, 100_000) is None  # the sample data: not worth a probe
     assert probe_limit(auto, 2_000_000) == 16_384 and probe_limit(auto, 10**9) == 65_536
     assert probe_limit(fixed, 10**9) is None
+    # 2,000 files of 500 rows: no batch can reach the smallest probe size
+    assert probe_limit(auto, 1_000_000, largest_file=500) is None
+    assert probe_limit(auto, 1_000_000, largest_file=5_000) == 4_096
 
 
 def test_running_in_probed_pieces_gives_the_same_outputs(model_dir: dict) -> None:

@@ -71,6 +71,11 @@ class RunPlan:
     def rows(self) -> int:
         return sum(f.num_rows for f in self.footers)
 
+    @property
+    def largest_file(self) -> int:
+        """Rows of the largest input file: no batch is larger (small files are read in one batch)."""
+        return max((f.num_rows for f in self.footers), default=0)
+
 
 def resolve_model(uri: str, version: int | None, storage: Mapping[str, Any]) -> registry.Resolved:
     """A model file, or a version of a model repository: plain (the highest complete version),
