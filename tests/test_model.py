@@ -144,6 +144,31 @@ def test_batches_run_whole_only_while_the_probe_still_saw_rows_per_second_rising
     assert infer_rows({1024: 1.0}) is None
 
 
+def test_the_probe_stops_past_the_peak_and_leaves_a_session_that_still_scores() -> None:
+    """A clock that makes the model run at a given rows/s per size: once a size runs 20% below the
+    best so far, larger sizes are not tried; the arena shrink run after it leaves the session whole."""
+    data, oracle = models.multi_output(4)
+    loaded = model.build_session(data, device="cpu", intra_op_threads=1, gpu_id=None)
+    curve = {1024: 1.0e6, 2048: 1.2e6, 4096: 0.9e6, 8192: 1.3e6}
+    now, size = [0.0], [0]
+
+    def make_feeds(n: int) -> dict[str, np.ndarray]:
+        size[0] = n
+        return {"X": np.zeros((n, 4), dtype=np.float32)}
+
+    def clock() -> float:  # each reading: one run of the current size at the curve's rate
+        now[0] += size[0] / curve[size[0]]
+        return now[0]
+
+    chosen, rates = tuning.probe_batch(loaded, make_feeds, 65_536, clock=clock)
+    assert list(rates) == [1024, 2048, 4096]  # 8,192 would have been fastest, but was never tried
+    assert rates[2048] == pytest.approx(1.2e6) and chosen == 2048  # past the peak: pieces of the best
+    x = np.random.default_rng(5).normal(size=(300, 4)).astype(np.float32)
+    want = oracle(x)
+    models.assert_within(loaded.run({"X": x})["embedding"], want["embedding"], want["embedding_bound"], "embedding")
+    loaded.close()
+
+
 def test_probe_limit_only_probes_runs_it_can_pay_for() -> None:
     from batchserve.config import resolve_score_config
     from batchserve.pipeline.cluster import probe_limit
