@@ -412,11 +412,15 @@ def prediction_statistics(preds: Mapping[str, pa.Array]) -> dict[str, drift.Colu
 
 
 def predict(
-    batch: pa.RecordBatch, plan: FeaturePlan, model: ModelRunner, prefix: str = ""
+    batch: pa.RecordBatch, plan: FeaturePlan, model: ModelRunner, prefix: str = "",
+    prepared: tuple[dict[str, np.ndarray], Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, pa.Array]]:
-    """The model's feeds for a batch and its prediction columns (feeds are kept for statistics)."""
-    feeds = batch_to_feeds(batch, plan)
-    preds = outputs_to_columns(model.run(feeds), batch.num_rows, prefix)
+    """The model's feeds for a batch and its prediction columns (feeds are kept for statistics).
+
+    ``prepared``: the feeds, built already, and what the model runs on (a GPU session's inputs,
+    uploaded on the task's reader thread)."""
+    feeds, runs_on = prepared if prepared is not None else (batch_to_feeds(batch, plan), None)
+    preds = outputs_to_columns(model.run(feeds if runs_on is None else runs_on), batch.num_rows, prefix)
     return feeds, preds
 
 

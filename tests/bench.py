@@ -304,12 +304,15 @@ def memory_scaling(args: argparse.Namespace, work: Path, model: Path) -> dict:
     print("| rows (mlp) | files | batchserve rows/s | peak RSS, whole process tree | vs the smallest |")
     print("|---|---|---|---|---|")
     first = None
-    for rows in args.memory_rows:
-        files = max(2, rows // 1_000_000)
+    # The sizes asked for in files of 1M rows, then the smallest size again in one file: memory must
+    # not grow with the data, nor with the size of one file (a file is streamed a batch at a time).
+    cases = [(rows, max(2, rows // 1_000_000)) for rows in args.memory_rows] + [(args.memory_rows[0], 1)]
+    for rows, files in cases:
         make_data(work / "mem", rows, files, seed=3)
         secs, peak, _ = run_batchserve(model, work / "mem", work / "out_mem", [])
         first = first or peak
-        found[rows] = {"rows_per_second": rows / secs, "peak_rss_bytes": peak}
+        found[f"{rows}x{files}"] = {"rows": rows, "files": files, "rows_per_second": rows / secs,
+                                     "peak_rss_bytes": peak}
         print(f"| {rows:,} | {files} | {rows / secs:,.0f} | {peak / 2**20:,.0f} MiB | {peak / first:.2f} |", flush=True)
         shutil.rmtree(work / "mem")
         shutil.rmtree(work / "out_mem")

@@ -77,6 +77,21 @@ def test_footer_and_streamed_batches(store: tuple[str, dict]) -> None:
     some = pa.Table.from_batches(list(io.ParquetInput(url, opts).batches(columns=["id"], batch_size=999,
                                                                          row_groups=[1, 2])))
     assert some.column("id").to_pylist() == table.column("id").to_pylist()[200:600]
+    # a batch spans row groups within a run of about a batch: full batches from small row groups
+    spanning = list(io.ParquetInput(url, opts).batches(columns=["id"], batch_size=500))
+    assert [b.num_rows for b in spanning] == [500, 100, 450]
+    assert pa.Table.from_batches(spanning).column("id").equals(table.column("id"))
+
+
+def test_row_groups_are_read_in_runs_of_about_a_batch() -> None:
+    """pyarrow pre-buffers every row group one read asks for: asked for a whole file, it held the
+    whole file (1.6 GB). Runs of at least a batch each, in order, bound that to about a batch."""
+    rows = (200, 200, 200, 200, 200, 50)
+    assert io.row_group_runs(rows, range(6), 500) == [[0, 1, 2], [3, 4, 5]]
+    assert io.row_group_runs(rows, range(6), 128) == [[0], [1], [2], [3], [4], [5]]
+    assert io.row_group_runs(rows, [1, 2, 5], 10_000) == [[1, 2, 5]]
+    assert io.row_group_runs((65_536,) * 3, range(3), 65_536) == [[0], [1], [2]]
+    assert io.row_group_runs((), [], 100) == []
 
 
 def test_corrupt_file_is_a_data_error(store: tuple[str, dict]) -> None:

@@ -47,6 +47,7 @@ from batchserve.io.reading import (
     read_footer,
     read_footers,
     read_text,
+    row_group_runs,
     with_retries,
 )
 from batchserve.io.writing import (
@@ -73,6 +74,7 @@ __all__ = [
     "ParquetInput",
     "read_footer",
     "read_footers",
+    "row_group_runs",
     "with_retries",
     "StagedWriter",
     "writer_options",

@@ -112,9 +112,8 @@ class WorkerModel:
             raise
         cols = scoring.outputs_to_columns(outputs, 2, spec.prefix)
         if spec.probe_up_to:
-            _, self.probe = tuning.probe_batch(
+            loaded.infer_rows, self.probe = tuning.probe_batch(
                 loaded, lambda n: _warmup_feeds(spec.plan, n, random=True), spec.probe_up_to)
-            loaded.infer_rows = tuning.infer_rows(self.probe)
         self.prediction_schema = pa.schema([pa.field(k, v.type) for k, v in cols.items()])
         self.model = loaded
         self.setup_seconds = time.perf_counter() - start

@@ -237,13 +237,9 @@ def _run_batches(
             t0 = time.perf_counter()
             preds: dict[str, pa.Array] = {}
             try:
-                if ready is not None:  # features built and on the device already (_on_device)
-                    assert plugin is not None and plugin.model is not None
-                    feeds = ready[0]
-                    preds = scoring.outputs_to_columns(plugin.model.run(ready[1]), batch.num_rows, task.prefix)
-                elif plugin is not None:
-                    assert plugin.model is not None
-                    feeds, preds = scoring.predict(batch, task.plan, plugin.model, task.prefix)
+                if plugin is not None:
+                    assert plugin.model is not None  # ready: features built and on the device (_on_device)
+                    feeds, preds = scoring.predict(batch, task.plan, plugin.model, task.prefix, ready)
                 else:
                     feeds = scoring.batch_to_feeds(batch, task.plan)
             except BatchserveError as exc:
