@@ -14,6 +14,7 @@ import pytest
 from tests import models
 from tests.conftest import FEATURES, features_matrix, make_table, write_dataset
 from tests.test_cli import BIN, assert_one_error_line
+from tests.test_drift import TOL
 from tests.test_safety import score
 
 pytestmark = pytest.mark.slow
@@ -73,7 +74,11 @@ def test_one_pass_champion_unchanged_challenger_equals_its_oracle_and_statistics
     r = np.bincount(np.searchsorted(edges, p_champ, side="left"), minlength=len(edges) + 1) / len(p_champ)
     q = np.bincount(np.searchsorted(edges, p_chall, side="left"), minlength=len(edges) + 1) / len(p_chall)
     r, q = np.maximum(r, 1e-4), np.maximum(q, 1e-4)
-    assert c["psi"] == pytest.approx(float(np.sum((q - r) * np.log(q / r))), abs=0.05)
+    # The sketch's bound from tests/test_drift.py (worst of tests/drift_accuracy.py --repeat): its
+    # compaction is random and depends on batch boundaries, and a near-empty bin magnifies a few rows
+    # (seen: 2.245 against 2.373 once row groups were read in runs, whose batches end differently).
+    want_psi = float(np.sum((q - r) * np.log(q / r)))
+    assert abs(c["psi"] - want_psi) < max(TOL["psi_abs"], TOL["psi_rel"] * want_psi), (c["psi"], want_psi)
     assert section["infer_seconds"]["challenger"] > 0 and section["model"]["sha256"]
     text = subprocess_run("report", str(out / "_manifest.json"))
     assert "challenger" in text and "probabilities.1" in text
