@@ -123,7 +123,8 @@ def test_staged_uploads_from_many_threads_each_score_their_own_rows() -> None:
     """Eight readers uploading at once through the staging blocks (several tasks on one worker):
     each batch comes back scored from its own rows, so no block was reused while still lent."""
     data, _ = models.multi_output(3)
-    _, bound = _bound(data)
+    plain, bound = _bound(data)
+    plain.close()
     assert bound.binder is not None
     bound.binder.pool = _HostPool()
     xs = [np.full((4096, 3), i, dtype=np.float32) for i in range(8)]
