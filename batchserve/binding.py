@@ -63,8 +63,8 @@ def cuda_runtime() -> ctypes.CDLL | None:
 
 
 class PinnedPool:
-    """Page-locked host blocks, kept and handed out again: pinning pages is slow (``cudaHostAlloc``
-    of 256 MB takes tens of milliseconds), so each concurrent upload borrows a block and returns it.
+    """Page-locked host blocks, kept and handed out again: pinning is slow (the driver locks and maps
+    every page), so it is done once per block, and each concurrent upload borrows one and returns it.
 
     ``runtime`` None (no CUDA runtime) lends ordinary numpy memory: the same code, tested on CPU."""
 
