@@ -163,8 +163,9 @@ class Binder:
         with self.pool.block(values.nbytes) as buf:
             staged = buf[: values.nbytes].view(values.dtype).reshape(values.shape)
             np.copyto(staged, values)
-            # A GPU upload copies, synchronously (ORT's CPU-to-CUDA tensor copy), so the block is free
-            # again when this returns and the next upload reuses it. On the CPU device an OrtValue
+            # A GPU upload copies, synchronously (onnxruntime's Python binding copies a numpy array to
+            # CUDA with cudaMemcpy), so the block is free again when this returns and the next upload
+            # reuses it. On the CPU device an OrtValue
             # would share the block's memory instead: it gets its own copy, as a device would.
             if self.device_type == "cpu":
                 staged = staged.copy()
