@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Binder", "DeviceFeeds", "PinnedPool", "cuda_runtime"]
+__all__ = ["Binder", "DeviceFeeds", "PinnedPool", "cuda_runtime", "joined", "row_pieces"]
 
 #: Sonames of the CUDA runtime, newest first; the one onnxruntime-gpu loaded answers first.
 CUDART_NAMES = ("libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so")
@@ -117,6 +117,22 @@ class PinnedPool:
             self.runtime.cudaFreeHost(ctypes.c_void_p(ptr))
 
 
+def row_pieces(feeds: Mapping[str, Any], step: int | None) -> list[dict[str, Any]]:
+    """``feeds`` cut into pieces of at most ``step`` rows, in order (one piece when ``step`` is None
+    or not smaller than the batch): how a batch meets ORT's fastest run size."""
+    n = len(next(iter(feeds.values()))) if feeds else 0
+    if step is None or n <= step:
+        return [dict(feeds)]
+    return [{k: v[s : s + step] for k, v in feeds.items()} for s in range(0, n, step)]
+
+
+def joined(parts: Sequence[Sequence[Any]]) -> list[Any]:
+    """The outputs of runs on :func:`row_pieces`, put back together row-wise."""
+    if len(parts) == 1:
+        return list(parts[0])
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
 @dataclasses.dataclass
 class DeviceFeeds:
     """A batch's inputs already on the session's device, as the runs will take them: one dict of
@@ -165,8 +181,8 @@ class Binder:
             np.copyto(staged, values)
             # A GPU upload copies, synchronously (onnxruntime's Python binding copies a numpy array to
             # CUDA with cudaMemcpy), so the block is free again when this returns and the next upload
-            # reuses it. On the CPU device an OrtValue
-            # would share the block's memory instead: it gets its own copy, as a device would.
+            # reuses it. On the CPU device an OrtValue would share the block's memory instead: it gets
+            # its own copy, as a device would.
             if self.device_type == "cpu":
                 staged = staged.copy()
             return ort.OrtValue.ortvalue_from_numpy(staged, self.device_type, self.device_id)
@@ -174,10 +190,8 @@ class Binder:
     def upload(self, feeds: Mapping[str, np.ndarray], step: int | None = None) -> DeviceFeeds:
         """The feeds on the device, cut into runs of at most ``step`` rows (all rows in one when None)."""
         n = len(next(iter(feeds.values()))) if feeds else 0
-        step = n if step is None or step >= n else step
-        starts = range(0, n, step) if n else [0]
-        chunks = [{k: self._to_device(v[s : s + step] if n else v) for k, v in feeds.items()} for s in starts]
-        return DeviceFeeds(n, chunks)
+        pieces = row_pieces(feeds, step)
+        return DeviceFeeds(n, [{k: self._to_device(v) for k, v in piece.items()} for piece in pieces])
 
     def _run_chunk(self, chunk: Mapping[str, Any]) -> list[Any]:
         if not self.bind_outputs:
@@ -192,10 +206,7 @@ class Binder:
 
     def run(self, feeds: DeviceFeeds) -> list[Any]:
         """The fetched outputs for every row of ``feeds``, in order."""
-        parts = [self._run_chunk(c) for c in feeds.chunks]
-        if len(parts) == 1:
-            return parts[0]
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(self.fetch))]
+        return joined([self._run_chunk(c) for c in feeds.chunks])
 
     def close(self) -> None:
         self.pool.close()

@@ -14,6 +14,8 @@ rebuilds from keyword state rather than ``args`` for that reason.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "exit_code_of",
+    "located",
 ]
 
 #: Exit codes that belong to no error class: success, and a usage error (Typer/Click's own code).
@@ -188,3 +191,16 @@ def exit_code_of(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         return 130
     return 1
+
+
+@contextlib.contextmanager
+def located(path: str, prefix: str = "") -> Iterator[None]:
+    """An error of ours raised inside names ``path`` (unless it names a path already), its message
+    led by ``prefix``: where a file's or a model's problem is found deeper down than its name is known."""
+    try:
+        yield
+    except BatchserveError as exc:
+        exc.path = exc.path or path
+        if prefix:
+            exc.message = f"{prefix}{exc.message}"
+        raise

@@ -22,13 +22,13 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from batchserve import tuning
-from batchserve.binding import Binder, DeviceFeeds, PinnedPool, cuda_runtime
+from batchserve.binding import Binder, DeviceFeeds, PinnedPool, cuda_runtime, joined, row_pieces
 from batchserve.errors import DeviceError, ModelError
 from batchserve.signature import ONNX_NUMPY_TYPES, LabeledProbabilities, ModelInfo, ModelRunner, TensorInfo
 
@@ -265,23 +265,13 @@ class LoadedModel:
 
     def run(self, feeds: Mapping[str, np.ndarray] | DeviceFeeds) -> dict[str, Any]:
         """The model's outputs for every row of ``feeds`` (numpy arrays, or :meth:`prepare`'s result)."""
-        fetch = self.fetch
-        if self.binder is not None and not isinstance(feeds, DeviceFeeds):
-            feeds = self.binder.upload(feeds, self.infer_rows)
-        if isinstance(feeds, DeviceFeeds):
-            assert self.binder is not None, "device feeds need a bound session"
-            values = self.binder.run(feeds)
-            return self._outputs(values)
-        n = len(next(iter(feeds.values()))) if feeds else 0
-        step = self.infer_rows
-        if step is None or n <= step:
-            values = self.session.run(fetch, dict(feeds))
+        if self.binder is not None:
+            on_device = feeds if isinstance(feeds, DeviceFeeds) else self.binder.upload(feeds, self.infer_rows)
+            values = self.binder.run(on_device)
         else:  # I/O batches stay large (cheap per row to decode and encode); ORT gets its fastest size
-            parts = [self.session.run(fetch, {k: v[s : s + step] for k, v in feeds.items()}) for s in range(0, n, step)]
-            values = [np.concatenate([p[i] for p in parts]) for i in range(len(fetch))]
-        return self._outputs(values)
-
-    def _outputs(self, values: Sequence[Any]) -> dict[str, Any]:
+            assert not isinstance(feeds, DeviceFeeds), "device feeds need a bound session"
+            fetch = self.fetch
+            values = joined([self.session.run(fetch, piece) for piece in row_pieces(feeds, self.infer_rows)])
         if self.placement is None:  # the first run was profiled; read it and stop profiling
             self.node_placement()
         out: dict[str, Any] = {}

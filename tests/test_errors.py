@@ -51,3 +51,16 @@ def test_each_class_carries_its_exit_code_and_the_cli_table_is_derived_from_them
     assert EXIT_CODES == {"ok": 0, "failed": 1, "usage": 2, "drift": 3, "interrupted": 130}
     assert errors.exit_code_of(KeyboardInterrupt()) == 130 and errors.exit_code_of(ValueError()) == 1
     assert errors.exit_code_of(errors.DriftError("d")) == 3
+
+
+def test_located_names_the_path_once_and_leads_with_the_prefix() -> None:
+    from batchserve.errors import DataError, located
+
+    with pytest.raises(DataError) as unnamed, located("s3://b/in/p.parquet", "challenger: "):
+        raise DataError("column has 3 null(s)", column="x")
+    assert unnamed.value.path == "s3://b/in/p.parquet" and unnamed.value.message == "challenger: column has 3 null(s)"
+    with pytest.raises(DataError) as named, located("s3://b/in/other.parquet"):
+        raise DataError("corrupt", path="s3://b/in/p.parquet")
+    assert named.value.path == "s3://b/in/p.parquet" and named.value.message == "corrupt"
+    with pytest.raises(ValueError), located("x"):  # not ours: untouched
+        raise ValueError("bug")

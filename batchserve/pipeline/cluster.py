@@ -208,7 +208,7 @@ def install_model(
 ) -> tuple[ModelSpec, list[manifest.WorkerInfo], int]:
     """Register the model plugin on every worker (a no-op for one that has it) and read back what each
     really runs on: the spec tasks refer to, the per-worker facts for the manifest, the worker count."""
-    return _install(client, cfg, plan.model_url, plan.info.sha256, plan.features, plan.rows, plan.largest_file)
+    return _install(client, cfg, plan, plan.model_url, plan.info.sha256, plan.features)
 
 
 def probe_limit(cfg: ScoreConfig, rows: int, largest_file: int | None = None) -> int | None:
@@ -232,12 +232,11 @@ def install_challenger(client: TaskClient, cfg: ScoreConfig, plan: RunPlan) -> M
     """The challenger's session beside the champion's on every worker (its own plugin name)."""
     assert plan.challenger is not None
     ch = plan.challenger
-    return _install(client, cfg, ch.model_url, ch.info.sha256, ch.features, plan.rows, plan.largest_file)[0]
+    return _install(client, cfg, plan, ch.model_url, ch.info.sha256, ch.features)[0]
 
 
 def _install(
-    client: TaskClient, cfg: ScoreConfig, url: str, sha256: str, features: scoring.FeaturePlan, rows: int,
-    largest_file: int,
+    client: TaskClient, cfg: ScoreConfig, plan: RunPlan, url: str, sha256: str, features: scoring.FeaturePlan
 ) -> tuple[ModelSpec, list[manifest.WorkerInfo], int]:
     workers_info = client.scheduler_info(n_workers=-1)["workers"]
     hosts: dict[str, list[str]] = {}
@@ -248,7 +247,7 @@ def _install(
         storage_options=cfg.storage_options,
         workers_per_host=tuple((h, len(a)) for h, a in hosts.items()),
         worker_slots=tuple((a, i) for addrs in hosts.values() for i, a in enumerate(addrs)),
-        probe_up_to=probe_limit(cfg, rows, largest_file), precision=cfg.precision, trt_cache=cfg.trt_cache,
+        probe_up_to=probe_limit(cfg, plan.rows, plan.largest_file), precision=cfg.precision, trt_cache=cfg.trt_cache,
     )
     if isinstance(client, inprocess.InProcessClient):
         client.register_plugin(WorkerModel(spec), name=spec.plugin_name)

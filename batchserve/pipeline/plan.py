@@ -23,7 +23,7 @@ import pyarrow as pa
 from batchserve import drift, io, manifest, model, registry, scoring, selection
 from batchserve import reference as ref_mod
 from batchserve.config import ScoreConfig
-from batchserve.errors import BatchserveError, InputError, SchemaError
+from batchserve.errors import BatchserveError, InputError, SchemaError, located
 
 __all__ = ["RunPlan", "resolve_model", "inspect_model", "plan_run", "read_inputs", "fingerprint", "load_reference",
            "absolute_paths"]
@@ -89,11 +89,8 @@ def inspect_model(
     """The model's signature and provenance, as ``batchserve inspect`` shows it."""
     resolved = resolve_model(uri, model_version, storage_options or {})
     url, version, data = resolved.url, resolved.version, resolved.data
-    try:
+    with located(url):
         info = model.describe(data)
-    except BatchserveError as exc:
-        exc.path = exc.path or url
-        raise
     try:
         names, problem = info.feature_names, None
     except BatchserveError as exc:  # inspect is where one looks at a broken model: show it, say what is wrong
@@ -128,21 +125,15 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
     storage = cfg.storage
     resolved = resolve_model(cfg.model, cfg.model_version, storage)
     url, version, data = resolved.url, resolved.version, resolved.data
-    try:
+    with located(url):
         info = model.describe(data)
         model.check_runnable(info, data)
-    except BatchserveError as exc:
-        exc.path = exc.path or url
-        raise
     root, pairs, failures = read_inputs(cfg)
     skip = cfg.on_error == "skip"
     out_names = [cfg.prefix + o.name for o in info.outputs]
     names = _majority_names(pairs)
-    try:
+    with located(url):
         fplan = scoring.plan_features(info, cfg.features, names)
-    except BatchserveError as exc:
-        exc.path = exc.path or url
-        raise
     fplan = dataclasses.replace(fplan, nan=cfg.nan)
     challenger = _plan_challenger(cfg, names) if cfg.challenger else None
     fitting = _passing(pairs, lambda p, f: _check_file(cfg, fplan, out_names, p, f), skip, failures)
@@ -165,25 +156,18 @@ def _plan_challenger(cfg: ScoreConfig, names: list[str]) -> ChallengerPlan:
     read extra columns), so it needs feature_names metadata or one input per column."""
     assert cfg.challenger is not None
     resolved = resolve_model(cfg.challenger, None, cfg.storage)
-    try:
+    with located(resolved.url, "challenger: "):
         info = model.describe(resolved.data)
         model.check_runnable(info, resolved.data)
         fplan = scoring.plan_features(info, None, names)
-    except BatchserveError as exc:
-        exc.path = exc.path or resolved.url
-        exc.message = f"challenger: {exc.message}"
-        raise
     return ChallengerPlan(cfg.challenger, resolved.url, resolved.version, info, dataclasses.replace(fplan, nan=cfg.nan),
                           cfg.challenger_keep if cfg.challenger_keep is not None else cfg.keep, resolved.alias_event)
 
 
 def _check_challenger(cfg: ScoreConfig, ch: ChallengerPlan, part: io.Partition, footer: io.Footer) -> None:
     """Every file must feed the challenger too, and carry the columns kept beside its predictions."""
-    try:
+    with located(part.url, f"challenger {ch.model_uri}: "):
         scoring.check_schema(ch.features, footer.schema, part.url)
-    except BatchserveError as exc:
-        exc.message = f"challenger {ch.model_uri}: {exc.message}"
-        raise
     _check_kept(ch.keep, [cfg.prefix + o.name for o in ch.info.outputs], part, footer, "--challenger-keep",
                 "challenger prediction column would overwrite a kept input column",
                 "pass --prefix or --challenger-keep")

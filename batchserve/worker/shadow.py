@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchserve import compare, io, scoring
-from batchserve.errors import BatchserveError
+from batchserve.errors import located
 from batchserve.worker.commit import commit_fence
 from batchserve.worker.plugin import WorkerModel
 from batchserve.worker.stages import Writer
@@ -58,14 +58,10 @@ class Shadow:
     def score(self, batch: pa.RecordBatch, feeds: Mapping[str, np.ndarray], champion: Mapping[str, pa.Array],
               prefix: str, input_url: str) -> None:
         t0 = time.perf_counter()
-        try:
+        with located(input_url, "challenger: "):
             mine = feeds if self.spec.same_features else scoring.batch_to_feeds(batch, self.spec.plan)
             assert self.plugin.model is not None
             preds = scoring.outputs_to_columns(self.plugin.model.run(mine), batch.num_rows, prefix)
-        except BatchserveError as exc:
-            exc.path = exc.path or input_url
-            exc.message = f"challenger: {exc.message}"
-            raise
         self.infer_s += time.perf_counter() - t0
         self.writer.put(scoring.assemble(batch, self.keep, preds),
                         functools.partial(self._compare, champion, preds))

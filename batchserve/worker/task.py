@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchserve import compare, drift, io, scoring
-from batchserve.errors import BatchserveError
+from batchserve.errors import BatchserveError, located
 from batchserve.worker.commit import commit_fence, commits_stopped
 from batchserve.worker.context import current_worker
 from batchserve.worker.plugin import WorkerModel, loaded_model
@@ -208,15 +208,11 @@ def _on_device(batches: Iterator[pa.RecordBatch], task: FileTask, loaded: Loaded
     """A GPU session's batches with their features built and copied to the device on the reader
     thread (``(batch, (feeds, device feeds))``), so the copy overlaps the previous batch's run."""
     for batch in batches:
-        if batch.num_rows == 0:
-            yield batch
-            continue
-        try:
-            feeds = scoring.batch_to_feeds(batch, task.plan)
-        except BatchserveError as exc:
-            exc.path = exc.path or task.input_url
-            raise
-        yield batch, (feeds, loaded.prepare(feeds))
+        if batch.num_rows:  # an empty batch has nothing to score
+            with located(task.input_url):
+                feeds = scoring.batch_to_feeds(batch, task.plan)
+            yield batch, (feeds, loaded.prepare(feeds))
+
 
 
 def _open_writer(task: FileTask, schema: pa.Schema) -> io.StagedWriter:
@@ -236,15 +232,12 @@ def _run_batches(
                 continue
             t0 = time.perf_counter()
             preds: dict[str, pa.Array] = {}
-            try:
+            with located(task.input_url):
                 if plugin is not None:
                     assert plugin.model is not None  # ready: features built and on the device (_on_device)
                     feeds, preds = scoring.predict(batch, task.plan, plugin.model, task.prefix, ready)
                 else:
                     feeds = scoring.batch_to_feeds(batch, task.plan)
-            except BatchserveError as exc:
-                exc.path = exc.path or task.input_url
-                raise
             infer_s += time.perf_counter() - t0
             scored = scoring.assemble(batch, keep, preds) if task.write and plugin is not None else None
             # Drift statistics run on the writer thread, overlapping the next inference.
