@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchserve import io, manifest
 from batchserve.errors import InputError
+from batchserve.layout import MANIFEST_NAME
 
 if TYPE_CHECKING:
     import polars as pl
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["RunRow", "Change", "find_manifests", "load_runs", "run_rows", "runs_frame", "diff", "diff_frame",
            "runs", "diff_runs", "MANIFEST_NAME"]
 
-MANIFEST_NAME = "_manifest.json"
 
 
 @dataclasses.dataclass(frozen=True)

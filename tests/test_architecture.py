@@ -87,6 +87,11 @@ def test_help_and_errors_before_scoring_import_nothing_heavy(tmp_path: Path) -> 
     assert not _imported_by("score", "-m", "m", "-i", "i", "-o", str(tmp_path / "o"), "--batch-size", "0") & HEAVY
     # a missing local model or input is found with os.path before the scoring stack loads
     assert not _imported_by("score", "-m", str(tmp_path / "nope"), "-i", str(tmp_path), "-o", str(tmp_path / "o")) & HEAVY
+    # so is a local output that already holds files, without --overwrite or --resume
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "part.parquet").write_bytes(b"x")
+    assert not _imported_by("score", "-m", str(PKG.parent / "sample_data" / "model"), "-i", str(tmp_path), "-o",
+                            str(tmp_path / "full")) & HEAVY
     # one planning must read (here: an input folder with no Parquet files) loads storage, but no Dask
     empty = _imported_by("score", "-m", str(PKG.parent / "sample_data" / "model"), "-i", str(tmp_path), "-o",
                          str(tmp_path / "o"))

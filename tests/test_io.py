@@ -190,7 +190,7 @@ def test_a_local_output_listing_agrees_with_fsspec(tmp_path: Path) -> None:
 
     from fsspec.implementations.local import LocalFileSystem
 
-    from batchserve.io.writing import _local_files
+    from batchserve.layout import local_files as _local_files
 
     root = tmp_path / "out"
     for rel, data in {"a.parquet": b"x" * 5, "d=1/b.parquet": b"yy", "d=1/e/f/c.parquet": b"",

@@ -16,6 +16,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from batchserve.config import storage_dict as storage_of
 from batchserve.errors import BatchserveError, InputError, OutputError, StorageError
+from batchserve.layout import STAGING_DIR
 
 __all__ = [
     "storage_of",
@@ -31,7 +32,6 @@ __all__ = [
 ]
 
 
-STAGING_DIR = "_temporary"
 
 
 #: Parquet key-value metadata naming the run that wrote a file: how --overwrite and --resume tell

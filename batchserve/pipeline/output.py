@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from batchserve import io, manifest
+from batchserve import io, layout, manifest
 from batchserve.config import TIMESTAMP_FORMAT, ScoreConfig, utc_now
 from batchserve.errors import BatchserveError, LockedError, OutputError
+from batchserve.layout import LOCK_NAME, MANIFEST_NAME, SUCCESS_NAME
 from batchserve.pipeline.plan import RunPlan
 
 __all__ = [
@@ -32,9 +33,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("batchserve")
-MANIFEST_NAME = "_manifest.json"
-SUCCESS_NAME = "_SUCCESS"
-LOCK_NAME = "_batchserve.lock"
 
 
 #: The running manifest is rewritten at most this often while files commit.
@@ -100,13 +98,9 @@ def survey_output(cfg: ScoreConfig) -> OutputSurvey:
     """Refuse a non-empty output without --overwrite/--resume, and foreign Parquet files with them."""
     storage = cfg.storage
     entries = io.output_files(cfg.output, storage)
-    content = sorted(rel for rel in entries if rel != LOCK_NAME and not rel.startswith(io.STAGING_DIR + "/"))
+    content = layout.content(entries)
     if content and not (cfg.overwrite or cfg.resume):
-        raise OutputError(
-            f"output folder is not empty ({len(content)} files); pass --resume to finish an earlier run "
-            "or --overwrite to replace it",
-            path=cfg.output,
-        )
+        raise layout.not_empty_error(len(content), cfg.output)
     if not content:
         return OutputSurvey()
     previous = _previous_manifest(cfg, MANIFEST_NAME in entries)

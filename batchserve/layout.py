@@ -1,0 +1,65 @@
+"""The names batchserve gives the files it keeps beside the scored data in an output folder, and
+what makes a folder "not empty". One leaf module with no third-party import, so the cheap
+pre-flight check (:mod:`batchserve.preflight`) refuses a full local output with planning's own
+words before pyarrow, onnx or fsspec load, and the two can never disagree on what counts.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterable
+
+from batchserve.errors import OutputError
+
+__all__ = ["MANIFEST_NAME", "SUCCESS_NAME", "LOCK_NAME", "STAGING_DIR", "local_files", "content",
+           "not_empty_error"]
+
+MANIFEST_NAME = "_manifest.json"
+SUCCESS_NAME = "_SUCCESS"
+LOCK_NAME = "_batchserve.lock"
+#: Where files are written before their commit (one folder per run id below it).
+STAGING_DIR = "_temporary"
+
+
+def local_files(root: str) -> dict[str, int]:
+    """A local folder's files and sizes with ``os.scandir``: fsspec's find built an info dict per entry
+    in Python (0.3 s for 2,000 files, and a run lists its output twice). Like fsspec, every entry that
+    is not a folder counts (a broken link with size 0), and linked folders are followed, once each."""
+    found: dict[str, int] = {}
+    if not os.path.isdir(root):
+        return found
+    seen: set[str] = set()
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        real = os.path.realpath(top)
+        if real in seen:  # a link loop, or two links to one folder
+            continue
+        seen.add(real)
+        with os.scandir(top) as it:
+            for entry in it:
+                if entry.is_dir():
+                    stack.append(entry.path)
+                    continue
+                try:
+                    size = entry.stat().st_size
+                except OSError:  # a link to nothing
+                    size = 0
+                found[posixpath.relpath(entry.path, root)] = size
+    return found
+
+
+def content(relpaths: Iterable[str]) -> list[str]:
+    """The files that make an output folder not empty: all but the lock and the staging area (a
+    live or killed run's, which the lock and the next run deal with), sorted."""
+    return sorted(rel for rel in relpaths if rel != LOCK_NAME and not rel.startswith(STAGING_DIR + "/"))
+
+
+def not_empty_error(files: int, path: str) -> OutputError:
+    """The refusal of a non-empty output without --overwrite or --resume."""
+    return OutputError(
+        f"output folder is not empty ({files} files); pass --resume to finish an earlier run or --overwrite to "
+        "replace it",
+        path=path,
+    )
