@@ -40,13 +40,23 @@ else:  # onnx and onnxruntime cost ~0.2 s to import: paid by the first model par
 
 
 def _load_onnx() -> None:
-    """Bind ``onnx`` and ``onnxruntime`` in this module on first use."""
-    global onnx, ort
-    if ort is None:
+    """Bind ``onnx`` in this module on first use: enough to read a model's signature, so a plan that
+    fails on its inputs' columns never loads onnxruntime."""
+    global onnx
+    if onnx is None:
         import onnx as _onnx
+
+        onnx = _onnx
+
+
+def _load_ort() -> None:
+    """Bind ``onnx`` and ``onnxruntime`` in this module on first use."""
+    global ort
+    _load_onnx()
+    if ort is None:
         import onnxruntime as _ort
 
-        onnx, ort = _onnx, _ort
+        ort = _ort
 
 __all__ = [
     "TensorInfo",
@@ -240,7 +250,7 @@ class LoadedModel:
         Why: the arenas keep their high-water mark for the session's life. The batch-size probe's
         largest runs (up to 65,536 rows) left 440 MiB in the arena of the MLP 32-512-512-1, which then
         ran in pieces of 4,096 rows needing 40 MiB; this run gave it back (495 -> 95 MiB RSS)."""
-        _load_onnx()
+        _load_ort()
         opts = ort.RunOptions()
         arenas = "cpu:0" if self.gpu_id is None else f"cpu:0;gpu:{self.gpu_id}"
         opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
@@ -314,7 +324,7 @@ def ort_reason(exc: BaseException) -> str:
 def check_runnable(info: ModelInfo, data: bytes) -> None:
     """What would otherwise fail on every worker, found once on the client before anything is written:
     a fixed batch dimension, a scalar output, an IR or opset this onnxruntime cannot load."""
-    _load_onnx()
+    _load_ort()
     for t in info.inputs:
         if t.shape and isinstance(t.shape[0], int):
             raise ModelError(
@@ -339,7 +349,7 @@ def check_runnable(info: ModelInfo, data: bytes) -> None:
 def _session(data: bytes, providers: list[Any], threads: int) -> ort.InferenceSession:
     """A session whose first run is profiled (ORT's profile says which provider ran each node,
     :meth:`LoadedModel.node_placement`), and no other run."""
-    _load_onnx()
+    _load_ort()
     # ORT's own warnings (e.g. skl2onnx's declared [1] label shape) would flood cron logs.
     ort.set_default_logger_severity(3)
     opts = ort.SessionOptions()
@@ -378,7 +388,7 @@ def build_session(
 ) -> LoadedModel:
     """One session for this process, honouring the device policy (and on a GPU, the precision and
     the TensorRT engine cache)."""
-    _load_onnx()
+    _load_ort()
     declared = [o.name for o in describe(data).outputs]
     data, zipmaps = _strip_zipmap(data)
     cpu = ["CPUExecutionProvider"]

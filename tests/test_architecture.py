@@ -98,6 +98,21 @@ def test_help_and_errors_before_scoring_import_nothing_heavy(tmp_path: Path) -> 
     assert "fsspec" in empty and not empty & {"distributed", "dask", "polars"}
 
 
+def test_a_schema_error_loads_no_onnxruntime_pydantic_or_rich(tmp_path: Path) -> None:
+    """The commonest error before scoring, a feature column missing from the input, needs the model's
+    signature (onnx) and the footers (pyarrow), and nothing else that costs: onnxruntime is loaded after
+    the schemas are checked, pydantic stays out (typer < 0.29) and rich only draws for a terminal."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"amount": [1.0, 2.0]}), tmp_path / "in" / "x.parquet")
+    loaded = _imported_by("score", "-m", str(PKG.parent / "sample_data" / "model"), "-i", str(tmp_path / "in"),
+                          "-o", str(tmp_path / "o"))
+    assert {"onnx", "pyarrow"} <= loaded
+    assert not loaded & {"onnxruntime", "pydantic", "rich", "distributed", "polars"}
+
+
 def test_a_small_local_run_imports_neither_dask_nor_pandas(tmp_path: Path) -> None:
     """The sample data on this machine's own engine: in-process threads on a CPU machine of under 8
     cores load no Dask (~0.3 s), and nothing on the scoring path lets pyarrow import pandas (~0.15 s)."""

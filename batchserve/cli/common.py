@@ -5,27 +5,46 @@ and the progress bar."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 
 from batchserve.config import parse_storage_options
 from batchserve.errors import BatchserveError, Interrupted, exit_code_of
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from batchserve import pipeline
 
 __all__ = ["fail", "guard", "setup_logging", "columns", "BarProgress", "storage_options", "storage_flag",
-           "err_console", "error_line", "helptext", "LOG_FORMATS", "state", "lazy"]
+           "err_console", "on_terminal", "error_line", "helptext", "LOG_FORMATS", "state", "lazy"]
 
-err_console = Console(stderr=True)
+
+@functools.cache
+def err_console() -> Console:
+    """stderr's rich console, built on first use: importing rich.console costs ~0.02 s that
+    ``--help`` and an error line do not need."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def on_terminal() -> bool:
+    """Whether stderr is a terminal as rich decides it, asked of rich only when the environment could
+    make it say yes (a tty, or rich's FORCE_TERMINAL/TTY_COMPATIBLE): a cron job's or a pipe's stderr
+    needs no rich console at all."""
+    if sys.stderr.isatty() or any(k in os.environ for k in ("FORCE_TERMINAL", "TTY_COMPATIBLE")):
+        return err_console().is_terminal
+    return False
 
 
 class _LazyModule:
@@ -130,14 +149,14 @@ def setup_logging(debug: bool, quiet: bool, log_format: str = "plain", log_file:
     state["format"] = log_format
     level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
     handler: logging.Handler
-    if log_format == "plain" and err_console.is_terminal:
+    if log_format == "plain" and on_terminal():
         from rich.logging import RichHandler
         from rich.text import Text
 
         def utc_time(when: dt.datetime) -> Text:  # rich passes local time; logs say UTC everywhere
             return Text(when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
-        handler = RichHandler(console=err_console, show_path=False, log_time_format=utc_time,
+        handler = RichHandler(console=err_console(), show_path=False, log_time_format=utc_time,
                               omit_repeated_times=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
@@ -223,7 +242,7 @@ class BarProgress:
             TextColumn("{task.fields[files]} files  {task.fields[rows]} rows  {task.fields[rate]} rows/s"),
             TextColumn("time left"),
             TimeRemainingColumn(),
-            console=err_console,
+            console=err_console(),
             transient=True,
         )
         self.task: Any = None

@@ -1,7 +1,5 @@
 """``batchserve runs`` and ``batchserve diff``: run history read from manifests, one line per run."""
 
-from __future__ import annotations
-
 import json
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,7 +15,7 @@ else:
 __all__ = ["history_commands", "run_line"]
 
 
-def run_line(r: hist.RunRow) -> str:
+def run_line(r: "hist.RunRow") -> str:
     """status, when, model@version, files, rows, seconds, drifted features: one run, one line."""
     drift = "no reference" if r.drifted_features is None else (
         f"{r.drifted_features}/{r.features} drifted" + (f" ({', '.join(r.drifted)})" if r.drifted else ""))

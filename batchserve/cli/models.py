@@ -1,14 +1,9 @@
 """``batchserve models``: register, list, show, promote, rollback and history of a model repository."""
 
-from __future__ import annotations
-
 import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from batchserve.cli.common import guard, lazy, storage_options
 from batchserve.config import current_actor
@@ -30,7 +25,7 @@ Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
 Message = Annotated[str | None, typer.Option("--message", "-m", help="Why: recorded in the audit trail.")]
 
 
-def _line(e: registry.Event) -> str:
+def _line(e: "registry.Event") -> str:
     move = {
         "register": f"registered version {e.to_version}",
         "promote": f"{e.alias}: {e.from_version if e.from_version is not None else '-'} -> {e.to_version}",
@@ -118,6 +113,10 @@ def show(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    from rich.console import Console  # only for the table: see batchserve.cli's inspect
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table("version", "state", "aliases", "sha256", "bytes", "created", "by")  # the rest: --json
     for r in rows:
         state = "complete" if r["complete"] else f"incomplete: {r['problem']}"
