@@ -63,3 +63,17 @@ def test_a_live_lock_from_another_host_is_refused_and_kept(tmp_path: Path) -> No
         with output.output_lock(cfg, "mine"):
             pass
     assert lock.read_text() == before
+
+
+def test_staging_names_are_flat_and_one_per_path() -> None:
+    """Output files are staged flat in their run's staging folder (no folder per file to make and
+    remove), under names that never collide and fit a file system's 255-byte limit."""
+    from batchserve.layout import staging_name
+
+    rels = ["part=000/data.parquet", "part=000%2Fdata.parquet", "part%3D000/data.parquet", "a/b/c.parquet",
+            "a%2Fb/c.parquet", "a/b%2Fc.parquet", "x.parquet", "d=" + "y" * 300 + "/f.parquet",
+            "d=" + "y" * 300 + "/g.parquet"]
+    names = [staging_name(r) for r in rels]
+    assert len(set(names)) == len(rels)
+    assert all("/" not in n and len(n.encode()) <= 200 for n in names)
+    assert staging_name("part=000/data.parquet") == "part=000%2Fdata.parquet"

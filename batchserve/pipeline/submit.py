@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from batchserve import io, manifest
+from batchserve import io, layout, manifest
 from batchserve.config import ScoreConfig
 from batchserve.errors import BatchserveError, ClusterError
 from batchserve.pipeline import cluster
@@ -94,7 +94,7 @@ def submit_all(
         if part.relpath in skip_relpaths:
             continue
         final = io.join_url(cfg.output, part.relpath)
-        staging = io.join_url(cfg.output, io.STAGING_DIR, run_id, part.relpath)
+        staging = io.join_url(cfg.output, io.STAGING_DIR, run_id, layout.staging_name(part.relpath))
         base = FileTask(
             run_id=run_id, input_url=part.url, relpath=part.relpath, output_url=final,
             staging_url=staging, keep=cfg.keep, batch_size=cfg.batch_size,
@@ -144,7 +144,8 @@ def _challenger_task(
     return ChallengerTask(
         plugin_name=spec.plugin_name, plan=plan.challenger.features,
         same_features=plan.challenger.same_features_as(plan.features),
-        output_url=io.join_url(out, rel), staging_url=io.join_url(out, io.STAGING_DIR, run_id, rel),
+        output_url=io.join_url(out, rel),
+        staging_url=io.join_url(out, io.STAGING_DIR, run_id, layout.staging_name(rel)),
         keep=plan.challenger.keep,
     )
 
