@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +208,28 @@ def test_a_local_output_listing_agrees_with_fsspec(tmp_path: Path) -> None:
     os.symlink(root, root / "d=1" / "loop")  # a folder link back to the root: listed once, and it ends
     assert set(_local_files(str(root))) >= set(want)
     assert _local_files(str(tmp_path / "missing")) == {}
+
+
+def test_listing_a_local_input_follows_links_once_and_names_a_broken_one(tmp_path: Path) -> None:
+    """The input walk follows folder and file links, reads a folder reached twice (or through a loop)
+    once, keeps each file's own size, and refuses a .parquet link that points nowhere."""
+    from batchserve.errors import InputError
+
+    root = tmp_path / "in"
+    (root / "d=1").mkdir(parents=True)
+    (root / "d=1" / "a.parquet").write_bytes(b"x" * 7)
+    (root / "other").mkdir()
+    (root / "other" / "b.parquet").write_bytes(b"y" * 3)
+    os.symlink(root / "other", root / "d=2")  # the same folder twice: d=2 and other
+    os.symlink(root, root / "d=1" / "loop")  # back to the root: it must end
+    os.symlink(root / "other" / "b.parquet", root / "d=1" / "c.parquet")  # a file link: its target's size
+    (root / "d=1" / "notes.txt").write_text("not parquet")
+    _, parts = io.list_partitions(str(root), {})
+    sizes = {p.relpath: p.size for p in parts}
+    assert sizes.keys() == {"d=1/a.parquet", "d=1/c.parquet", "d=2/b.parquet"} or \
+        sizes.keys() == {"d=1/a.parquet", "d=1/c.parquet", "other/b.parquet"}
+    assert sizes["d=1/a.parquet"] == 7 and sizes["d=1/c.parquet"] == 3
+    os.symlink(root / "gone.parquet", root / "d=1" / "broken.parquet")
+    with pytest.raises(InputError, match="broken symbolic link") as err:
+        io.list_partitions(str(root), {})
+    assert err.value.path == str(root / "d=1" / "broken.parquet")
