@@ -44,14 +44,14 @@ def local_files(root: str) -> dict[str, int]:
     found: dict[str, int] = {}
     if not os.path.isdir(root):
         return found
-    seen: set[str] = set()
+    seen: set[tuple[int, int]] = set()  # folders by device and inode: realpath costs a stat per component
     stack = [root]
     while stack:
         top = stack.pop()
-        real = os.path.realpath(top)
-        if real in seen:  # a link loop, or two links to one folder
+        st = os.stat(top)
+        if (st.st_dev, st.st_ino) in seen:  # a link loop, or two links to one folder
             continue
-        seen.add(real)
+        seen.add((st.st_dev, st.st_ino))
         with os.scandir(top) as it:
             for entry in it:
                 if entry.is_dir():
