@@ -52,9 +52,10 @@ def test_the_engine_is_chosen_by_gpus_dask_cuda_size_and_flags() -> None:
     assert engine_for(cfg(workers=1), small, gpus=0, dask_cuda=False) == "local"  # asked for processes
 
 
-def test_many_small_files_get_a_worker_process_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Their cost is per-file Python under one GIL, which only processes share out: from 512 files of
-    at most 16,384 rows on average, a CPU run gets a worker per core (capped at 8)."""
+def test_many_small_files_get_a_task_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From 512 files of at most 16,384 rows on average, a CPU run gets a task per core (capped at 8):
+    on 2 cores threads of this process (a file holds the GIL ~2 ms of its ~5.3 ms), beyond that worker
+    processes, which share the GIL-bound part out."""
     from batchserve import tuning
     from batchserve.config import resolve_score_config
     from batchserve.pipeline import cluster
@@ -65,8 +66,14 @@ def test_many_small_files_get_a_worker_process_per_core(monkeypatch: pytest.Monk
     for cores, want in [(2, 2), (6, 6), (64, cluster.SMALL_FILES_WORKERS_MAX)]:
         monkeypatch.setattr(tuning, "available_cores", lambda c=cores: c)
         monkeypatch.setattr(cluster, "default_workers", lambda c=cores: max(1, c // 4))
-        assert cluster.engine_for(cfg(), 1_000_000, files=2000, gpus=0) == "local"
+        threads = cores <= cluster.SMALL_FILES_THREADS_MAX_CORES
+        assert cluster.engine_for(cfg(), 1_000_000, files=2000, gpus=0) == ("local-threads" if threads else "local")
         assert cluster.local_workers(cfg(), 1_000_000, files=2000, gpus=0) == want
+        assert cluster.tasks_in_process(1_000_000, 2000) == want  # the threads, where threads run them
+        assert cluster.tasks_in_process(1_000_000, 100) == cluster.THREADS_TASKS  # a few files: one at a time
+        # more rows than the in-process engine takes, or --workers: processes
+        assert cluster.engine_for(cfg(), 2000 * 1_500, files=2000, gpus=0) == "local"
+        assert cluster.engine_for(cfg(workers=2), 1_000_000, files=2000, gpus=0) == "local"
         # fewer files, or big ones: the size rules as before
         assert cluster.local_workers(cfg(), 1_000_000, files=100, gpus=0) == max(1, cores // 4)
         assert cluster.local_workers(cfg(), 2000 * 20_000, files=2000, gpus=0) == max(1, cores // 4)

@@ -1,6 +1,7 @@
 """Where tasks run: a local cluster we start (one worker per GPU, each seeing its own GPU first),
-an existing one with ``--scheduler``, or, for a small job on a CPU machine, a thread of this
-process (``inprocess``, no Dask imported); and the model installed on every worker as a plugin.
+an existing one with ``--scheduler``, or, for a small job on a CPU machine (or many small files on
+up to 2 cores), threads of this process (``inprocess``, no Dask imported); and the model installed
+on every worker as a plugin.
 """
 
 from __future__ import annotations
@@ -70,35 +71,49 @@ def _has_dask_cuda() -> bool:
     return importlib.util.find_spec("dask_cuda") is not None
 
 
-#: From this many files of at most SMALL_FILE_ROWS rows on average, a CPU run without --workers gets a
-#: worker process per core (at most SMALL_FILES_WORKERS_MAX, each with one ORT thread): a small
-#: file's cost is Python and Arrow bookkeeping under one GIL (~5.5 ms a file), which only processes
-#: share out. Measured on 2 cores (make bench, small files): 2,000 files of 500 rows took 15.0 s on
-#: the in-process engine and 10.0 s on two processes; 400 files were even (3.2 s each way).
+#: From this many files of at most SMALL_FILE_ROWS rows on average, a CPU run without --workers runs
+#: a task per core (at most SMALL_FILES_WORKERS_MAX, each with one ORT thread). On up to
+#: SMALL_FILES_THREADS_MAX_CORES cores they are threads of this process, beyond that worker processes:
+#: a small file takes ~5.3 ms of CPU, ~2 ms of it holding the GIL (py-spy --gil, 2,000 files of 500
+#: rows), so threads can keep at most ~2.6 cores busy. Measured on 2 cores (make bench, small files):
+#: 8.1 to 8.4 s on two threads against 8.8 to 9.0 s on two processes, which also start (0.8 s) and
+#: hand every task through Dask's scheduler. (Before per-file costs were cut, ~5.5 ms of it under the
+#: GIL, one thread took 15.0 s and two processes 10.0 s.)
 SMALL_FILES_MIN = 512
 SMALL_FILE_ROWS = 16_384
 SMALL_FILES_WORKERS_MAX = 8
+SMALL_FILES_THREADS_MAX_CORES = 2
 
 
 def engine_for(cfg: ScoreConfig, rows: int, *, files: int = 0, gpus: int | None = None,
                dask_cuda: bool | None = None) -> str:
     """Which engine runs the tasks: ``scheduler`` (--scheduler); with GPUs, ``local-cuda`` (dask-cuda's
     LocalCUDACluster, one worker per GPU, when dask-cuda is installed) or ``local`` (our own worker
-    per GPU, CUDA_VISIBLE_DEVICES rotated); on CPU, ``local-threads`` for a small job with one
-    worker and no explicit --workers, else ``local`` worker processes (see :func:`local_workers`)."""
+    per GPU, CUDA_VISIBLE_DEVICES rotated); on CPU without --workers and up to THREADS_MAX_ROWS,
+    ``local-threads`` for a job of one worker or many small files on up to 2 cores, else ``local``
+    worker processes (see :func:`local_workers`)."""
     if cfg.scheduler:
         return "scheduler"
     gpus = model.visible_gpu_count() if gpus is None else gpus
     if cfg.device != "cpu" and gpus > 0:
         # each GPU worker needs its own CUDA_VISIBLE_DEVICES: a process, preferably dask-cuda's
         return "local-cuda" if (_has_dask_cuda() if dask_cuda is None else dask_cuda) else "local"
-    if cfg.workers is not None or rows > THREADS_MAX_ROWS or _many_small_files(rows, files):
+    small_files = _many_small_files(rows, files)
+    if cfg.workers is not None or rows > THREADS_MAX_ROWS:
         return "local"
+    if small_files:
+        return "local-threads" if tuning.available_cores() <= SMALL_FILES_THREADS_MAX_CORES else "local"
     return "local-threads" if default_workers() == 1 else "local"
 
 
 def _many_small_files(rows: int, files: int) -> bool:
     return files >= SMALL_FILES_MIN and rows <= files * SMALL_FILE_ROWS and tuning.available_cores() > 1
+
+
+def tasks_in_process(rows: int, files: int) -> int:
+    """Task threads of the in-process engine: one per core for many small files (their ORT sessions
+    get a thread each), else THREADS_TASKS (a large file's ORT gets every core)."""
+    return min(tuning.available_cores(), SMALL_FILES_WORKERS_MAX) if _many_small_files(rows, files) else THREADS_TASKS
 
 
 def local_workers(cfg: ScoreConfig, rows: int, files: int, *, gpus: int | None = None) -> int:
@@ -135,7 +150,7 @@ def attach(cfg: ScoreConfig, rows: int, files: int) -> Iterator[tuple[TaskClient
         return
     engine = engine_for(cfg, rows, files=files)
     if engine == "local-threads":
-        local = inprocess.InProcessClient(THREADS_TASKS)
+        local = inprocess.InProcessClient(tasks_in_process(rows, files))
         try:
             yield local, engine, local.worker.address
         finally:
