@@ -233,3 +233,20 @@ def test_listing_a_local_input_follows_links_once_and_names_a_broken_one(tmp_pat
     with pytest.raises(InputError, match="broken symbolic link") as err:
         io.list_partitions(str(root), {})
     assert err.value.path == str(root / "d=1" / "broken.parquet")
+
+
+def test_equal_footer_schemas_are_one_object(tmp_path: Path) -> None:
+    """Planning groups files by schema identity; read_footers hands out equal schemas (metadata
+    included) as one object, and any difference as another."""
+    a = pa.table({"x": [1.0], "y": [1]})
+    for i in range(3):
+        pq.write_table(a, tmp_path / f"a{i}.parquet")
+    pq.write_table(a.replace_schema_metadata({"k": "v"}), tmp_path / "meta.parquet")
+    pq.write_table(a.cast(pa.schema([("x", pa.float32()), ("y", pa.int64())])), tmp_path / "f32.parquet")
+    pq.write_table(a, tmp_path / "a3.parquet")  # after two other schemas: still the first object
+    names = ["a0", "a1", "a2", "meta", "f32", "a3"]
+    got = io.read_footers([str(tmp_path / f"{n}.parquet") for n in names], {})
+    same = [g.schema for g in got]
+    assert same[0] is same[1] is same[2] is same[5]
+    assert same[3] is not same[0] and same[4] is not same[0] and same[3] is not same[4]
+    assert same[3].metadata == {b"k": b"v"} and same[4].field("x").type == pa.float32()

@@ -305,9 +305,26 @@ def read_footers(
     if len(urls) <= 1 or all(is_local(u, storage) for u in urls):
         # Local footers are CPU work under the GIL, not waiting: threads only add their hand-offs
         # (2,000 small files: 0.37 s in one thread, 0.7 to 0.84 s in 16). Object stores wait on latency.
-        return [one(u) for u in urls]
+        return _shared_schemas([one(u) for u in urls])
     with ThreadPoolExecutor(max_workers=min(threads, len(urls))) as pool:
-        return list(pool.map(one, urls))
+        return _shared_schemas(list(pool.map(one, urls)))
+
+
+def _shared_schemas(found: list[Any]) -> list[Any]:
+    """Equal schemas (metadata included) handed out as one object, so callers can group files by
+    schema identity: ``Schema.equals`` is C++ (0.07 us), hashing a schema walks its fields in Python
+    (18 us for 38 columns). Compared with the last few distinct schemas: files come in runs."""
+    distinct: list[pa.Schema] = []
+    out: list[Any] = []
+    for item in found:
+        if isinstance(item, Footer):
+            same = next((s for s in reversed(distinct[-8:]) if item.schema.equals(s, check_metadata=True)), None)
+            if same is None:
+                distinct.append(item.schema)
+            elif same is not item.schema:
+                item = dataclasses.replace(item, schema=same)
+        out.append(item)
+    return out
 
 
 def _read_all(fs: Any, path: str) -> bytes:
