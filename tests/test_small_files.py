@@ -1,6 +1,7 @@
 """Many small files: bundled into shared tasks, still one output and one commit per input, every
 row against the model's own library; a bad file inside a bundle under both error policies; and the
-engine a run used (worker threads for a small job, processes when asked for workers)."""
+engine a run used (worker threads for a small job, processes when asked for workers), and many small
+files on two task threads of this process, as a 2-core machine runs them."""
 
 from __future__ import annotations
 
@@ -123,3 +124,52 @@ def test_batch_size_auto_probes_records_and_scores_every_row_like_the_library(
     for rel, table in tables.items():
         got = pq.read_table(tmp_path / "out" / rel)
         np.testing.assert_allclose(proba_from(got), clf.predict_proba(features_matrix(table)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def two_core_small_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine rule as on a 2-core machine, with the small-files threshold lowered so a test-sized
+    dataset counts as many small files: the run takes two task threads in this process."""
+    from batchserve import tuning
+    from batchserve.pipeline import cluster
+
+    monkeypatch.setattr(tuning, "available_cores", lambda: 2)
+    monkeypatch.setattr(cluster, "SMALL_FILES_MIN", 16)
+
+
+def test_many_small_files_on_two_threads_score_every_row_once(tmp_path: Path, model_dir: dict,
+                                                               two_core_small_files: None) -> None:
+    """Two bundles at a time on threads of this process, one ORT session shared by both: every file
+    still has exactly one output, in input order, matching the library row for row, and the drift
+    statistics count every row once."""
+    path, clf = model_dir["lgbm"]
+    tables = _small_dataset(tmp_path / "in")
+    result = batchserve.score(model=str(path), input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                              batch_size=64)
+    m = result.manifest
+    assert m.run.engine is not None and m.run.engine.kind == "local-threads"
+    assert [w.intra_op_threads for w in m.run.engine.per_worker] == [1]  # two task threads, one ORT thread each
+    assert sorted(e.relpath for e in m.outputs) == sorted(tables) and m.totals.rows == 48 * 40
+    assert _on_disk(tmp_path / "out") == set(tables) and not (tmp_path / "out" / "_temporary").exists()
+    for rel, table in tables.items():
+        got = pq.read_table(tmp_path / "out" / rel)
+        assert got.column("id").to_pylist() == table.column("id").to_pylist()
+        np.testing.assert_allclose(proba_from(got), clf.predict_proba(features_matrix(table)), rtol=1e-4, atol=1e-5)
+    assert m.drift is not None and all(c.count + c.nulls == 48 * 40 for c in m.drift.features.values())
+
+
+def test_a_bad_small_file_on_two_threads_fails_the_run_and_the_manifest_lists_what_committed(
+    tmp_path: Path, model_dir: dict, two_core_small_files: None
+) -> None:
+    """A bundle fails while the other thread's bundle may still be committing: the run stops both,
+    and the manifest lists exactly the files on disk, with no _SUCCESS."""
+    path, _ = model_dir["lgbm"]
+    _nan_in_one_file(tmp_path / "in", n=24, bad=9)
+    with pytest.raises(batchserve.DataError, match="hour=09"):
+        batchserve.score(model=str(path), input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                         batch_size=64, nan="fail")
+    m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert m["run"]["status"] == "failed" and m["run"]["engine"]["kind"] == "local-threads"
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    listed = {e["relpath"] for e in m["outputs"]}
+    assert "hour=09/part-0.parquet" not in listed and _on_disk(tmp_path / "out") == listed
