@@ -23,7 +23,6 @@ __all__ = ["RunRow", "Change", "find_manifests", "load_runs", "run_rows", "runs_
            "runs", "diff_runs", "MANIFEST_NAME"]
 
 
-
 @dataclasses.dataclass(frozen=True)
 class RunRow:
     """One run, as ``batchserve runs`` prints it."""

@@ -113,8 +113,6 @@ def check_against_schema(data: Any, schema: dict[str, Any], what: str, source: s
 
 
 _SCALARS = (str, int, float, bool, type(None))
-
-
 _FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
 
 

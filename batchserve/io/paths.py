@@ -32,8 +32,6 @@ __all__ = [
 ]
 
 
-
-
 #: Parquet key-value metadata naming the run that wrote a file: how --overwrite and --resume tell
 #: a file batchserve wrote (and may replace) from a foreign one (which they never touch).
 OWNER_KEY = b"batchserve.run_id"

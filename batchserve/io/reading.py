@@ -92,11 +92,11 @@ def _walk_local(root: str) -> dict[str, dict[str, Any]]:
                 continue
             full = os.path.join(top, name)
             try:
-                st = os.stat(full)  # follows links: the size and mtime of the data itself
+                info = os.stat(full)  # follows links: the size and mtime of the data itself
             except FileNotFoundError:
                 raise InputError("broken symbolic link: it points to a file that does not exist", path=full) from None
-            if stat.S_ISREG(st.st_mode):
-                found[full] = {"size": st.st_size, "mtime": st.st_mtime}
+            if stat.S_ISREG(info.st_mode):
+                found[full] = {"size": info.st_size, "mtime": info.st_mtime}
     return found
 
 
