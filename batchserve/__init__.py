@@ -37,7 +37,7 @@ if TYPE_CHECKING:
         WorkerStateError,
     )
     from batchserve.history import diff_runs as diff
-    from batchserve.history import runs
+    from batchserve.history import files, runs
     from batchserve.manifest import Manifest
     from batchserve.pipeline import (
         DryRun,
@@ -56,6 +56,7 @@ _WHERE = {
     "dry_run": "pipeline",
     "DryRun": "pipeline",
     "runs": "history",
+    "files": "history",
     "diff": "history:diff_runs",
     "UsageError": "errors",
     "profile": "pipeline",
@@ -89,6 +90,7 @@ __all__ = [
     "dry_run",
     "DryRun",
     "runs",
+    "files",
     "diff",
     "UsageError",
     "validate",

@@ -19,8 +19,8 @@ from batchserve.layout import MANIFEST_NAME
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["RunRow", "Change", "find_manifests", "load_runs", "run_rows", "runs_frame", "diff", "diff_frame",
-           "runs", "diff_runs", "MANIFEST_NAME"]
+__all__ = ["RunRow", "FileRow", "Change", "find_manifests", "load_runs", "run_rows", "runs_frame", "file_rows",
+           "files_frame", "diff", "diff_frame", "runs", "files", "diff_runs", "MANIFEST_NAME"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,27 @@ class RunRow:
     drifted_features: int | None
     features: int | None
     drifted: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRow:
+    """One input file of a run and what became of it: ``scored``, ``reused`` (kept by --resume),
+    ``failed`` (skipped under --on-error skip, the error in ``note``) or ``not scored`` (the run
+    stopped first)."""
+
+    output: str
+    run_id: str
+    relpath: str
+    status: str
+    input_path: str
+    input_bytes: int
+    #: Rows the input's footer declared; ``output_rows`` is what was written.
+    input_rows: int
+    output_path: str | None
+    output_rows: int | None
+    output_bytes: int | None
+    checksum: str | None
+    note: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +137,35 @@ def runs_frame(rows: Sequence[RunRow]) -> pl.DataFrame:
     return pl.DataFrame(data)
 
 
+def file_rows(manifests: Sequence[manifest.Manifest], urls: Sequence[str]) -> list[FileRow]:
+    """One row per input file of each run, in the runs' order and each run's input order."""
+    rows = []
+    for m, url in zip(manifests, urls, strict=True):
+        outputs = {e.relpath: e for e in m.outputs}
+        failed = {f.relpath: f.error for f in m.failures}
+        for i in m.inputs:
+            o = outputs.get(i.relpath)
+            status = (o.status or "scored") if o is not None else ("failed" if i.relpath in failed else "not scored")
+            rows.append(FileRow(
+                output=_output_of(url), run_id=m.run.id, relpath=i.relpath, status=status, input_path=i.path,
+                input_bytes=i.bytes, input_rows=i.rows, output_path=o.path if o else None,
+                output_rows=o.rows if o else None, output_bytes=o.bytes if o else None,
+                checksum=o.checksum if o else None, note=o.note if o else failed.get(i.relpath),
+            ))
+    return rows
+
+
+def files_frame(rows: Sequence[FileRow]) -> pl.DataFrame:
+    """The rows as a polars DataFrame, typed even when empty."""
+    import polars as pl
+
+    text, count = pl.String, pl.Int64
+    schema = {"output": text, "run_id": text, "relpath": text, "status": text, "input_path": text,
+              "input_bytes": count, "input_rows": count, "output_path": text, "output_rows": count,
+              "output_bytes": count, "checksum": text, "note": text}
+    return pl.DataFrame([dataclasses.asdict(r) for r in rows], schema=schema)
+
+
 def _text(value: Any) -> str:
     if value is None:
         return "-"
@@ -178,6 +228,15 @@ def runs(*locations: str, storage_options: Mapping[str, Any] | None = None) -> p
     storage = dict(storage_options or {})
     urls = find_manifests(list(locations), storage)
     return runs_frame(run_rows(load_runs(urls, storage), urls))
+
+
+def files(*locations: str, storage_options: Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """Every input file of the runs found at these outputs and what became of it, as a polars
+    DataFrame (one row per file per run): ``batchserve.files("out/nightly").filter(pl.col("status")
+    != "scored")`` lists what last night skipped or never reached, with the error."""
+    storage = dict(storage_options or {})
+    urls = find_manifests(list(locations), storage)
+    return files_frame(file_rows(load_runs(urls, storage), urls))
 
 
 def diff_runs(a: str, b: str, storage_options: Mapping[str, Any] | None = None) -> pl.DataFrame:

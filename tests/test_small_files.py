@@ -67,6 +67,17 @@ def test_a_bad_file_inside_a_bundle_is_skipped_under_skip(tmp_path: Path, cluste
     # the skipped file's rows are in no statistics: the bundle summarises committed files only
     assert m.drift is not None and all(c.count + c.nulls == 11 * 40 for c in m.drift.features.values())
     assert (tmp_path / "out" / "_SUCCESS").exists()
+    # for analysts, one row per input file and what became of it (polars)
+    import hashlib
+
+    files = batchserve.files(str(tmp_path / "out"))
+    assert files.height == 12 and files["status"].to_list().count("scored") == 11
+    bad = files.filter(files["status"] == "failed").row(0, named=True)
+    assert bad["relpath"] == "hour=05/part-0.parquet" and "NaN" in bad["note"] and bad["output_path"] is None
+    for r in files.filter(files["status"] == "scored").iter_rows(named=True):
+        data = (tmp_path / "out" / r["relpath"]).read_bytes()
+        assert r["checksum"] == "sha256:" + hashlib.sha256(data).hexdigest() and r["output_bytes"] == len(data)
+        assert r["output_rows"] == r["input_rows"] == 40
 
 
 def test_a_bad_file_inside_a_bundle_fails_the_run_and_the_manifest_lists_what_committed(
@@ -173,3 +184,6 @@ def test_a_bad_small_file_on_two_threads_fails_the_run_and_the_manifest_lists_wh
     assert not (tmp_path / "out" / "_SUCCESS").exists()
     listed = {e["relpath"] for e in m["outputs"]}
     assert "hour=09/part-0.parquet" not in listed and _on_disk(tmp_path / "out") == listed
+    files = batchserve.files(str(tmp_path / "out"))  # the bad file and any after it: not scored
+    assert files.height == 24 and set(files.filter(files["status"] == "scored")["relpath"]) == listed
+    assert "hour=09/part-0.parquet" in set(files.filter(files["status"] == "not scored")["relpath"])
