@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batchserve import drift
 from batchserve.errors import DataError, ModelError, SchemaError
 from batchserve.signature import ONNX_NUMPY_TYPES, LabeledProbabilities, ModelInfo, ModelRunner, TensorInfo
 
@@ -43,13 +42,8 @@ __all__ = [
     "assemble",
     "output_schema",
     "is_numeric_type",
-    "feature_statistics",
-    "feature_nulls",
-    "feature_kinds",
-    "summarize_features",
-    "prediction_statistics",
     "flat_prediction_columns",
-    "column_statistics",
+    "float_values",
 ]
 
 
@@ -204,7 +198,7 @@ def _to_numpy(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-def _float_values(arr: pa.Array) -> np.ndarray:
+def float_values(arr: pa.Array) -> np.ndarray:
     """A numeric column's values with its nulls as NaN (float64 when there are nulls)."""
     if arr.null_count:
         import pyarrow.compute as pc  # here, not at the top: ~0.03 s that planning and its errors do not need
@@ -219,7 +213,7 @@ def _column_values(arr: pa.Array, dtype: np.dtype[Any], column: str) -> np.ndarr
     if pa.types.is_boolean(arr.type):
         arr = arr.cast(pa.int8())
     if dtype.kind == "f":
-        return _float_values(arr)  # nulls become NaN (what scikit-learn and LightGBM read as missing)
+        return float_values(arr)  # nulls become NaN (what scikit-learn and LightGBM read as missing)
     if arr.null_count:
         raise DataError(
             f"column has {arr.null_count} null(s) but the model input is {dtype.name}, which has no null",
@@ -373,42 +367,6 @@ def outputs_to_columns(outputs: Mapping[str, Any], n: int, prefix: str = "") -> 
     return cols
 
 
-def feature_statistics(
-    batch: pa.RecordBatch, plan: FeaturePlan, feeds: Mapping[str, np.ndarray]
-) -> dict[str, drift.ColumnSummary]:
-    """Drift summaries of the features, from the arrays already built for the model."""
-    return summarize_features(plan, feeds, feature_nulls(batch, plan), feature_kinds(batch.schema, plan))
-
-
-def feature_nulls(batch: pa.RecordBatch, plan: FeaturePlan) -> dict[str, int]:
-    """Each feature column's null count. One ``select`` finds every column: a ``batch.column(name)``
-    per feature looked each name up in Python, per batch (for 500-row files, per file)."""
-    names = [c for b in plan.bindings for c in b.columns]
-    return dict(zip(names, (a.null_count for a in batch.select(names).columns), strict=True))
-
-
-def feature_kinds(schema: pa.Schema, plan: FeaturePlan) -> tuple[bool, ...]:
-    """Per feature column (in binding order), whether it is summarised as categories too (not a float)."""
-    return tuple(not pa.types.is_floating(schema.field(c).type) for b in plan.bindings for c in b.columns)
-
-
-def summarize_features(
-    plan: FeaturePlan, feeds: Mapping[str, np.ndarray], nulls: Mapping[str, int], kinds: Sequence[bool]
-) -> dict[str, drift.ColumnSummary]:
-    """Drift summaries of the feature arrays fed to the model, given each column's nulls and kind."""
-    out: dict[str, drift.ColumnSummary] = {}
-    k = 0
-    for b in plan.bindings:
-        x = feeds[b.input_name]
-        x2 = x.reshape(len(x), -1)
-        cats = list(kinds[k : k + len(b.columns)])
-        k += len(b.columns)
-        summaries = drift.summarize_matrix(x2, [nulls[c] for c in b.columns], categorical=cats)
-        for name, summary in zip(b.columns, summaries, strict=True):
-            out[name] = summary
-    return out
-
-
 def flat_prediction_columns(name: str, arr: pa.Array) -> list[tuple[str, pa.Array]]:
     if pa.types.is_struct(arr.type):
         return [(f"{name}.{arr.type.field(i).name}", arr.field(i)) for i in range(arr.type.num_fields)]
@@ -420,25 +378,6 @@ def flat_prediction_columns(name: str, arr: pa.Array) -> list[tuple[str, pa.Arra
     if pa.types.is_nested(arr.type):
         return []  # wide or nested outputs (embeddings) are not profiled
     return [(name, arr)]
-
-
-def column_statistics(name: str, arr: pa.Array) -> drift.ColumnSummary:
-    """Summary of one Arrow column: numeric sketch, plus categories for ints/bools/strings."""
-    t = arr.type
-    if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t):
-        values = _float_values(arr.cast(pa.int8()) if pa.types.is_boolean(t) else arr)
-        return drift.summarize_numeric(
-            values.astype(np.float64, copy=False), arr.null_count, categorical=not pa.types.is_floating(t)
-        )
-    return drift.summarize_categorical(arr.to_pylist(), arr.null_count)
-
-
-def prediction_statistics(preds: Mapping[str, pa.Array]) -> dict[str, drift.ColumnSummary]:
-    out: dict[str, drift.ColumnSummary] = {}
-    for name, arr in preds.items():
-        for flat_name, flat in flat_prediction_columns(name, arr):
-            out[flat_name] = column_statistics(flat_name, flat)
-    return out
 
 
 def predict(

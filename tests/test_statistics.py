@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from batchserve import drift, scoring
-from batchserve.worker.statistics import BatchStatistics
+from batchserve.worker.statistics import BatchStatistics, feature_statistics, prediction_statistics
 from tests.conftest import make_table
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4", "f5"]
@@ -27,7 +27,7 @@ def _scored(table: pa.Table) -> tuple[pa.RecordBatch, dict[str, np.ndarray], dic
 
 def _whole(tables: list[pa.Table]) -> dict[str, drift.ColumnSummary]:
     batch, feeds, preds = _scored(pa.concat_tables(tables))
-    return {**scoring.feature_statistics(batch, PLAN, feeds), **scoring.prediction_statistics(preds)}
+    return {**feature_statistics(batch, PLAN, feeds), **prediction_statistics(preds)}
 
 
 def _assert_same(got: dict[str, drift.ColumnSummary], want: dict[str, drift.ColumnSummary]) -> None:
