@@ -58,6 +58,7 @@ def _load_ort() -> None:
 
         ort = _ort
 
+
 __all__ = [
     "TensorInfo",
     "ModelInfo",

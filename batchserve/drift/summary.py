@@ -173,7 +173,7 @@ def summarize_matrix(
         shift = head.mean(axis=0)
     else:  # the finite values' mean; 0 for a column with none in its head (nanmean would warn in the logs)
         ok = finite[: len(head)]
-        shift = (np.where(ok, head, 0).sum(axis=0, dtype=np.float64) / np.maximum(ok.sum(axis=0), 1)).astype(xf.dtype)
+        shift = np.where(ok, head, 0).sum(axis=0, dtype=np.float64) / np.maximum(ok.sum(axis=0), 1)
     d = xf - shift.astype(xf.dtype)
     if not all_finite:
         d = np.where(finite, d, 0)

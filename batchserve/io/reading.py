@@ -96,7 +96,7 @@ def _walk_local(root: str) -> dict[str, dict[str, Any]]:
             except FileNotFoundError:
                 raise InputError("broken symbolic link: it points to a file that does not exist", path=full) from None
             if stat.S_ISREG(info.st_mode):
-                found[full] = {"size": info.st_size, "mtime": info.st_mtime}
+                found[full] = _info_of(info)
     return found
 
 
@@ -134,7 +134,11 @@ def _listed_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[s
 
 
 def _local_info(path: str) -> dict[str, Any]:
-    st = os.stat(path)  # follows links: the size and mtime of the data itself
+    return _info_of(os.stat(path))  # follows links: the size and mtime of the data itself
+
+
+def _info_of(st: os.stat_result) -> dict[str, Any]:
+    """A local file's listing entry, as fsspec's info gives it for the fields we read."""
     return {"size": st.st_size, "mtime": st.st_mtime}
 
 

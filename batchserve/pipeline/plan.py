@@ -224,15 +224,14 @@ def _type_vote(schema: pa.Schema, col: str) -> str | None:
 
 def _majority_types(cfg: ScoreConfig, pairs: list[tuple[io.Partition, io.Footer]]) -> dict[str, str]:
     """Per output column, the type most files have; a tie is an error no rule settles."""
+    # Files mostly share one schema: each distinct schema (object: see _passing) votes with its count
+    # (2,000 small files of 38 columns were 152,000 lookups, ~0.4 s of planning).
+    by_id = {id(f.schema): f.schema for _, f in pairs}
+    counts = collections.Counter(id(f.schema) for _, f in pairs)
     if cfg.keep is not None:
         cols = list(cfg.keep)
     else:
-        distinct = {id(f.schema): f.schema for _, f in pairs}.values()
-        cols = list(dict.fromkeys(n for schema in distinct for n in schema.names))
-    # Files mostly share one schema: each distinct schema (object: see _passing) votes with its count
-    # (2,000 small files of 38 columns were 152,000 lookups, ~0.4 s of planning).
-    counts = collections.Counter(id(f.schema) for _, f in pairs)
-    by_id = {id(f.schema): f.schema for _, f in pairs}
+        cols = list(dict.fromkeys(n for schema in by_id.values() for n in schema.names))
     expected: dict[str, str] = {}
     for col in cols:
         votes: collections.Counter[str] = collections.Counter()

@@ -214,7 +214,6 @@ def _on_device(batches: Iterator[pa.RecordBatch], task: FileTask, loaded: Loaded
             yield batch, (feeds, loaded.prepare(feeds))
 
 
-
 def _open_writer(task: FileTask, schema: pa.Schema) -> io.StagedWriter:
     return io.StagedWriter(task.output_url, task.staging_url, schema, task.storage, owner=task.run_id)
 
