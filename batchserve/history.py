@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from batchserve import io, manifest
 from batchserve.errors import InputError
-from batchserve.layout import MANIFEST_NAME
+from batchserve.layout import MANIFEST_NAME, RUNS_DIR
 
 if TYPE_CHECKING:
     import polars as pl
 
 __all__ = ["RunRow", "FileRow", "Change", "find_manifests", "load_runs", "run_rows", "runs_frame", "file_rows",
-           "files_frame", "diff", "diff_frame", "runs", "files", "diff_runs", "MANIFEST_NAME"]
+           "files_frame", "diff", "diff_frame", "runs", "files", "diff_runs", "run_id_url", "MANIFEST_NAME"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,15 @@ class RunRow:
     drifted_features: int | None
     features: int | None
     drifted: tuple[str, ...]
+    #: Prediction columns past their limit (a bad model shows here, whatever its features did).
+    drifted_predictions: tuple[str, ...] = ()
+    predictions: int | None = None
+    #: What the run owned (its --filter texts; empty: the whole output).
+    scope: tuple[str, ...] = ()
+    #: Whether some output of this run is still the current one (no later run replaced it).
+    current: bool = True
+    #: The alias move that chose the model (``production: 2 -> 1 by ops, rollback``), if named by alias.
+    alias_event: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +86,10 @@ class Change:
 
 
 def find_manifests(locations: Sequence[str], storage: Mapping[str, Any]) -> list[str]:
-    """Manifest URLs for each location: a ``_manifest.json``, an output folder, or a folder whose
-    subfolders are outputs (``out/`` holding ``date=*/``). A location with none is an error naming it."""
+    """Manifest URLs for each location: a ``_manifest.json``, an output folder (every run its ledger
+    ``_runs/`` keeps, and its latest manifest when that run has no record, a killed run's journal), or
+    a folder whose subfolders are outputs (``out/`` holding ``date=*/``). A location with none is an
+    error naming it."""
     found: list[str] = []
     for loc in locations:
         if loc.rstrip("/").endswith(MANIFEST_NAME) or (io.exists(loc, storage) and not io.isdir(loc, storage)):
@@ -88,16 +99,46 @@ def find_manifests(locations: Sequence[str], storage: Mapping[str, Any]) -> list
             continue
         if not io.isdir(loc, storage):
             raise InputError("no such output folder or manifest", path=loc)
-        direct = io.join_url(loc, MANIFEST_NAME)
-        if io.exists(direct, storage):
-            found.append(direct)
+        here = _output_runs(loc, storage)
+        if here:
+            found.extend(here)
             continue
-        below = [io.join_url(loc, name, MANIFEST_NAME) for name in sorted(io.list_dir(loc, storage))]
-        below = [u for u in below if io.exists(u, storage)]
+        below = [u for name in sorted(io.list_dir(loc, storage)) for u in _output_runs(io.join_url(loc, name), storage)]
         if not below:
             raise InputError(f"no {MANIFEST_NAME} here or in the folders one level below", path=loc)
         found.extend(below)
     return found
+
+
+def _output_runs(output: str, storage: Mapping[str, Any]) -> list[str]:
+    """One output's run manifests, oldest first: its ledger's records, then its latest manifest when
+    that run is not in the ledger (killed before its record was written)."""
+    latest = io.join_url(output, MANIFEST_NAME)
+    names = [n for n in io.list_dir(io.join_url(output, RUNS_DIR), storage)
+             if n.endswith(".json") and not n.endswith(".stats.json")]
+    records = [io.join_url(output, RUNS_DIR, n) for n in sorted(names)]
+    if not io.exists(latest, storage):
+        return records
+    if records:
+        try:
+            run_id = json.loads(io.read_text(latest, storage)).get("run", {}).get("id")
+        except (ValueError, AttributeError):
+            run_id = None
+        if f"{run_id}.json" in names:
+            return records
+    return [*records, latest]
+
+
+def run_id_url(output: str, run_id: str, storage: Mapping[str, Any]) -> str:
+    """A run's record in an output's ledger, by its id or an unambiguous prefix of it."""
+    names = [n[: -len(".json")] for n in io.list_dir(io.join_url(output, RUNS_DIR), storage)
+             if n.endswith(".json") and not n.endswith(".stats.json")]
+    hits = [n for n in names if n == run_id] or [n for n in names if n.startswith(run_id)]
+    if len(hits) != 1:
+        what = "no run" if not hits else f"{len(hits)} runs"
+        raise InputError(f"{what} with id {run_id!r} in this output's {RUNS_DIR}/ (batchserve runs lists them)",
+                         path=output)
+    return io.join_url(output, RUNS_DIR, f"{hits[0]}.json")
 
 
 def load_runs(urls: Sequence[str], storage: Mapping[str, Any]) -> list[manifest.Manifest]:
@@ -106,13 +147,39 @@ def load_runs(urls: Sequence[str], storage: Mapping[str, Any]) -> list[manifest.
 
 
 def _output_of(url: str) -> str:
-    return url[: -len(MANIFEST_NAME)].rstrip("/") or "."
+    """The output folder a manifest URL belongs to (its latest manifest, or a record in its ledger)."""
+    head, _, name = url.rstrip("/").rpartition("/")
+    if head.endswith("/" + RUNS_DIR) or head == RUNS_DIR:
+        head = head[: -len(RUNS_DIR)]
+    elif name != MANIFEST_NAME:
+        return url
+    return head.rstrip("/") or "."
+
+
+def _alias_text(event: Mapping[str, Any] | None) -> str | None:
+    """``production: rollback 3 -> 2 by ops`` from the audit event that last moved the run's alias."""
+    if not event:
+        return None
+    moved = f" {event.get('from_version') or '-'} -> {event.get('to_version')}"
+    who = f" by {event['actor']}" if event.get("actor") else ""
+    return f"{event.get('alias') or '-'}: {event.get('action', 'moved')}{moved}{who}"
 
 
 def run_rows(manifests: Sequence[manifest.Manifest], urls: Sequence[str]) -> list[RunRow]:
-    """One row per run, oldest first."""
+    """One row per run, oldest first; a run whose every output a later run of the same output replaced
+    is not ``current`` (the night before a re-run, or the run a filtered run for that day superseded)."""
+    claimed: dict[str, set[str]] = {}
+    current: dict[int, bool] = {}
+    order = sorted(range(len(manifests)), key=lambda i: (manifests[i].run.started_at, manifests[i].run.id),
+                   reverse=True)
+    for i in order:
+        m, out = manifests[i], _output_of(urls[i])
+        mine = {e.relpath for e in m.outputs}
+        taken = claimed.setdefault(out, set())
+        current[i] = bool(mine - taken) or (not mine and not taken)
+        taken |= mine
     rows = []
-    for m, url in zip(manifests, urls, strict=True):
+    for i, (m, url) in enumerate(zip(manifests, urls, strict=True)):
         d = m.drift
         measured = d is not None and d.reference is not None
         rows.append(RunRow(
@@ -122,6 +189,10 @@ def run_rows(manifests: Sequence[manifest.Manifest], urls: Sequence[str]) -> lis
             drifted_features=len(d.drifted_features) if measured and d is not None else None,
             features=len(d.features) if measured and d is not None else None,
             drifted=tuple(d.drifted_features) if measured and d is not None else (),
+            drifted_predictions=tuple(d.drifted_predictions) if measured and d is not None else (),
+            predictions=len(d.predictions) if measured and d is not None else None,
+            scope=tuple(m.scope.get("filters", [])), current=current[i],
+            alias_event=_alias_text(m.model.alias_event),
         ))
     return sorted(rows, key=lambda r: (r.started_at, r.run_id))
 
@@ -205,20 +276,24 @@ def diff(a: manifest.Manifest, b: manifest.Manifest) -> list[Change]:
     add("rows", "rows", a.totals.rows, b.totals.rows)
     add("rows", "failed files", len(a.failures), len(b.failures))
     add("run", "status", a.run.status, b.run.status)
-    for name in ("seconds", "rows_per_second", "read_seconds", "infer_seconds", "write_seconds"):
-        out.append(Change("timings", name, _text(getattr(a.totals, name)), _text(getattr(b.totals, name))))
+    if a.run.id != b.run.id:  # one run against itself has nothing that changed, timings included
+        for name in ("seconds", "rows_per_second", "read_seconds", "infer_seconds", "write_seconds"):
+            out.append(Change("timings", name, _text(getattr(a.totals, name)), _text(getattr(b.totals, name))))
     da, db = a.drift, b.drift
-    cols_a = da.features if da is not None else {}
-    cols_b = db.features if db is not None else {}
-    for name in sorted(set(cols_a) | set(cols_b)):
-        fa, fb = cols_a.get(name), cols_b.get(name)
-        metric = (fb.metric if fb is not None else None) or (fa.metric if fa is not None else None) or "psi"
-        va = fa.value(metric) if fa is not None else None
-        vb = fb.value(metric) if fb is not None else None
-        ta = "drifted" if fa is not None and fa.drifted else "ok"
-        tb = "drifted" if fb is not None and fb.drifted else "ok"
-        out.append(Change("drift", f"{name} {metric}", f"{_text(va)} {ta}" if fa else "-",
-                          f"{_text(vb)} {tb}" if fb else "-"))
+    for role in ("features", "predictions"):
+        cols_a = getattr(da, role) if da is not None else {}
+        cols_b = getattr(db, role) if db is not None else {}
+        section = "drift" if role == "features" else "prediction drift"
+        for name in sorted(set(cols_a) | set(cols_b)):
+            fa, fb = cols_a.get(name), cols_b.get(name)
+            metric = (fb.metric if fb is not None else None) or (fa.metric if fa is not None else None) or "psi"
+            va = fa.value(metric) if fa is not None else None
+            vb = fb.value(metric) if fb is not None else None
+            ta = "drifted" if fa is not None and fa.drifted else "ok"
+            tb = "drifted" if fb is not None and fb.drifted else "ok"
+            before, after = f"{_text(va)} {ta}" if fa else "-", f"{_text(vb)} {tb}" if fb else "-"
+            if before != after:
+                out.append(Change(section, f"{name} {metric}", before, after))
     return out
 
 

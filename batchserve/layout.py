@@ -13,14 +13,16 @@ from collections.abc import Iterable
 
 from batchserve.errors import OutputError
 
-__all__ = ["MANIFEST_NAME", "SUCCESS_NAME", "LOCK_NAME", "STAGING_DIR", "staging_name", "local_files", "content",
-           "not_empty_error"]
+__all__ = ["MANIFEST_NAME", "SUCCESS_NAME", "LOCK_NAME", "STAGING_DIR", "RUNS_DIR", "staging_name", "local_files",
+           "content", "not_empty_error"]
 
 MANIFEST_NAME = "_manifest.json"
 SUCCESS_NAME = "_SUCCESS"
 LOCK_NAME = "_batchserve.lock"
 #: Where files are written before their commit (one folder per run id below it).
 STAGING_DIR = "_temporary"
+#: Every run's manifest, kept for good (``_runs/<run_id>.json``), and its outputs' statistics.
+RUNS_DIR = "_runs"
 
 
 def staging_name(relpath: str) -> str:
@@ -71,10 +73,10 @@ def content(relpaths: Iterable[str]) -> list[str]:
     return sorted(rel for rel in relpaths if rel != LOCK_NAME and not rel.startswith(STAGING_DIR + "/"))
 
 
-def not_empty_error(files: int, path: str) -> OutputError:
-    """The refusal of a non-empty output without --overwrite or --resume."""
+def not_empty_error(files: int, path: str, scope: str = "") -> OutputError:
+    """The refusal of an output holding files in the run's scope, without --overwrite or --resume."""
+    where = f"holds {files} file(s) in this run's scope ({scope})" if scope else f"is not empty ({files} files)"
     return OutputError(
-        f"output folder is not empty ({files} files); pass --resume to finish an earlier run or --overwrite to "
-        "replace it",
+        f"output folder {where}; pass --resume to finish an earlier run or --overwrite to replace it",
         path=path,
     )

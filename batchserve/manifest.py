@@ -3,7 +3,7 @@
 ``OUTPUT/_manifest.json`` is a contract that other tools read (Airflow sensors,
 the next night's ``--reference``), so it carries ``schema`` and
 ``schema_version``; older versions are read through :data:`UPGRADES`, and
-``schemas/run-manifest.v1.json`` is kept in step with these dataclasses by a test.
+``schemas/run-manifest.v2.json`` is kept in step with these dataclasses by a test.
 Secrets never get here: the config is recorded through ``ScoreConfig.redacted``.
 
 Example::
@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 SCHEMA_NAME = "batchserve.run-manifest"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -178,6 +178,11 @@ class Manifest:
     failures: list[FailureEntry] = dataclasses.field(default_factory=list)
     #: With --challenger: the second model, where its output went, and how its predictions differ.
     challenger: ChallengerSection | None = None
+    #: What the run owned in its output: ``{"filters": [...], "fixed_keys": {...}}``; no filters, the whole
+    #: output. Outputs outside it were neither written, removed nor checked by this run.
+    scope: dict[str, Any] = dataclasses.field(default_factory=lambda: {"filters": [], "fixed_keys": {}})
+    #: Outputs of earlier runs inside the scope whose input is gone, removed by this run.
+    removed: list[str] = dataclasses.field(default_factory=list)
     schema: str = SCHEMA_NAME
     schema_version: int = SCHEMA_VERSION
 
@@ -196,7 +201,7 @@ def _files(items: list[dict[str, Any]]) -> list[FileEntry]:
     return [FileEntry(**i) for i in items]
 
 
-def _from_v1(data: dict[str, Any]) -> Manifest:
+def _from_current(data: dict[str, Any]) -> Manifest:
     run = dict(data["run"])
     engine = run.get("engine")
     if engine is not None:
@@ -212,11 +217,19 @@ def _from_v1(data: dict[str, Any]) -> Manifest:
         fingerprint=data.get("fingerprint"),
         failures=[FailureEntry(**f) for f in data.get("failures", [])],
         challenger=ChallengerSection.from_dict(data["challenger"]) if data.get("challenger") else None,
+        scope=dict(data["scope"]),
+        removed=list(data["removed"]),
     )
 
 
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """v2 records the run's scope (``--filter``) and the stale outputs it removed. A v1 run had no
+    scope: it owned its whole output, and its removals went unrecorded."""
+    return {**data, "schema_version": 2, "scope": {"filters": [], "fixed_keys": {}}, "removed": []}
+
+
 #: schema_version -> function lifting a dict of that version to the next one.
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
 def loads(text: str, *, source: str | None = None) -> Manifest:
@@ -240,14 +253,14 @@ def loads(text: str, *, source: str | None = None) -> Manifest:
         version = data["schema_version"]
     check_against_schema(data, json_schema(), "manifest", source)
     try:
-        return _from_v1(data)
+        return _from_current(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"manifest is missing or has unexpected fields: {exc}", path=source) from None
 
 
 def json_schema() -> dict[str, Any]:
     """The committed JSON Schema for the current version."""
-    return schema_text("run-manifest.v1.json")
+    return schema_text("run-manifest.v2.json")
 
 
 def example_manifest() -> Manifest:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from batchserve import layout
+from batchserve import layout, selection
 from batchserve.config import ScoreConfig
 from batchserve.errors import InputError, ModelError
 
@@ -52,5 +52,8 @@ def _check_output(cfg: ScoreConfig) -> None:
     if output is None or cfg.overwrite or cfg.resume or any(c in _GLOB_CHARS for c in cfg.output):
         return
     found = layout.content(layout.local_files(output.rstrip("/") or "/"))
+    if cfg.filter and found:  # only the run's scope counts: another day's partition is not in the way
+        scope = selection.Scope.of(cfg.filter, output)
+        found = [rel for rel in found if scope.owns(rel)]
     if found:
-        raise layout.not_empty_error(len(found), output)
+        raise layout.not_empty_error(len(found), output, scope=" and ".join(cfg.filter))

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from batchserve.errors import ConfigError
 
-__all__ = ["Filter", "parse_filter", "parse_filters", "hive_keys", "select"]
+__all__ = ["Filter", "Scope", "parse_filter", "parse_filters", "hive_keys", "path_keys", "select", "without_fixed_keys"]
 
 _OPS = ("<=", ">=", "!=", "==", "=", "<", ">")
 _EXPR_RE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|!=|==|=|<|>)\s*(.*?)\s*$")
@@ -92,6 +92,78 @@ def hive_keys(relpath: str) -> dict[str, str]:
         if sep and key:
             keys[urllib.parse.unquote(key)] = urllib.parse.unquote(value)
     return keys
+
+
+def path_keys(url: str) -> dict[str, str]:
+    """The hive keys an output's own path fixes: its trailing ``key=value`` folders
+    (``s3://b/scored/date=2026-11-02/`` fixes ``date``). Folders above a plain name are not keys a reader
+    of the output sees, so only the trailing run counts."""
+    keys: dict[str, str] = {}
+    for segment in reversed(url.rstrip("/").split("/")):
+        key, sep, value = segment.partition("=")
+        if not (sep and key) or "://" in segment or ":" in key:
+            break
+        keys.setdefault(urllib.parse.unquote(key), urllib.parse.unquote(value))
+    return keys
+
+
+def without_fixed_keys(relpath: str, fixed: Mapping[str, str]) -> str:
+    """An input's path below the output once the keys the output's own path fixes are dropped:
+    ``--filter date=X -o scored/date=X`` writes ``scored/date=X/part-0.parquet``, never
+    ``scored/date=X/date=X/part-0.parquet`` (which polars and pyarrow refuse to read as one dataset).
+    An input whose folder gives a fixed key another value cannot go there: a :class:`ConfigError`."""
+    if not fixed:
+        return relpath
+    *folders, name = relpath.split("/")
+    kept = []
+    for segment in folders:
+        key, sep, value = segment.partition("=")
+        key, value = urllib.parse.unquote(key), urllib.parse.unquote(value)
+        if sep and key in fixed:
+            if value != fixed[key]:
+                raise ConfigError(
+                    f"input file {relpath} has {key}={value}, but the output's path fixes {key}={fixed[key]}; "
+                    f"select it with --filter {key}={fixed[key]}, or write to the output's parent folder"
+                )
+            continue
+        kept.append(segment)
+    return "/".join([*kept, name])
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """The output files a run owns (Spark's dynamic partition overwrite): those whose hive keys pass
+    the run's ``--filter``s, the keys fixed by the output's own path counted in. A run never removes,
+    replaces, counts or re-lists a file outside its scope, with ``--resume``, ``--overwrite`` or neither;
+    without filters it owns the whole output.
+
+        >>> s = Scope(parse_filters(["date=2026-11-02"]))
+        >>> s.owns("date=2026-11-02/part-0.parquet"), s.owns("date=2026-11-01/part-0.parquet")
+        (True, False)
+        >>> Scope(parse_filters(["date=2026-11-02"]), {"date": "2026-11-02"}).owns("part-0.parquet")
+        True
+    """
+
+    filters: tuple[Filter, ...] = ()
+    fixed: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def whole(self) -> bool:
+        return not self.filters
+
+    def owns(self, relpath: str) -> bool:
+        if not self.filters:
+            return True
+        keys = {**self.fixed, **hive_keys(relpath)}
+        return all(f.matches(keys) for f in self.filters)
+
+    def as_dict(self) -> dict[str, object]:
+        """How the manifest records it: the filters' texts (empty: the whole output)."""
+        return {"filters": [f.text for f in self.filters], "fixed_keys": dict(self.fixed)}
+
+    @classmethod
+    def of(cls, filters: Sequence[str], output: str) -> Scope:
+        return cls(parse_filters(filters), path_keys(output) if filters else {})
 
 
 def select(relpaths: Sequence[str], filters: Sequence[Filter]) -> list[bool]:

@@ -47,7 +47,7 @@ def test_real_run_manifest_validates(tmp_path: Path, cluster: str, model_dir: di
                            output=str(tmp_path / "out"), scheduler=cluster)
     data = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     jsonschema.validate(data, manifest.json_schema())
-    assert data["schema"] == "batchserve.run-manifest" and data["schema_version"] == 1
+    assert data["schema"] == "batchserve.run-manifest" and data["schema_version"] == 2
     assert list(data)[:2] == ["schema", "schema_version"]
     assert data["run"]["status"] == "succeeded"
     assert data["drift"]["reference"] is None and data["drift"]["features"]["f0"]["count"] == 100
@@ -110,24 +110,24 @@ def test_profile_schema_matches_the_dataclass() -> None:
 
 
 def test_older_versions_go_through_the_upgrade_chain(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The UPGRADES path, exercised: pretend this batchserve writes v2; a v1 file is lifted on read."""
+    """The UPGRADES path, exercised: pretend this batchserve writes v3; a v1 file is lifted 1 -> 2 -> 3."""
     calls: list[int] = []
 
-    def v1_to_v2(data: dict) -> dict:
+    def v2_to_v3(data: dict) -> dict:
         calls.append(data["schema_version"])
-        return {**data, "schema_version": 2}
+        return {**data, "schema_version": 3}
 
-    schema_v2 = manifest.json_schema()
-    schema_v2["properties"]["schema_version"] = {"const": 2}
-    monkeypatch.setattr(manifest, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(manifest, "UPGRADES", {1: v1_to_v2})
-    monkeypatch.setattr(manifest, "json_schema", lambda: schema_v2)
+    schema_v3 = manifest.json_schema()
+    schema_v3["properties"]["schema_version"] = {"const": 3}
+    monkeypatch.setattr(manifest, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(manifest, "UPGRADES", {**manifest.UPGRADES, 2: v2_to_v3})
+    monkeypatch.setattr(manifest, "json_schema", lambda: schema_v3)
     m = manifest.loads((FIXTURES / "run-manifest.v1.json").read_text())
-    assert calls == [1] and m.totals.rows == 20_000
+    assert calls == [2] and m.totals.rows == 20_000 and m.scope == {"filters": [], "fixed_keys": {}}
     monkeypatch.setattr(manifest, "UPGRADES", {})
     with pytest.raises(ConfigError, match="unsupported manifest schema_version 1") as info:
         manifest.loads((FIXTURES / "run-manifest.v1.json").read_text())
-    assert (info.value.expected, info.value.found) == ("schema_version <= 2", "1")
+    assert (info.value.expected, info.value.found) == ("schema_version <= 3", "1")
 
 
 @settings(max_examples=60, deadline=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -35,36 +36,41 @@ def setup(tmp_path: Path, model_dir: dict):
     return cfg, plan, prev, out
 
 
+def _decide(cfg, plan, earlier):
+    kept = resume_decisions(cfg, plan, earlier)
+    return kept.reused, kept.notes
+
+
 def test_everything_unchanged_is_reused(setup) -> None:
     cfg, plan, prev, _ = setup
-    reused, notes = resume_decisions(cfg, plan, prev)
+    reused, notes = _decide(cfg, plan, [prev])
     assert [e.relpath for e in reused] == ["a.parquet", "b.parquet"] and notes == {}
     assert {e.status for e in reused} == {"reused"} and reused[0].note == "committed by run earlier"
 
 
 def test_no_earlier_manifest(setup) -> None:
     cfg, plan, _, _ = setup
-    reused, notes = resume_decisions(cfg, plan, None)
-    assert reused == [] and set(notes.values()) == {"no earlier manifest to resume from"}
+    reused, notes = _decide(cfg, plan, [])
+    assert reused == () and set(notes.values()) == {"no earlier manifest to resume from"}
 
 
 def test_model_changed_rescores_all(setup) -> None:
     cfg, plan, prev, _ = setup
     prev.model.sha256 = "f" * 64
-    reused, notes = resume_decisions(cfg, plan, prev)
-    assert reused == [] and all(n.startswith("model changed (sha256 ffffffffffff ->") for n in notes.values())
+    reused, notes = _decide(cfg, plan, [prev])
+    assert reused == () and all(n.startswith("model changed (sha256 ffffffffffff ->") for n in notes.values())
 
 
 def test_settings_changed_rescores_all(setup) -> None:
     cfg, plan, prev, _ = setup
-    reused, notes = resume_decisions(dataclasses.replace(cfg, prefix="pred_"), plan, prev)
-    assert reused == [] and set(notes.values()) == {"features, --keep or --prefix changed"}
+    reused, notes = _decide(dataclasses.replace(cfg, prefix="pred_"), plan, [prev])
+    assert reused == () and set(notes.values()) == {"features, --keep or --prefix changed"}
 
 
 def test_a_file_the_earlier_run_did_not_commit(setup) -> None:
     cfg, plan, prev, _ = setup
     prev.outputs = prev.outputs[:1]
-    reused, notes = resume_decisions(cfg, plan, prev)
+    reused, notes = _decide(cfg, plan, [prev])
     assert [e.relpath for e in reused] == ["a.parquet"]
     assert notes == {"b.parquet": "not committed by run earlier (interrupted)"}
 
@@ -72,7 +78,7 @@ def test_a_file_the_earlier_run_did_not_commit(setup) -> None:
 def test_an_input_that_changed(setup) -> None:
     cfg, plan, prev, _ = setup
     prev.inputs[1] = dataclasses.replace(prev.inputs[1], bytes=prev.inputs[1].bytes + 1)
-    reused, notes = resume_decisions(cfg, plan, prev)
+    reused, notes = _decide(cfg, plan, [prev])
     assert notes == {"b.parquet": "input changed (size or modification time)"} and len(reused) == 1
 
 
@@ -80,5 +86,20 @@ def test_an_output_missing_or_changed_since(setup) -> None:
     cfg, plan, prev, out = setup
     (out / "a.parquet").unlink()
     (out / "b.parquet").write_bytes(b"longer than before")
-    reused, notes = resume_decisions(cfg, plan, prev)
-    assert reused == [] and set(notes.values()) == {"committed output is missing or changed"}
+    reused, notes = _decide(cfg, plan, [prev])
+    assert reused == () and set(notes.values()) == {"committed output is missing or changed"}
+
+
+def test_each_file_is_judged_against_the_newest_run_that_lists_it(setup) -> None:
+    """A later run of another partition wrote the latest manifest: a.parquet is still found in the
+    earlier run's record, and b.parquet in the newer one's."""
+    cfg, plan, prev, _ = setup
+    newer = copy.deepcopy(prev)
+    newer.run.id = "newer"
+    newer.outputs = [e for e in prev.outputs if e.relpath == "b.parquet"]
+    older = copy.deepcopy(prev)
+    older.outputs = [e for e in prev.outputs if e.relpath == "a.parquet"]
+    kept = resume_decisions(cfg, plan, [newer, older])
+    assert {e.relpath: e.note for e in kept.reused} == {"a.parquet": "committed by run earlier",
+                                                        "b.parquet": "committed by run newer"}
+    assert kept.sources == {"a.parquet": "earlier", "b.parquet": "newer"}

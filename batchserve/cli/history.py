@@ -16,12 +16,20 @@ __all__ = ["history_commands", "run_line"]
 
 
 def run_line(r: "hist.RunRow") -> str:
-    """status, when, model@version, files, rows, seconds, drifted features: one run, one line."""
-    drift = "no reference" if r.drifted_features is None else (
-        f"{r.drifted_features}/{r.features} drifted" + (f" ({', '.join(r.drifted)})" if r.drifted else ""))
+    """status, when, model@version, files, rows, seconds, drifted features and predictions, scope: one run,
+    one line; ``*`` marks a run whose outputs a later run has all replaced (not current)."""
+    if r.drifted_features is None:
+        drift = "no reference"
+    else:
+        drift = f"{r.drifted_features}/{r.features} drifted" + (f" ({', '.join(r.drifted)})" if r.drifted else "")
+        drift += f", predictions {len(r.drifted_predictions)}/{r.predictions or 0} drifted" + (
+            f" ({', '.join(r.drifted_predictions)})" if r.drifted_predictions else "")
     failed = f", {r.failed_files} failed" if r.failed_files else ""
-    return (f"{r.status:<11} {r.started_at[:19]}Z  {r.model}@{r.model_version or '-'}  {r.files} files{failed}  "
-            f"{r.rows:,} rows  {r.seconds:.1f}s  {drift}  {r.output}")
+    scope = f"  [{' and '.join(r.scope)}]" if r.scope else ""
+    alias = f"  ({r.alias_event})" if r.alias_event else ""
+    mark = " " if r.current else "*"
+    return (f"{r.status:<11}{mark}{r.started_at[:19]}Z  {r.run_id}  {r.model}@{r.model_version or '-'}{alias}  "
+            f"{r.files} files{failed}  {r.rows:,} rows  {r.seconds:.1f}s  {drift}{scope}  {r.output}")
 
 
 def history_commands(app: typer.Typer) -> None:
@@ -46,18 +54,27 @@ def history_commands(app: typer.Typer) -> None:
             else:
                 typer.echo(run_line(row))
 
-    @app.command(epilog="Example: batchserve diff out/date=2026-11-04 out/date=2026-11-05")
+    @app.command(epilog="Examples: batchserve diff out/date=2026-11-04 out/date=2026-11-05\n\n"
+                 "batchserve diff --in scored/ 20261105T0200 20261106T0200  (run ids from batchserve runs, or their prefixes)")
     def diff(
-        before: Annotated[str, typer.Argument(metavar="A", help="The earlier run: _manifest.json or its output folder.")],
+        before: Annotated[str, typer.Argument(metavar="A", help="The earlier run: _manifest.json, its output folder (its latest run), or a run id with --in.")],
         after: Annotated[str, typer.Argument(metavar="B", help="The later run.")],
+        within: Annotated[str | None, typer.Option("--in", help="The output whose ledger (_runs/) holds runs A and B, named by id.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per change.")] = False,
         storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")] = None,
         debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
     ) -> None:
-        """What changed between two runs: model, config, inputs, rows, timings, drift per feature."""
+        """What changed between two runs: model, config, inputs, rows, timings, drift per feature and prediction."""
         opts = storage_options(storage_option, debug)
-        a_url = guard(debug, lambda: hist.find_manifests([before], opts))[0]
-        b_url = guard(debug, lambda: hist.find_manifests([after], opts))[0]
+
+        def locate(name: str) -> str:
+            if within is not None:
+                return hist.run_id_url(within, name, opts)
+            urls = hist.find_manifests([name], opts)
+            return urls[-1]  # an output folder: its latest run
+
+        a_url = guard(debug, lambda: locate(before))
+        b_url = guard(debug, lambda: locate(after))
         a, b = guard(debug, lambda: hist.load_runs([a_url, b_url], opts))
         changes = hist.diff(a, b)
         if as_json:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from batchserve import io, manifest
 from batchserve.errors import BatchserveError, OutputError
+from batchserve.pipeline import ledger
 from batchserve.pipeline.output import (
     MANIFEST_NAME,
     SUCCESS_NAME,
@@ -16,6 +17,7 @@ from batchserve.pipeline.output import (
     check_output,
     output_lock,
     remove_stale_outputs,
+    stale_outputs,
     verify_outputs,
 )
 from batchserve.pipeline.record import RunContext, build_manifest, shadow_context
@@ -56,7 +58,7 @@ class ChallengerOutput:
 
     def finish(self, sub: Submission) -> tuple[manifest.Manifest, BatchserveError | None]:
         draft = self.build(sub, "succeeded")
-        remove_stale_outputs(self.cfg, self.survey, draft.outputs)
+        remove_stale_outputs(self.cfg, stale_outputs(self.survey, (e.relpath for e in draft.outputs)))
         problem = verify_outputs(self.cfg, draft.outputs, self.survey)
         if problem is None:
             return draft, None
@@ -71,3 +73,4 @@ class ChallengerOutput:
 
     def _write(self, m: manifest.Manifest) -> None:
         io.write_text_atomic(io.join_url(self.cfg.output, MANIFEST_NAME), manifest.dumps(m), self.cfg.storage)
+        ledger.write_record(self.cfg.output, m, None, self.cfg.storage)

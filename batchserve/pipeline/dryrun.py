@@ -5,7 +5,8 @@ and bytes (from the footers, no data page read), which model version the referen
 where the output goes, what ``--resume`` would keep, and a time estimate from the last run in
 the output. Every check a real run makes before scoring runs here too (model load, schemas,
 input/output overlap, foreign files in the output), so a dry run that passes is a run that
-starts; no lock is taken, no cluster started, nothing created.
+starts; no lock is taken, no cluster started, nothing created. It names every file the run would
+remove (an earlier output inside the run's scope whose input is gone) before anything happens.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import dataclasses
 
 from batchserve import manifest
 from batchserve.config import ScoreConfig
-from batchserve.pipeline.output import check_challenger_location, check_output_location, survey_output
+from batchserve.pipeline import ledger
+from batchserve.pipeline.output import check_challenger_location, check_output_location, stale_outputs, survey_output
 from batchserve.pipeline.plan import RunPlan, absolute_paths, plan_run
 from batchserve.pipeline.resume import resume_decisions
 
@@ -41,6 +43,11 @@ class DryRun:
     #: Estimated seconds for the rows this run would score (with ``--resume``: the rest), from the
     #: earlier run's throughput; None without an earlier run to go by.
     estimate_seconds: float | None
+    #: What the run owns in the output (``--filter``; empty: all of it).
+    scope: tuple[str, ...] = ()
+    #: Earlier outputs inside the scope whose input is gone: the run would remove them (``--overwrite``
+    #: or ``--resume``; without either, a non-empty scope is refused).
+    removes: tuple[str, ...] = ()
 
 
 def plan_dry_run(cfg: ScoreConfig) -> DryRun:
@@ -52,10 +59,11 @@ def plan_dry_run(cfg: ScoreConfig) -> DryRun:
     survey = survey_output(cfg)  # the real run's refusal (not empty, foreign files) is the dry run's too
     previous = survey.previous
     kept: list[manifest.FileEntry] = []
-    if previous is not None:
+    if previous is not None or survey.ours:
         as_resume = dataclasses.replace(cfg, overwrite=False, resume=True, challenger=None, challenger_output=None,
                                         challenger_keep=None)
-        kept, _ = resume_decisions(as_resume, plan, previous)
+        earlier = ledger.earlier_runs(cfg.output, previous, cfg.storage, [p.relpath for p in plan.partitions])
+        kept = list(resume_decisions(as_resume, plan, earlier).reused)
     reusable_rows = sum(e.rows for e in kept)
     rows = plan.rows
     to_score = rows - reusable_rows if cfg.resume else rows
@@ -72,4 +80,6 @@ def plan_dry_run(cfg: ScoreConfig) -> DryRun:
         previous_status=previous.run.status if previous is not None else None,
         previous_rows_per_second=rps,
         estimate_seconds=(to_score / rps) if rps else None,
+        scope=tuple(cfg.filter),
+        removes=tuple(stale_outputs(survey, (p.relpath for p in plan.partitions))),
     )

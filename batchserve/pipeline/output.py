@@ -15,11 +15,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from batchserve import io, layout, manifest
+from batchserve import io, layout, manifest, selection
 from batchserve.config import TIMESTAMP_FORMAT, ScoreConfig, utc_now
 from batchserve.errors import BatchserveError, LockedError, OutputError
 from batchserve.layout import LOCK_NAME, MANIFEST_NAME, SUCCESS_NAME
@@ -28,8 +28,9 @@ from batchserve.pipeline.plan import RunPlan
 __all__ = [
     "check_challenger_location",
     "MANIFEST_NAME", "SUCCESS_NAME", "LOCK_NAME", "JOURNAL_SECONDS", "STALE_LOCK_HOURS", "OutputSurvey",
-    "check_output_location", "check_output", "survey_output", "owners", "remove_stale_outputs", "verify_outputs",
-    "output_lock", "lock_is_live", "check_profile_output", "Journal",
+    "check_output_location", "check_output", "survey_output", "owners", "stale_outputs", "remove_stale_outputs",
+    "verify_outputs",
+    "output_lock", "lock_is_live", "check_profile_output", "Journal", "run_scope",
 ]
 
 log = logging.getLogger("batchserve")
@@ -54,9 +55,16 @@ class OutputSurvey:
 
     #: The earlier run's manifest, when there is a readable one.
     previous: manifest.Manifest | None = None
-    #: Data files an earlier batchserve run wrote (listed in its manifest or stamped in their footer):
-    #: the only files --overwrite and --resume may replace or remove.
+    #: Data files an earlier batchserve run wrote (listed in its manifest or stamped in their footer),
+    #: inside this run's scope: the only files --overwrite and --resume may replace or remove.
     ours: frozenset[str] = frozenset()
+    #: The files outside this run's scope (other partitions' outputs, other runs' records): never touched.
+    scope: selection.Scope = dataclasses.field(default_factory=selection.Scope)
+
+
+def run_scope(cfg: ScoreConfig) -> selection.Scope:
+    """What this run owns in its output: everything, or the partitions its ``--filter``s select."""
+    return selection.Scope.of(cfg.filter, cfg.output)
 
 
 def is_content(rel: str) -> bool:
@@ -95,16 +103,19 @@ def check_challenger_location(cfg: ScoreConfig, plan: RunPlan) -> None:
 
 
 def survey_output(cfg: ScoreConfig) -> OutputSurvey:
-    """Refuse a non-empty output without --overwrite/--resume, and foreign Parquet files with them."""
+    """Refuse an output holding files in this run's scope without --overwrite/--resume, and foreign
+    Parquet files in the scope with them. Files outside the scope (another day's partition) are never
+    counted, refused or touched: appending a partition to one output needs neither flag."""
     storage = cfg.storage
+    scope = run_scope(cfg)
     entries = io.output_files(cfg.output, storage)
-    content = layout.content(entries)
+    content = [rel for rel in layout.content(entries) if scope.owns(rel)]
     if content and not (cfg.overwrite or cfg.resume):
-        raise layout.not_empty_error(len(content), cfg.output)
+        raise layout.not_empty_error(len(content), cfg.output, scope=" and ".join(cfg.filter))
     if not content:
-        return OutputSurvey()
+        return OutputSurvey(scope=scope)
     previous = _previous_manifest(cfg, MANIFEST_NAME in entries)
-    listed = {e.relpath for e in previous.outputs} if previous else set()
+    listed = {e.relpath for e in previous.outputs if scope.owns(e.relpath)} if previous else set()
     unknown = [rel for rel in content if is_content(rel) and rel not in listed and rel.endswith(".parquet")
                and not io.is_hidden(rel)]
     stamped, foreign = _split_by_owner(cfg, unknown)
@@ -114,7 +125,7 @@ def survey_output(cfg: ScoreConfig) -> OutputSurvey:
             "--overwrite and --resume only replace batchserve's own files: move them away or choose another output",
             path=cfg.output,
         )
-    return OutputSurvey(previous, frozenset(listed | set(stamped)))
+    return OutputSurvey(previous, frozenset(listed | set(stamped)), scope)
 
 
 def _previous_manifest(cfg: ScoreConfig, present: bool) -> manifest.Manifest | None:
@@ -155,19 +166,26 @@ def check_output(cfg: ScoreConfig) -> OutputSurvey:
     return survey
 
 
-def remove_stale_outputs(cfg: ScoreConfig, survey: OutputSurvey, outputs: list[manifest.FileEntry]) -> None:
-    """Drop files an earlier batchserve run wrote that this run's outputs do not include
-    (inputs deleted since, a different layout); foreign files are never touched."""
-    keep = {e.relpath for e in outputs}
-    for rel in sorted(survey.ours - keep):
+def stale_outputs(survey: OutputSurvey, outputs: Iterable[str]) -> list[str]:
+    """Files an earlier batchserve run wrote inside this run's scope that this run's outputs do not
+    include (their input was deleted since, or the layout changed); foreign files and files outside
+    the scope are never among them."""
+    return sorted(rel for rel in survey.ours - set(outputs) if survey.scope.owns(rel))
+
+
+def remove_stale_outputs(cfg: ScoreConfig, stale: list[str]) -> None:
+    """Remove them, each named at WARNING: a removal is never a surprise in a cron log (``-q`` too)."""
+    for rel in stale:
         io.remove(io.join_url(cfg.output, rel), cfg.storage)
-        log.info("removed %s: written by an earlier run, not an output of this one", rel)
+        log.warning("removed %s: written by an earlier run inside this run's scope, and its input is gone", rel,
+                    extra={"fields": {"event": "removed_output", "file": rel}})
 
 
 def verify_outputs(cfg: ScoreConfig, outputs: list[manifest.FileEntry], survey: OutputSurvey) -> str | None:
     """From the client's side, in one listing: every output the manifest lists is there with its
-    size, and no other data file is. Workers that resolve paths differently (another working
-    directory, another machine's disk) would otherwise leave ``_SUCCESS`` over missing files."""
+    size, and no other data file is in the run's scope. Workers that resolve paths differently
+    (another working directory, another machine's disk) would otherwise leave ``_SUCCESS`` over
+    missing files. Files outside the scope belong to other runs' records (``_runs/``)."""
     found = io.output_files(cfg.output, cfg.storage)
     for e in outputs:
         if found.get(e.relpath) != e.bytes:
@@ -176,7 +194,7 @@ def verify_outputs(cfg: ScoreConfig, outputs: list[manifest.FileEntry], survey: 
                     "see another filesystem (use absolute paths on storage every worker and the client share)")
     listed = {e.relpath for e in outputs}
     extra = sorted(rel for rel in found if rel.endswith(".parquet") and is_content(rel) and not io.is_hidden(rel)
-                   and rel not in listed)
+                   and rel not in listed and survey.scope.owns(rel))
     if extra:
         return f"the output holds {len(extra)} data file(s) this run did not write (e.g. {extra[0]})"
     return None

@@ -286,6 +286,9 @@ def read_inputs(cfg: ScoreConfig) -> tuple[str, list[tuple[io.Partition, io.Foot
         if not parts:
             raise InputError(f"no input file matches --filter {' and '.join(cfg.filter)} "
                              f"({listed} file(s) listed)", path=cfg.input)
+    fixed = selection.path_keys(cfg.output) if cfg.output else {}
+    if fixed:  # keys the output's own path fixes are not nested again (scored/date=X/date=X/)
+        parts = [dataclasses.replace(p, relpath=selection.without_fixed_keys(p.relpath, fixed)) for p in parts]
     skip = cfg.on_error == "skip"
     results = io.read_footers([p.url for p in parts], cfg.storage, retries=cfg.retries, keep_errors=skip)
     pairs: list[tuple[io.Partition, io.Footer]] = []

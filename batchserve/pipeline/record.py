@@ -9,11 +9,11 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from batchserve import compare, drift, manifest
+from batchserve import compare, drift, manifest, selection
 from batchserve.compare import ChallengerSection
 from batchserve.config import ScoreConfig, utc_now
 from batchserve.pipeline.plan import RunPlan, fingerprint
-from batchserve.reference import DriftSection, drift_section
+from batchserve.reference import ColumnDrift, DriftSection, drift_section
 
 if TYPE_CHECKING:
     from batchserve.worker import Receipt
@@ -22,6 +22,10 @@ __all__ = ["RunContext", "tool_version", "build_manifest", "current_stats", "dri
            "challenger_section", "shadow_context"]
 
 log = logging.getLogger("batchserve")
+
+
+#: relpath -> (checksum of the output, its column summaries): statistics of files a run reused.
+Carried = Mapping[str, tuple[str | None, dict[str, drift.ColumnSummary]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,13 +40,15 @@ class RunContext:
     #: Outputs kept by --resume, and why the others are rescored.
     reused: tuple[manifest.FileEntry, ...] = ()
     notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The reused files' own statistics, carried forward from the run that scored them (by checksum).
+    carried: Carried = dataclasses.field(default_factory=dict)
 
 
 def tool_version() -> str:
     """This batchserve's version, as the manifest records it."""
-    from batchserve import __version__
+    from batchserve.version import version
 
-    return __version__
+    return version()
 
 
 def file_entries(receipts: list[Receipt], notes: Mapping[str, str]) -> list[manifest.FileEntry]:
@@ -53,8 +59,12 @@ def file_entries(receipts: list[Receipt], notes: Mapping[str, str]) -> list[mani
     ]
 
 
-def current_stats(plan: RunPlan, receipts: list[Receipt]) -> tuple[dict[str, drift.ColumnSummary], list[str]]:
-    current = drift.merge_maps(r.stats for r in receipts if r.stats is not None)
+def current_stats(plan: RunPlan, receipts: list[Receipt], carried: Carried | None = None
+                  ) -> tuple[dict[str, drift.ColumnSummary], list[str]]:
+    """Every current output's statistics merged: scored now, and carried forward for reused files."""
+    maps = [r.stats for r in receipts if r.stats is not None]
+    maps += [cols for _, cols in (carried or {}).values()]
+    current = drift.merge_maps(maps)
     feats = list(plan.features.features)
     preds = [k for k in current if k not in set(feats)]
     order = {o.name: i for i, o in enumerate(plan.info.outputs)} if plan.info is not None else {}
@@ -66,40 +76,63 @@ def current_stats(plan: RunPlan, receipts: list[Receipt]) -> tuple[dict[str, dri
     return current, sorted(preds, key=output_rank)
 
 
-def drift_data(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> DriftSection | None:
+def drift_data(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt], ctx: RunContext | None = None
+               ) -> DriftSection | None:
+    """The run's drift section over every current output: a resumed run's reused files count with the
+    statistics they were scored with, so a re-run of a drifted night gives the first run's verdict."""
     if not cfg.drift:
         return None
-    current, preds = current_stats(plan, receipts)
+    carried = ctx.carried if ctx is not None else {}
+    current, preds = current_stats(plan, receipts, carried)
     section = drift_section(current, list(plan.features.features), preds, plan.reference, plan.policy)
+    missing = len(ctx.reused) - len(carried) if ctx is not None else 0
+    if ctx is not None and ctx.reused:
+        section = dataclasses.replace(section, coverage=(
+            f"statistics cover {len(receipts)} file(s) scored by this run and {len(carried)} reused file(s)"
+            + (f"; {missing} reused file(s) had no statistics to carry forward" if missing else "")))
     if plan.reference is not None:
-        drifted = section.drifted_features
+        drifted, dpred = section.drifted_features, section.drifted_predictions
         log.info(
-            "drift against %s: %d of %d feature(s) drifted%s", plan.reference.uri, len(drifted),
-            len(plan.features.features), (": " + ", ".join(drifted)) if drifted else "",
+            "drift against %s: %d of %d feature(s) drifted%s; %d of %d prediction column(s) drifted%s",
+            plan.reference.uri, len(drifted), len(plan.features.features),
+            (": " + ", ".join(drifted)) if drifted else "", len(dpred), len(section.predictions),
+            (": " + ", ".join(dpred)) if dpred else "",
             extra={"fields": {"event": "drift", "reference": plan.reference.uri, "drifted_features": drifted,
-                              "features": len(plan.features.features)}},
+                              "features": len(plan.features.features), "drifted_predictions": dpred,
+                              "predictions": len(section.predictions)}},
         )
     return section
 
 
 def drift_failure(result: manifest.Manifest, max_share: float | None) -> str | None:
-    """The one-line reason to exit 3, or None when drift stays within the policy."""
+    """The one-line reason to exit 3, or None when drift stays within the policy.
+
+    Features fail the run when their drifted share passes ``--max-drift-share`` (any drifted feature
+    without it). A prediction column past its limit always fails it: a model promoted by mistake
+    shifts its predictions while every feature stays put, and that is the night the job must go red.
+    """
     d = result.drift
-    if d is None or d.reference is None or not d.drifted_features or d.drift_share is None:
+    if d is None or d.reference is None or d.drift_share is None:
         return None
-    if max_share is not None and d.drift_share <= max_share:
-        return None
+    reasons = []
+    if d.drifted_features and (max_share is None or d.drift_share > max_share):
+        limit_text = f" > --max-drift-share {max_share}" if max_share is not None else ""
+        reasons.append(f"drift detected in {len(d.drifted_features)} of {len(d.features)} features "
+                       f"(share {d.drift_share:.2f}{limit_text}): {_past_limit(d.features, d.drifted_features)}")
+    if d.drifted_predictions:
+        reasons.append(f"prediction drift in {len(d.drifted_predictions)} of {len(d.predictions)} prediction "
+                       f"column(s): {_past_limit(d.predictions, d.drifted_predictions)}")
+    return "; ".join(reasons) + "; outputs are committed" if reasons else None
+
+
+def _past_limit(columns: Mapping[str, ColumnDrift], names: list[str]) -> str:
     parts = []
-    for name in d.drifted_features:
-        col = d.features[name]
+    for name in names:
+        col = columns[name]
         metric = col.decided_by or "psi"
         limit = col.threshold if metric == col.metric else "null-rate limit"
         parts.append(f"{name} ({metric} {col.value(metric) or 0.0:.3f} > {limit})")
-    limit_text = f" > --max-drift-share {max_share}" if max_share is not None else ""
-    return (
-        f"drift detected in {len(d.drifted_features)} of {len(d.features)} features "
-        f"(share {d.drift_share:.2f}{limit_text}): {', '.join(parts)}; outputs are committed"
-    )
+    return ", ".join(parts)
 
 
 def build_manifest(
@@ -111,6 +144,7 @@ def build_manifest(
     error: str | None = None,
     section: DriftSection | None = None,
     challenger: ChallengerSection | None = None,
+    removed: list[str] | None = None,
 ) -> manifest.Manifest:
     cfg, plan = ctx.cfg, ctx.plan
     seconds = time.perf_counter() - ctx.t0
@@ -144,6 +178,8 @@ def build_manifest(
         fingerprint=fingerprint(cfg, plan),
         failures=list(plan.failures) + list(failures),
         challenger=challenger,
+        scope=selection.Scope.of(cfg.filter, cfg.output).as_dict(),
+        removed=list(removed or []),
     )
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from batchserve import io, manifest
 from batchserve.config import ScoreConfig, new_run_id, utc_now
 from batchserve.errors import BatchserveError, DataError, DriftError, Interrupted, OutputError
+from batchserve.pipeline import ledger
 from batchserve.pipeline.output import (
     MANIFEST_NAME,
     SUCCESS_NAME,
@@ -23,6 +24,7 @@ from batchserve.pipeline.output import (
     check_output_location,
     output_lock,
     remove_stale_outputs,
+    stale_outputs,
     verify_outputs,
 )
 from batchserve.pipeline.plan import absolute_paths, plan_run
@@ -60,8 +62,13 @@ def score_config(
     run_id = run_id or new_run_id()
     with output_lock(cfg, run_id), ExitStack() as stack:
         survey = check_output(cfg)
-        reused, notes = resume_decisions(cfg, plan, survey.previous) if cfg.resume else ([], {})
-        ctx = RunContext(cfg, plan, run_id, started_at, t0, tuple(reused), notes)
+        ctx = RunContext(cfg, plan, run_id, started_at, t0)
+        if cfg.resume:
+            wanted = [p.relpath for p in plan.partitions]
+            earlier = ledger.earlier_runs(cfg.output, survey.previous, cfg.storage, wanted)
+            kept = resume_decisions(cfg, plan, earlier)
+            carried = ledger.carried_stats(cfg.output, kept.reused, kept.sources, cfg.storage) if cfg.drift else {}
+            ctx = dataclasses.replace(ctx, reused=kept.reused, notes=kept.notes, carried=carried)
         shadow = None
         if plan.challenger is not None:
             from batchserve.pipeline.challenger import ChallengerOutput
@@ -101,8 +108,10 @@ def _score_locked(ctx: RunContext, survey: OutputSurvey, on_progress: Callable[[
             try:
                 if shadow is not None:
                     shadow.fail(sub, status, error)
-                journal.write(build_manifest(ctx, sub.receipts, sub.failures, sub.engine, status, error,
-                                             challenger=challenger_section(cfg, ctx.plan, sub.receipts)))
+                final = build_manifest(ctx, sub.receipts, sub.failures, sub.engine, status, error,
+                                       challenger=challenger_section(cfg, ctx.plan, sub.receipts))
+                journal.write(final)
+                ledger.write_record(cfg.output, final, None, storage)
             finally:
                 io.remove_staging(cfg.output, storage, ctx.run_id)
         raise
@@ -116,6 +125,8 @@ def _score_locked(ctx: RunContext, survey: OutputSurvey, on_progress: Callable[[
                                                                              error=str(shadow_failure)))
             shadow.commit(shadow_result, complete=failure is None)
         journal.write(result)
+        ledger.write_record(cfg.output, result, ledger.file_stats(sub.receipts, ctx.carried) if cfg.drift else None,
+                            storage)
         io.remove_staging(cfg.output, storage)
         if failure is not None:
             raise failure
@@ -152,14 +163,12 @@ def _finish_run(
 ) -> tuple[manifest.Manifest, BatchserveError | None]:
     """The final manifest: stale files of earlier runs removed, the output checked from this side."""
     cfg, plan = ctx.cfg, ctx.plan
-    section = drift_data(cfg, plan, sub.receipts)
-    if section is not None and ctx.reused:
-        section = dataclasses.replace(
-            section, coverage=f"statistics cover the {len(sub.receipts)} file(s) scored by this run, not reused ones"
-        )
+    section = drift_data(cfg, plan, sub.receipts, ctx)
     versus = challenger_section(cfg, plan, sub.receipts)
     draft = build_manifest(ctx, sub.receipts, sub.failures, sub.engine, "succeeded", None, section, versus)
-    remove_stale_outputs(cfg, survey, draft.outputs)
+    removed = stale_outputs(survey, (e.relpath for e in draft.outputs))
+    remove_stale_outputs(cfg, removed)
+    draft.removed = removed
     failure: BatchserveError | None = None
     problem = verify_outputs(cfg, draft.outputs, survey)
     if problem is not None:
@@ -174,4 +183,4 @@ def _finish_run(
     if failure is None:
         return draft, None
     return build_manifest(ctx, sub.receipts, sub.failures, sub.engine, "failed", str(failure), section,
-                          versus), failure
+                          versus, removed), failure
