@@ -92,6 +92,9 @@ def build_registry(outcome: RunOutcome, *, output_label: bool) -> CollectorRegis
             gauge("batchserve_run_drifted_features", "Features past their drift threshold.", len(d.drifted_features))
             gauge("batchserve_run_drift_share", "Share of features past their drift threshold.",
                   len(d.drifted_features) / len(d.features))
+        if d is not None and d.reference is not None and d.predictions:
+            gauge("batchserve_run_drifted_predictions", "Prediction columns past their drift threshold (a bad "
+                  "model shows here while every feature is steady).", len(d.drifted_predictions))
     if outcome.succeeded:
         gauge(LAST_SUCCESS, "When a run last succeeded (Unix time).", outcome.finished_at)
     return reg

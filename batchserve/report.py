@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from batchserve.compare import ChallengerSection
@@ -65,7 +65,8 @@ def render_text(m: Manifest) -> str:
         lines.append(
             f"reference {ref.uri} ({ref.kind}, {ref.rows:,} rows): "
             f"{len(drift.drifted_features)} of {len(drift.features)} features drifted "
-            f"(share {_fmt(drift.drift_share, 2)})"
+            f"(share {_fmt(drift.drift_share, 2)}), {len(drift.drifted_predictions)} of {len(drift.predictions)} "
+            "prediction columns drifted" + (f" ({', '.join(drift.drifted_predictions)})" if drift.drifted_predictions else "")
         )
     header = f"{'column':28} {'role':10} {'metric':11} {'value':>8} {'limit':>6}  {'psi':>7} {'ks':>7} {'js':>7} {'wass':>7} {'null Δ':>7}  status"
     lines += [header, "-" * len(header)]
@@ -164,12 +165,13 @@ def _verdict(drift: DriftSection) -> str:
     ref, esc = drift.reference, html.escape
     if ref is None:
         return "<p>No reference: statistics were recorded, metrics were not computed. Score with <code>--reference</code>.</p>"
-    n_bad = len(drift.drifted_features)
+    n_bad, n_pred = len(drift.drifted_features), len(drift.drifted_predictions)
+    preds = f" ({esc(', '.join(drift.drifted_predictions))})" if n_pred else ""
     return (
         f'<p><span class="badge {"bad" if n_bad else "ok"}">{n_bad} of {len(drift.features)} features drifted</span> '
-        f"(share {_fmt(drift.drift_share, 2)}) against <code>{esc(ref.uri)}</code> "
-        f"({esc(ref.kind)}, {ref.rows:,} rows, sha256 {esc(ref.sha256[:12])}). "
-        f'Prediction columns drifted: {esc(", ".join(drift.drifted_predictions) or "none")}.</p>'
+        f'<span class="badge {"bad" if n_pred else "ok"}">{n_pred} of {len(drift.predictions)} prediction columns '
+        f"drifted{preds}</span> (feature share {_fmt(drift.drift_share, 2)}) against <code>{esc(ref.uri)}</code> "
+        f"({esc(ref.kind)}, {ref.rows:,} rows, sha256 {esc(ref.sha256[:12])}).</p>"
     )
 
 
@@ -246,6 +248,7 @@ def render_html(m: Manifest) -> str:
     head = (
         f"<h1>batchserve drift report</h1><p class=muted>run {esc(m.run.id)} · {esc(m.run.status)} · "
         f"{m.totals.rows:,} rows in {m.totals.files} files · model {esc(m.model.uri)} "
+        f"version {esc(m.model.version or '-')}{_alias_html(m)} "
         f"(sha256 {esc(m.model.sha256[:12])}) · finished {esc(str(m.run.finished_at))}</p>"
     )
     drift = m.drift
@@ -261,14 +264,34 @@ def render_html(m: Manifest) -> str:
     )
 
 
+def _alias_html(m: Manifest) -> str:
+    """`` · alias production (rollback 3 -> 2 by ops)``: which alias move chose the model, if any."""
+    e = m.model.alias_event
+    if not e:
+        return ""
+    who = f" by {e['actor']}" if e.get("actor") else ""
+    return (f" · alias {html.escape(str(e.get('alias') or '-'))} ({html.escape(str(e.get('action')))} "
+            f"{html.escape(str(e.get('from_version') or '-'))} -> {html.escape(str(e.get('to_version')))}"
+            f"{html.escape(who)})")
+
+
 def _run_label(m: Manifest, source: str) -> str:
-    """How a run is named on the trend's x axis: its output folder's last part (``date=2026-11-05``)."""
-    parts = [p for p in source.replace("\\", "/").split("/") if p and p != "_manifest.json"]
-    return parts[-1] if parts else m.run.started_at[:10]
+    """How a run is named on the trend's x axis: the partition it scored (its scope's keys, or its output
+    folder's last part, ``date=2026-11-05``), else its start date."""
+    scope = m.scope or {}
+    fixed = scope.get("fixed_keys") or {}
+    if fixed:
+        return ",".join(f"{k}={v}" for k, v in fixed.items())
+    filters = scope.get("filters") or []
+    if filters:
+        return " and ".join(filters)
+    parts = [p for p in source.replace("\\", "/").split("/") if p and p not in ("_manifest.json", "_runs")
+             and not p.endswith(".json")]
+    return parts[-1] if parts and "=" in parts[-1] else m.run.started_at[:10]
 
 
 def _svg_trend(values: list[float | None], threshold: float | None, labels: list[str],
-               width: int = 420, height: int = 160) -> str:
+               width: int = 420, height: int = 160, changes: Sequence[int] = ()) -> str:
     """One feature's deciding metric over runs (dots joined by a line) against its threshold (dashed)."""
     left, right, top, bottom = 40, 16, 10, 34
     finite = [v for v in values if v is not None and math.isfinite(v)]
@@ -290,6 +313,10 @@ def _svg_trend(values: list[float | None], threshold: float | None, labels: list
         parts.append(f'<line class="thr" x1="{left}" y1="{y(threshold):.1f}" x2="{width - right}" '
                      f'y2="{y(threshold):.1f}"/><text x="{width - right}" y="{y(threshold) - 3:.1f}" '
                      f'text-anchor="end">threshold {_fmt(threshold, 3)}</text>')
+    for i in changes:  # the model version changed from the run before: a vertical mark, named
+        parts.append(f'<line class="vchange" x1="{x(i) - 0.5 * (x(1) - x(0)) if n > 1 else x(i):.1f}" y1="{top}" '
+                     f'x2="{x(i) - 0.5 * (x(1) - x(0)) if n > 1 else x(i):.1f}" y2="{height - bottom}">'
+                     f"<title>model version changed</title></line>")
     points = [(x(i), y(v)) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
     if len(points) > 1:
         parts.append('<polyline class="trend" points="' + " ".join(f"{px:.1f},{py:.1f}" for px, py in points) + '"/>')
@@ -313,43 +340,55 @@ def _svg_trend(values: list[float | None], threshold: float | None, labels: list
 
 _TREND_CSS = """
 .thr{stroke:#b91c1c;stroke-dasharray:4 3;stroke-width:1} .trend{fill:none;stroke:#2563eb;stroke-width:1.5}
-.dot{fill:#2563eb} .over-dot{fill:#b91c1c}
+.dot{fill:#2563eb} .over-dot{fill:#b91c1c} .vchange{stroke:#7c3aed;stroke-width:1.5;stroke-dasharray:2 2}
+th.changed{background:#ede9fe}
 """
 
 
 def render_history_html(runs: list[tuple[Manifest, str]]) -> str:
-    """Drift over a series of runs (oldest first): per feature, its deciding metric against its
-    threshold, one line per feature, runs on the x axis. Self-contained like the single report."""
+    """Drift over a series of runs, in partition order (the date a run scored, not the order runs
+    happened: a re-run of last Tuesday goes to Tuesday): per feature and per prediction column, its
+    deciding metric against its threshold, runs on the x axis, model-version changes marked.
+    Self-contained like the single report."""
     esc = html.escape
-    runs = sorted(runs, key=lambda r: (r[0].run.started_at, r[0].run.id))
+    runs = sorted(runs, key=lambda r: (_run_label(r[0], r[1]), r[0].run.started_at, r[0].run.id))
     labels = [_run_label(m, src) for m, src in runs]
-    features: list[str] = []
+    versions = [m.model.version or m.model.sha256[:12] for m, _ in runs]
+    changes = [i for i in range(1, len(runs)) if versions[i] != versions[i - 1]]
+    columns: list[tuple[str, str]] = []
     for m, _ in runs:
-        for name in (m.drift.features if m.drift is not None else {}):
-            if name not in features:
-                features.append(name)
+        for role in ("features", "predictions"):
+            for name in (getattr(m.drift, role) if m.drift is not None else {}):
+                if (role, name) not in columns:
+                    columns.append((role, name))
     measured = sum(1 for m, _ in runs if m.drift is not None and m.drift.reference is not None)
+    n_feat = sum(1 for role, _ in columns if role == "features")
     head = (f"<h1>batchserve drift trend</h1><p class=muted>{len(runs)} run(s), {esc(labels[0])} to "
-            f"{esc(labels[-1])} · {measured} with a reference · {len(features)} feature(s)</p>")
+            f"{esc(labels[-1])} · {measured} with a reference · {n_feat} feature(s), "
+            f"{len(columns) - n_feat} prediction column(s) · {len(changes)} model version change(s)</p>")
     cards, rows = [], []
-    for name in features:
-        cols = [m.drift.features.get(name) if m.drift is not None else None for m, _ in runs]
+    for role, name in columns:
+        cols = [getattr(m.drift, role).get(name) if m.drift is not None else None for m, _ in runs]
         metric = next((c.metric for c in reversed(cols) if c is not None and c.metric), "psi")
         threshold = next((c.threshold for c in reversed(cols) if c is not None and c.threshold is not None), None)
         values = [c.value(metric) if c is not None else None for c in cols]
         drifted = sum(1 for c in cols if c is not None and c.drifted)
         cls = "card drift" if drifted else "card"
         badge = f' <span class="badge bad">drifted in {drifted} run(s)</span>' if drifted else ""
-        cards.append(f'<div class="{cls}"><h3>{esc(name)} <span class=muted>{esc(metric)}</span>{badge}'
-                     f"</h3>{_svg_trend(values, threshold, labels)}</div>")
+        kind = "prediction" if role == "predictions" else "feature"
+        cards.append(f'<div class="{cls}"><h3>{esc(name)} <span class=muted>{kind} · {esc(metric)}</span>{badge}'
+                     f"</h3>{_svg_trend(values, threshold, labels, changes=changes)}</div>")
         cells = "".join(f'<td class="{"over" if c is not None and c.drifted else ""}">{_fmt(v)}</td>'
                         for c, v in zip(cols, values, strict=True))
-        rows.append(f"<tr><td>{esc(name)}</td><td>{esc(metric)}</td>{cells}<td>{_fmt(threshold)}</td></tr>")
+        rows.append(f"<tr><td>{esc(name)}</td><td>{kind}</td><td>{esc(metric)}</td>{cells}<td>{_fmt(threshold)}</td></tr>")
     header = "".join(f"<th>{esc(lbl)}</th>" for lbl in labels)
-    table = (f"<table><tr><th>feature</th><th>metric</th>{header}<th>threshold</th></tr>{''.join(rows)}</table>"
+    version_row = "".join(f'<th class="{"changed" if i in changes else ""}">{esc(v)}</th>'
+                          for i, v in enumerate(versions))
+    table = (f"<table><tr><th>column</th><th>role</th><th>metric</th>{header}<th>threshold</th></tr>"
+             f"<tr><th>model version</th><th></th><th></th>{version_row}<th></th></tr>{''.join(rows)}</table>"
              if rows else "<p>No drift statistics in these manifests.</p>")
     return (
         "<!doctype html><html lang=en><meta charset=utf-8><title>batchserve drift trend</title>"
-        f"<style>{_CSS}{_TREND_CSS}</style><body>{head}<h2>Per feature, over runs</h2>"
+        f"<style>{_CSS}{_TREND_CSS}</style><body>{head}<h2>Per column, over partitions</h2>"
         f'<div class="cards">{"".join(cards)}</div><h2>Values</h2>{table}</body></html>'
     )

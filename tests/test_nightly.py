@@ -133,6 +133,63 @@ def test_job_file_variables_and_one_day(workdir: Path, cluster: str) -> None:
     assert {e["status"] for e in m["outputs"]} == {"reused"}
 
 
+@pytest.fixture(scope="module")
+def bad_model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository whose version 2 was promoted by mistake: a real LightGBM model trained the sample's
+    way on labels resampled to 30% fraud (the sample's rate is about 4%): same features, same outputs,
+    mean P(fraud) about eight times the reference's, while every feature is as steady as ever."""
+    import numpy as np
+    import pyarrow as pa
+
+    from sample_data import make_sample
+
+    repo = tmp_path_factory.mktemp("models") / "fraud"
+    (repo / "1").mkdir(parents=True)
+    shutil.copy(SAMPLE_MODEL / "1" / "model.onnx", repo / "1" / "model.onnx")
+    rng = np.random.default_rng(7)
+    train = make_sample.make_transactions(20_000, rng)
+    train = train.set_column(train.schema.get_field_index("is_fraud"), "is_fraud", pa.array(rng.random(20_000) < 0.3))
+    (repo / "2").mkdir()
+    (repo / "2" / "model.onnx").write_bytes(make_sample.train_model(train, 7))
+    return repo
+
+
+def test_a_bad_model_night_fails_the_nightly_job_and_so_does_its_rerun(workdir: Path, bad_model_repo: Path,
+                                                                        cluster: str) -> None:
+    """Prediction drift decides too (the example job has fail_on_drift = true), and a re-run that reuses
+    every committed file (resume = true) carries their statistics forward: the same verdict, exit 3."""
+    metrics = workdir / "m.prom"
+    args = ("score", "--job", "jobs/nightly.toml", "--var", f"ds={DAY}", "--scheduler", cluster,
+            "--model", str(bad_model_repo), "--metrics-file", str(metrics))
+    first = run_in(workdir, *args)
+    assert first.returncode == 3, first.stderr
+    assert "prediction drift in" in first.stderr and "probabilities.1 (psi" in first.stderr
+    assert "0 of 8 features drifted" in first.stdout and "2 of 3 prediction columns drifted (probabilities.0, probabilities.1)" in first.stdout
+    assert metrics_of(metrics.read_text())["batchserve_run_drifted_predictions"][1] >= 2
+    again = run_in(workdir, *args, "-q")
+    assert again.returncode == 3 and again.stdout == "" and again.stderr.count("\n") == 1
+    verdict = first.stderr.strip().splitlines()[-1]
+    assert again.stderr.split("; outputs are committed")[0] == verdict.split("; outputs are committed")[0]
+    out = workdir / "out" / "nightly" / f"date={DAY}"
+    m = json.loads((out / "_manifest.json").read_text())
+    assert {e["status"] for e in m["outputs"]} == {"reused"}
+    assert m["drift"]["coverage"] == "statistics cover 0 file(s) scored by this run and 2 reused file(s)"
+    assert m["drift"]["predictions"]["probabilities.1"]["count"] == 20_000
+    listed = run_in(workdir, "runs", str(out))
+    assert listed.returncode == 0 and listed.stdout.count("predictions 2/3 drifted") == 2
+    # the rollback night: version 1 again, rescored (the model changed), and green
+    good = run_in(workdir, "score", "--job", "jobs/nightly.toml", "--var", f"ds={DAY}", "--scheduler", cluster,
+                  "--model", f"{bad_model_repo}@1", "-q")
+    assert (good.returncode, good.stderr) == (0, "")
+    lines = run_in(workdir, "runs", str(out)).stdout.splitlines()
+    assert len(lines) == 3 and "@1" in lines[-1] and "predictions 0/3 drifted" in lines[-1]
+    # the job file's resume = true is turned off from the command line
+    off = run_in(workdir, "score", "--job", "jobs/nightly.toml", "--var", f"ds={DAY}", "--scheduler", cluster,
+                 "--no-resume", "--overwrite", "-q")
+    assert off.returncode == 0, off.stderr
+    assert {e["status"] for e in json.loads((out / "_manifest.json").read_text())["outputs"]} == {"scored"}
+
+
 @pytest.mark.parametrize(("job", "args", "env", "needles", "code"), [
     ('[score]\nmodel = "m"\ninput = "in/${ds}"\noutput = "o"\n', [], {}, ["uses ${ds}", "--var ds="], 1),
     ('[score]\nmodel = "m"\ninput = "in"\nouptut = "o"\n', [], {}, ["unknown key 'ouptut'", "did you mean output?"], 1),
@@ -337,7 +394,8 @@ def test_runs_diff_and_the_history_report(tmp_path: Path, cluster: str) -> None:
     hist = run_cli("report", "--history", *manifests, "-o", str(page))
     assert hist.returncode == 0, hist.stderr
     html = page.read_text()
-    assert html.count("<svg") == 8 and html.count('class="thr"') == 8  # one chart per feature, each with its threshold
+    # one chart per feature and per prediction column (label, probabilities.0/1), each with its threshold
+    assert html.count("<svg") == 11 and html.count('class="thr"') == 11 and html.count("prediction ·") == 3
     assert "drifted in 1 run(s)" in html and "date=2026-11-03" in html
     for needle in ("http://", "https://", "<script", "<link"):
         assert needle not in html

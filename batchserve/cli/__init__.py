@@ -21,6 +21,7 @@ import typer
 from batchserve.cli.common import (
     BarProgress,
     columns,
+    emit_closing,
     emit_error,
     fail,
     guard,
@@ -74,9 +75,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from batchserve import __version__
+        from batchserve.version import version
 
-        typer.echo(f"batchserve {__version__}")
+        typer.echo(f"batchserve {version()}")
         raise typer.Exit(0)
 
 
@@ -123,9 +124,9 @@ def score(
     drift: Annotated[bool | None, typer.Option("--drift/--no-drift", help=H("Record drift statistics while scoring.", default="drift", setting="drift"))] = None,
     drift_metric: Annotated[list[str] | None, typer.Option("--drift-metric", help=H("[COLUMN:]METRIC deciding drift: psi, js, wasserstein or ks (repeatable).", default="psi", setting="drift_metric"))] = None,
     drift_threshold: Annotated[list[str] | None, typer.Option("--drift-threshold", help=H("[COLUMN:]METRIC=VALUE, e.g. psi=0.25 or amount:js=0.05 (repeatable).", setting="drift_threshold"))] = None,
-    fail_on_drift: Annotated[bool | None, typer.Option("--fail-on-drift", help=H("Exit 3 when features drift (outputs are still committed).", default="off", setting="fail_on_drift"))] = None,
+    fail_on_drift: Annotated[bool | None, typer.Option("--fail-on-drift/--no-fail-on-drift", help=H("Exit 3 when features drift past --max-drift-share or any prediction column drifts (outputs are still committed).", default="no-fail-on-drift", setting="fail_on_drift"))] = None,
     max_drift_share: Annotated[float | None, typer.Option(help=H("With --fail-on-drift: exit 3 only when more than this share of features drift.", default="any drifted feature", setting="max_drift_share"))] = None,
-    resume: Annotated[bool | None, typer.Option("--resume", help=H("Keep outputs an earlier (failed, interrupted or killed) run committed with the same model, settings and inputs; score the rest.", default="off", setting="resume"))] = None,
+    resume: Annotated[bool | None, typer.Option("--resume/--no-resume", help=H("Keep outputs an earlier (failed, interrupted or killed) run committed with the same model, settings and inputs; score the rest.", default="no-resume", setting="resume"))] = None,
     retries: Annotated[int | None, typer.Option(help=H("Retries per file after transient errors (I/O, object-store 5xx), with backoff.", default=2, setting="retries"))] = None,
     on_error: Annotated[str | None, typer.Option(help=H("fail: the first bad file fails the run; skip: bad files are skipped and listed in the manifest.", default="fail", setting="on_error"))] = None,
     max_failed_files: Annotated[int | None, typer.Option(help=H("With --on-error skip: exit 1 when more files than this are bad.", default="no limit", setting="max_failed_files"))] = None,
@@ -204,6 +205,9 @@ def score(
             echo_result(result)
         if drifted is not None:
             fail(str(drifted), drifted.exit_code)
+        t = done.totals
+        emit_closing(f"finished: scored {t.files} file(s), {t.rows} rows in {t.seconds:.1f}s, exit 0",
+                     {"files": t.files, "rows": t.rows, "seconds": t.seconds})
     except typer.Exit as exc:
         code = exc.exit_code
         raise
@@ -327,7 +331,7 @@ def profile(
 def report_cmd(
     manifest_uris: Annotated[list[str], typer.Argument(metavar="MANIFEST...", help="A run's _manifest.json (or its output folder); with --history, several.")],
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write a self-contained HTML report here.")] = None,
-    history: Annotated[bool, typer.Option("--history", help="Drift per feature over a series of runs (one line per feature against its threshold).")] = False,
+    history: Annotated[bool, typer.Option("--history", help="Drift per feature and prediction column over a series of runs, in partition order, model-version changes marked.")] = False,
     storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
@@ -338,10 +342,12 @@ def report_cmd(
         runs = guard(debug, lambda: hist.load_runs(urls, opts))
         for row in hist.run_rows(runs, urls):
             typer.echo(_run_line(row))
-        if output:
-            page = report.render_history_html(list(zip(runs, urls, strict=True)))
+        if output:  # each partition's current run; a run a later one replaced is listed above, not charted
+            current = {r.run_id for r in hist.run_rows(runs, urls) if r.current}
+            series = [(m, u) for m, u in zip(runs, urls, strict=True) if m.run.id in current]
+            page = report.render_history_html(series)
             guard(debug, lambda: pipeline.write_text(output, page, opts))
-            typer.echo(f"trend report: {output} ({len(runs)} runs)")
+            typer.echo(f"trend report: {output} ({len(series)} runs)")
         return
     if len(manifest_uris) != 1:
         fail(f"report takes one manifest ({len(manifest_uris)} given); pass --history for a series of runs", 2)

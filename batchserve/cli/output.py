@@ -56,7 +56,7 @@ def echo_dry_run(d: pipeline.DryRun, cfg: Any) -> None:
             "model_version": p.model_version, "model_url": p.model_url, "sha256": p.info.sha256,
             "output": d.output, "filter": list(cfg.filter), "resumable_files": d.reusable,
             "resumable_rows": d.reusable_rows, "previous_run": d.previous_run,
-            "estimate_seconds": d.estimate_seconds,
+            "estimate_seconds": d.estimate_seconds, "scope": list(d.scope), "would_remove": list(d.removes),
             "inputs": [{"path": part.relpath, "rows": f.num_rows, "bytes": part.size}
                        for part, f in zip(p.partitions, p.footers, strict=True)],
         }))
@@ -71,7 +71,11 @@ def echo_dry_run(d: pipeline.DryRun, cfg: Any) -> None:
     if p.failures:
         typer.echo(f"  skipped (--on-error skip): {len(p.failures)} file(s), e.g. {p.failures[0].relpath}: {p.failures[0].error}")
     typer.echo(f"  model: {p.model_uri} -> version {p.model_version or '-'} ({p.model_url}, sha256 {p.info.sha256[:12]})")
-    typer.echo(f"  output: {d.output}")
+    scope = f"the files --filter {' and '.join(d.scope)} selects; other partitions are left as they are" if d.scope else "all of it"
+    typer.echo(f"  output: {d.output} (this run owns {scope})")
+    if d.removes:
+        typer.echo(f"  would remove {len(d.removes)} earlier output(s) in its scope whose input is gone: {', '.join(d.removes[:20])}"
+                   + (f" ... and {len(d.removes) - 20} more" if len(d.removes) > 20 else ""))
     if d.previous_run is None:
         typer.echo("  resume: nothing to reuse (no earlier run in the output)")
         typer.echo("  estimate: none (no earlier run in the output to go by)")
@@ -94,6 +98,7 @@ def echo_result(result: pipeline.RunResult) -> None:
                   "model_version": result.manifest.model.version}
         if d is not None and d.reference is not None:
             fields["drifted_features"] = list(d.drifted_features)
+            fields["drifted_predictions"] = list(d.drifted_predictions)
         log.info("scored", extra={"fields": fields})
         return
     typer.echo(
@@ -104,6 +109,8 @@ def echo_result(result: pipeline.RunResult) -> None:
         typer.echo(
             f"drift: {len(d.drifted_features)} of {len(d.features)} features drifted"
             + (f" ({', '.join(d.drifted_features)})" if d.drifted_features else "")
+            + f", {len(d.drifted_predictions)} of {len(d.predictions)} prediction columns drifted"
+            + (f" ({', '.join(d.drifted_predictions)})" if d.drifted_predictions else "")
             + f"; report: batchserve report {result.manifest_url} --output report.html"
         )
     if ch is not None:
