@@ -347,20 +347,69 @@ def promote(root: str, version: int, alias: str, storage: Mapping[str, Any], *, 
     return _append(root, storage, make, alias)
 
 
-def rollback(root: str, alias: str, storage: Mapping[str, Any], *, actor: str, message: str | None) -> Event:
-    """Move ``alias`` back to the version it pointed to before its last change."""
+def alias_stack(trail: list[Event], alias: str) -> list[int]:
+    """The versions ``alias`` was promoted through, oldest first, as its moves leave them: a promote
+    pushes its version, a rollback pops down to its target. The top is where the alias points; what
+    lies below is where a rollback may go. A version rolled back from is popped, so a second rollback
+    steps further back instead of re-applying it (a rollback of a rollback used to be a redo)."""
+    stack: list[int] = []
+    for e in trail:
+        if e.alias != alias or e.action not in ("promote", "rollback") or e.to_version is None:
+            continue
+        if e.action == "promote":
+            if not stack or stack[-1] != e.to_version:
+                stack.append(e.to_version)
+            continue
+        while stack and stack[-1] != e.to_version:
+            stack.pop()
+        if not stack:
+            stack.append(e.to_version)
+    return stack
+
+
+def rollback(root: str, alias: str, storage: Mapping[str, Any], *, actor: str, message: str | None,
+             to: int | None = None, dry_run: bool = False) -> Event:
+    """Move ``alias`` back one step through its promotions (or to ``to``, an earlier one of them).
+
+    Compare-and-set on the state read first: if the alias moves between that read and the write
+    (another rollback or promote at the same moment), this one fails with one line instead of
+    stepping back from a state its user never saw. With ``dry_run`` the event is returned unwritten.
+    """
     _check_alias(alias, root)
     complete = {v.version: v for v in versions(root, storage) if v.complete}
+    seen = _last_move(root, alias, _event_numbers(root, storage), storage)
 
     def make(current: Event | None) -> Event:
-        if current is None or current.from_version is None:
-            raise ModelError(f"cannot roll back {alias!r}: it has no earlier version to go back to", path=root)
-        back = current.from_version
+        if current is None:
+            raise ModelError(f"cannot roll back {alias!r}: it was never promoted", path=root)
+        if seen is not None and current.seq != seen.seq:
+            raise ModelError(
+                f"cannot roll back {alias!r}: it moved meanwhile ({current.action} {current.from_version} -> "
+                f"{current.to_version} by {current.actor}, event {current.seq}); check `batchserve models history` "
+                "and run the rollback again if it is still wanted", path=root)
+        stack = alias_stack(events(root, storage), alias)
+        below = stack[:-1]
+        if to is not None:
+            if to not in below:
+                raise ModelError(
+                    f"cannot roll back {alias!r} to version {to}: it is not an earlier promotion of this alias "
+                    f"(earlier: {', '.join(map(str, reversed(below))) or 'none'}); use `models promote` to move it "
+                    "anywhere else", path=root)
+            back = to
+        elif not below:
+            raise ModelError(
+                f"cannot roll back {alias!r}: version {current.to_version} is its earliest promotion still standing, "
+                "so a rollback would re-apply a version it was rolled back from; use --to N or `models promote`",
+                path=root)
+        else:
+            back = below[-1]
         if back not in complete:
             raise ModelError(f"cannot roll back {alias!r} to version {back}: it is no longer complete", path=root)
         return Event(0, utc_now(), actor, "rollback", alias, current.to_version, back,
                      complete[back].record.get("sha256"), message)
 
+    if dry_run:
+        return make(seen)
     return _append(root, storage, make, alias)
 
 

@@ -58,13 +58,13 @@ def test_register_promote_score_rollback_with_oracles(where: str, tmp_path: Path
         want = clf.predict_proba(x)
         np.testing.assert_allclose(_probabilities(f"{out}/{run}", "a.parquet", opts), want, rtol=1e-4, atol=1e-5)
 
-    assert cli("models", "register", repo, str(logreg), "-m", "logistic baseline", opts=opts).returncode == 0
-    assert cli("models", "register", repo, str(lgbm), "-m", "gradient boosting", opts=opts).returncode == 0
-    assert cli("models", "promote", repo, "1", "--alias", "production", "-m", "go live", opts=opts).returncode == 0
+    assert cli("models", "register", repo, str(logreg), "--message", "logistic baseline", opts=opts).returncode == 0
+    assert cli("models", "register", repo, str(lgbm), "--message", "gradient boosting", opts=opts).returncode == 0
+    assert cli("models", "promote", repo, "1", "--alias", "production", "--message", "go live", opts=opts).returncode == 0
     score_and_check(logreg_clf, "r1")
-    assert cli("models", "promote", repo, "2", "--alias", "production", "-m", "better AUC", opts=opts).returncode == 0
+    assert cli("models", "promote", repo, "2", "--alias", "production", "--message", "better AUC", opts=opts).returncode == 0
     score_and_check(lgbm_clf, "r2")
-    assert cli("models", "rollback", repo, "--alias", "production", "-m", "scores too high", opts=opts).returncode == 0
+    assert cli("models", "rollback", repo, "--alias", "production", "--message", "scores too high", opts=opts).returncode == 0
     score_and_check(logreg_clf, "r3")
     hist = cli("models", "history", repo, "--json", opts=opts)
     assert hist.returncode == 0, hist.stderr
@@ -161,7 +161,7 @@ def test_bad_input_is_one_line_and_changes_nothing(tmp_path: Path, model_dir: di
         (["inspect", f"{single}@production"], ["need a model repository folder, not a file"]),
         (["models", "promote", str(repo), "9", "--alias", "production"], ["cannot promote version 9", "does not exist"]),
         (["models", "rollback", str(repo), "--alias", "production"], ["cannot roll back 'production'",
-                                                                     "no earlier version"]),
+                                                                     "earliest promotion still standing"]),
         (["models", "rollback", str(repo), "--alias", "canary"], ["cannot roll back 'canary'"]),
         (["models", "register", str(repo), str(tmp_path / "in" / "a.parquet")], ["not an ONNX model"]),
         (["score", "--model", f"{repo}@staging", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")],
@@ -194,3 +194,53 @@ def test_resolution_reads_only_what_it_needs(tmp_path: Path, model_dir: dict, mo
     reads.clear()
     assert registry.resolve(f"{repo}@production", {}).version == "30"
     assert len(reads) == 2, reads  # the newest event, and version 30's record
+
+
+def test_rollback_steps_back_through_promotions_and_never_redoes(tmp_path: Path, model_dir: dict) -> None:
+    """The 3 a.m. double rollback: the second one goes further back (or refuses), never to the version
+    the first rolled back from; --to picks an earlier promotion; --dry-run changes nothing."""
+    repo = str(tmp_path / "fraud")
+    data = Path(model_dir["logreg"][0]).read_bytes()
+    for _ in range(3):
+        registry.register(repo, data, {}, actor="t", message=None)
+    for v in (1, 2, 3):
+        registry.promote(repo, v, "production", {}, actor="t", message=None)
+    dry = cli("models", "rollback", repo, "--alias", "production", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout == "dry run, nothing changed: production would roll back 3 -> 2\n"
+    assert registry.resolve(f"{repo}@production", {}).version == "3"
+    first = cli("models", "rollback", repo, "--alias", "production")
+    second = cli("models", "rollback", repo, "--alias", "production")
+    assert "rolled back 3 -> 2" in first.stdout and "rolled back 2 -> 1" in second.stdout
+    third = cli("models", "rollback", repo, "--alias", "production")
+    assert third.returncode == 1 and "earliest promotion still standing" in third.stderr
+    assert registry.resolve(f"{repo}@production", {}).version == "1"
+    registry.promote(repo, 3, "production", {}, actor="t", message=None)
+    registry.promote(repo, 2, "production", {}, actor="t", message=None)
+    assert registry.alias_stack(registry.events(repo, {}), "production") == [1, 3, 2]
+    wrong = cli("models", "rollback", repo, "--alias", "production", "--to", "2")
+    assert wrong.returncode == 1 and "not an earlier promotion of this alias (earlier: 3, 1)" in wrong.stderr
+    assert cli("models", "rollback", repo, "--alias", "production", "--to", "1").returncode == 0
+    assert registry.resolve(f"{repo}@production", {}).version == "1"
+    history = cli("models", "history", repo).stdout.splitlines()
+    assert history[0].split(": ", 1)[1].startswith("rolled back 2 -> 1")
+
+
+def test_two_rollbacks_at_once_move_the_alias_one_step(tmp_path: Path, model_dir: dict) -> None:
+    """Real concurrent processes from the same state: at most one step back is taken per state seen,
+    and the alias never returns to the version both meant to leave."""
+    repo = str(tmp_path / "fraud")
+    data = Path(model_dir["logreg"][0]).read_bytes()
+    for _ in range(3):
+        registry.register(repo, data, {}, actor="t", message=None)
+    for v in (1, 2, 3):
+        registry.promote(repo, v, "production", {}, actor="t", message=None)
+    procs = [subprocess.Popen([str(BIN), "models", "rollback", repo, "--alias", "production"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    for p in procs:
+        p.stdout.close(), p.stderr.close()  # type: ignore[union-attr]
+    moves = [e for e in registry.events(repo, {}) if e.action == "rollback"]
+    assert [(e.from_version, e.to_version) for e in moves] in ([(3, 2)], [(3, 2), (2, 1)])
+    assert registry.resolve(f"{repo}@production", {}).version in ("2", "1")
+    for code, out, err in results:
+        assert code == 0 or (code == 1 and err.count("\n") == 1 and "moved meanwhile" in err), (code, out, err)

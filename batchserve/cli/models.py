@@ -22,7 +22,7 @@ models_app = typer.Typer(
 
 StorageOpt = Annotated[list[str] | None, typer.Option("--storage-option", help="fsspec option key=value (repeatable).")]
 Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
-Message = Annotated[str | None, typer.Option("--message", "-m", help="Why: recorded in the audit trail.")]
+Message = Annotated[str | None, typer.Option("--message", help="Why: recorded in the audit trail. (-m is --model in score; here it is spelled out.)")]
 
 
 def _line(e: "registry.Event") -> str:
@@ -66,17 +66,24 @@ def promote(
     typer.echo(_line(event))
 
 
-@models_app.command(epilog="Example: batchserve models rollback models/fraud --alias production -m 'bad scores'")
+@models_app.command(epilog="Examples: batchserve models rollback models/fraud --alias production --message 'bad scores'\n\n"
+                    "batchserve models rollback models/fraud --alias production --to 3 --dry-run")
 def rollback(
     model: Annotated[str, typer.Argument(help="The model's folder in the repository.")],
     alias: Annotated[str, typer.Option(help="The alias to move back, e.g. production.")],
+    to: Annotated[int | None, typer.Option("--to", min=1, help="Go back to this earlier promotion of the alias (default: one step back).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what the rollback would do and change nothing.")] = False,
     message: Message = None,
     storage_option: StorageOpt = None,
     debug: Debug = False,
 ) -> None:
-    """Move an alias back to the version it pointed to before its last change."""
+    """Move an alias one step back through its promotions (never to a version it was rolled back from)."""
     opts = storage_options(storage_option, debug)
-    event = guard(debug, lambda: registry.rollback(model, alias, opts, actor=current_actor(), message=message))
+    event = guard(debug, lambda: registry.rollback(model, alias, opts, actor=current_actor(), message=message,
+                                                   to=to, dry_run=dry_run))
+    if dry_run:
+        typer.echo(f"dry run, nothing changed: {event.alias} would roll back {event.from_version} -> {event.to_version}")
+        return
     typer.echo(_line(event))
 
 
