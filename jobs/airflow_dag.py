@@ -12,9 +12,13 @@ Exit codes are the contract (see ``batchserve score --help``):
   (``skip_on_exit_code=3``) rather than failed: no retries, no "infrastructure failed" page.
   ``publish`` is skipped with it (its trigger rule needs success), so drifted scores are not handed
   on automatically, and ``drift_alert`` (trigger rule ``all_skipped``) runs instead: it puts the
-  drift summary in its log and writes the HTML report beside the outputs for a person to decide.
-  A branch operator could do the same, but it would need the exit code passed through XCom; the
-  skip is Airflow's own outcome for "ran, and nothing downstream should".
+  drift summary in its log, writes the HTML report to ``report_root`` (outside the dataset, so
+  pyarrow and polars still read ``output_root`` as one dataset), and then **fails**: a drifted
+  night (features past the policy, or any prediction column, as a model promoted by mistake
+  shows) turns the DAG run red instead of ending green with a skip nobody looks at. Clear the
+  alert task once a person has decided. A branch operator could do the same, but it would need
+  the exit code passed through XCom; the skip is Airflow's own outcome for "ran, and nothing
+  downstream should".
 * 1, 130, 143: failed or interrupted; Airflow retries, and every attempt runs with ``--resume``,
   so a retry keeps the files an earlier attempt committed and scores only the rest.
 * 2: a usage error (bad command line or job file); retries fail the same way.
@@ -48,6 +52,8 @@ with DAG(
         "job": Param("jobs/nightly.toml", type="string",
                      description="The job file (its ${ds} is filled from the run's ds)."),
         "output_root": Param("out/nightly", type="string", description="Outputs go to <output_root>/date=<ds>."),
+        "report_root": Param("out/reports", type="string",
+                             description="Drift reports go here, outside the dataset readers scan."),
     },
     default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=10)},
     tags=["batchserve"],
@@ -70,11 +76,14 @@ with DAG(
     )
     drift_alert = BashOperator(
         task_id="drift_alert",
-        # Runs when score was skipped (exit 3): the drift summary lands in this task's log (wire
-        # on_success_callback or an email here), the HTML report beside the day's output.
+        # Runs when score was skipped (exit 3): the drift summary lands in this task's log, the HTML
+        # report in report_root, and the task fails so the night shows red (wire on_failure_callback
+        # or an email here).
         bash_command=(
-            f'cd "{{{{ params.workdir }}}}" && "{{{{ params.batchserve }}}}" report "{OUTPUT}" '
-            '--output "{{ params.output_root }}/drift-report-{{ ds }}.html"'
+            f'cd "{{{{ params.workdir }}}}" && mkdir -p "{{{{ params.report_root }}}}" && '
+            f'"{{{{ params.batchserve }}}}" report "{OUTPUT}" '
+            '--output "{{ params.report_root }}/drift-report-{{ ds }}.html" && '
+            'echo "drift past the policy on {{ ds }}: outputs committed, not published; see the report" >&2 && exit 1'
         ),
         trigger_rule=TriggerRule.ALL_SKIPPED,
         retries=0,

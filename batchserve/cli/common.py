@@ -188,9 +188,31 @@ def error_line(message: str, code: int) -> str:
     if state["format"] == "json":
         import time
 
-        return json.dumps({"time": _utc(time.time()), "level": "error", "run_id": run, "event": "failed",
+        return json.dumps({"time": _utc(time.time()), "level": "error", "run_id": run, "event": event_of(code),
                            "error": message, "exit_code": code})
     return f"error: {message}" + (f" (run {run})" if run and f"run {run}" not in message else "")
+
+
+def event_of(code: int) -> str:
+    """What a run's last line calls its end: exit 3 committed every output (drift past the policy is
+    the verdict, not a failure), 130/143 were stopped by a signal, the rest failed."""
+    from batchserve.errors import DriftError
+
+    if code == DriftError.exit_code:
+        return "drifted"
+    return "interrupted" if code in (130, 143) else "failed"
+
+
+def emit_closing(message: str, fields: dict[str, Any]) -> None:
+    """A successful run's closing line in ``--log-file`` (plain or JSON), whatever ``-q`` says: a log
+    that records only failures cannot tell a good night from a night that never ran."""
+    fh = state["file_handler"]
+    if fh is None:
+        return
+    record = logging.LogRecord("batchserve", logging.INFO, __file__, 0, message, None, None)
+    record.run_id = state["run_id"]
+    record.fields = {"event": "finished", "exit_code": 0, **fields}
+    fh.handle(record)
 
 
 def emit_error(message: str, code: int) -> None:
