@@ -123,19 +123,12 @@ __all__ = [
 __version__: str
 
 
-def _installed_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("batchserve")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0+unknown"
-
-
 def __getattr__(name: str) -> Any:
     if name == "__version__":  # looked up on first use: importlib.metadata is ~20 ms of every start
         global __version__
-        __version__ = _installed_version()
+        from batchserve.version import version
+
+        __version__ = version()
         return __version__
     module = _WHERE.get(name)
     if module is None:

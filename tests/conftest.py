@@ -19,8 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import settings
 
 from tests import models
+
+# No hypothesis test may depend on timing: a busy CI machine made one fail with DeadlineExceeded.
+settings.register_profile("batchserve", deadline=None)
+settings.load_profile("batchserve")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_MODEL = REPO / "sample_data" / "model"

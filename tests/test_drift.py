@@ -175,7 +175,7 @@ def test_merge_of_parts_equals_summary_of_whole(values: list[float], cuts: list[
             assert lo - eps <= q <= hi + eps
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(values=st.lists(finite, min_size=1, max_size=300))
 def test_psi_of_a_sample_with_itself_is_zero(values: list[float]) -> None:
     s = drift.summarize_numeric(np.array(values))
