@@ -66,6 +66,8 @@ class ScoreConfig:
     input: str
     output: str
     features: tuple[str, ...] | None = None
+    #: Score with ``features`` even where they contradict the model's feature_names metadata.
+    features_override: bool = False
     keep: tuple[str, ...] | None = None
     #: Rows per read, write and statistics batch (and per inference run unless ``batch_auto``).
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -346,6 +348,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "input": _to_str,
     "output": _to_str,
     "features": _split_columns,
+    "features_override": _to_bool,
     "keep": _split_columns,
     "batch_size": _to_batch,
     "workers": _to_int,
@@ -417,6 +420,7 @@ class ScoreSettings(TypedDict, total=False):
     input: str
     output: str
     features: Sequence[str] | str | None
+    features_override: bool
     keep: Sequence[str] | str | None
     batch_size: int | Literal["auto"]
     workers: int | None

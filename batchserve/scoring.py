@@ -112,11 +112,17 @@ def _describe_inputs(info: ModelInfo) -> str:
 
 
 def plan_features(
-    info: ModelInfo, features: Sequence[str] | None, schema_names: Sequence[str]
+    info: ModelInfo, features: Sequence[str] | None, schema_names: Sequence[str], *, override: bool = False
 ) -> FeaturePlan:
-    """Map columns to model inputs: ``--features``, else metadata, else input names."""
+    """Map columns to model inputs: ``--features``, else metadata, else input names.
+
+    ``--features`` that contradicts the model's own ``feature_names`` metadata (two columns swapped
+    scores silently wrong) is an error naming both lists, unless ``override`` says the user means it.
+    """
     inputs = _tensor_inputs(info)
     source = "flag"
+    if features is not None:
+        source = _check_against_metadata(info, tuple(features), override)
     if features is None:
         features = info.feature_names
         source = "metadata"
@@ -164,6 +170,24 @@ def plan_features(
         pos += w
         bindings_list.append(InputBinding(inp.name, dt, cols, len(inp.shape) if inp.shape else 2))
     return FeaturePlan(features, tuple(bindings_list), source)
+
+
+def _check_against_metadata(info: ModelInfo, features: tuple[str, ...], override: bool) -> str:
+    """How the flag's features are recorded: ``flag``, or ``flag (overrides metadata)``."""
+    try:
+        names = info.feature_names
+    except ModelError:  # malformed metadata: the flag is what the user can trust here
+        names = None
+    if names is None or tuple(names) == features:
+        return "flag"
+    if override:
+        return "flag (overrides metadata)"
+    what = "the same columns in another order" if sorted(names) == sorted(features) else "other columns"
+    raise ModelError(
+        f"--features {','.join(features)} contradicts the model's own feature_names {','.join(names)} "
+        f"({what}: the model would read its inputs in the wrong places); drop --features to use the model's, "
+        "or pass --features-override if you mean yours"
+    )
 
 
 def check_schema(plan: FeaturePlan, schema: pa.Schema, path: str) -> None:

@@ -24,8 +24,12 @@ def test_plan_from_metadata_flag_and_input_names(model_dir: dict) -> None:
     info = info_of(Path(model_dir["logreg"][0]).read_bytes())
     plan = scoring.plan_features(info, None, [])
     assert plan.source == "metadata" and plan.features == tuple(f"f{i}" for i in range(6))
-    flagged = scoring.plan_features(info, ["f5", "f4", "f3", "f2", "f1", "f0"], [])
-    assert flagged.source == "flag" and flagged.bindings[0].columns[0] == "f5"
+    same = scoring.plan_features(info, [f"f{i}" for i in range(6)], [])
+    assert same.source == "flag" and same.features == plan.features
+    with pytest.raises(ModelError, match="the same columns in another order"):  # swapped columns score wrong
+        scoring.plan_features(info, ["f5", "f4", "f3", "f2", "f1", "f0"], [])
+    flagged = scoring.plan_features(info, ["f5", "f4", "f3", "f2", "f1", "f0"], [], override=True)
+    assert flagged.source == "flag (overrides metadata)" and flagged.bindings[0].columns[0] == "f5"
     per_col = scoring.plan_features(info_of(Path(model_dir["percol"][0]).read_bytes()), None,
                                     ["id", *[f"f{i}" for i in range(6)]])
     assert per_col.source == "input-names" and len(per_col.bindings) == 6

@@ -109,6 +109,7 @@ def score(
     input: Annotated[str | None, typer.Option("--input", "-i", help=H("Parquet file, folder/prefix (recursive) or glob; any fsspec URL.", setting="input"))] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help=H("Output folder/prefix; mirrors the input layout.", setting="output"))] = None,
     features: Annotated[str | None, typer.Option(help=H("Feature columns in model input order, comma-separated.", default="the model's feature_names metadata", setting="features"))] = None,
+    features_override: Annotated[bool | None, typer.Option("--features-override/--no-features-override", help=H("Score with --features even where they contradict the model's feature_names metadata.", default="no-features-override", setting="features_override"))] = None,
     keep: Annotated[str | None, typer.Option(help=H("Input columns to carry to the output, comma-separated.", default="all", setting="keep"))] = None,
     filter: Annotated[list[str] | None, typer.Option("--filter", help=H("Score only files whose hive key=value folders match, e.g. 'date>=2026-11-03', date=2026-11-05, 'region in (eu,us)' (repeatable, all must hold).", setting="filter"))] = None,
     batch_size: Annotated[str | None, typer.Option(callback=_batch_flag, help=H(f"auto: read and write {DEFAULT_BATCH_SIZE:,}-row batches and run the model in the pieces a short probe on each worker finds fastest; N: N rows for both.", default="auto", setting="batch_size"))] = None,
@@ -159,7 +160,7 @@ def score(
 
     def resolve() -> Any:
         flags: dict[str, Any] = {
-            "model": model, "input": input, "output": output, "features": columns(features),
+            "model": model, "input": input, "output": output, "features": columns(features), "features_override": features_override,
             "keep": columns(keep), "batch_size": batch_size, "workers": workers, "scheduler": scheduler,
             "device": device, "overwrite": overwrite, "model_version": model_version, "prefix": prefix,
             "split_rows": split_rows, "reference": reference, "drift": drift, "fail_on_drift": fail_on_drift,
@@ -263,6 +264,7 @@ def validate(
     model: Annotated[str, typer.Option("--model", "-m", help=H("ONNX file or model repository folder.", setting="model"))],
     input: Annotated[str, typer.Option("--input", "-i", help=H("Parquet file, folder/prefix or glob.", setting="input"))],
     features: Annotated[str | None, typer.Option(help=H("Feature columns in model input order, comma-separated.", setting="features"))] = None,
+    features_override: Annotated[bool | None, typer.Option("--features-override/--no-features-override", help=H("Accept --features that contradict the model's feature_names metadata.", setting="features_override"))] = None,
     keep: Annotated[str | None, typer.Option(help=H("Input columns to carry to the output.", setting="keep"))] = None,
     model_version: Annotated[int | None, typer.Option(help=H("Version folder in a model repository.", setting="model_version"))] = None,
     prefix: Annotated[str | None, typer.Option(help=H("Prefix for prediction column names.", setting="prefix"))] = None,
@@ -273,6 +275,7 @@ def validate(
     def resolve() -> Any:
         flags: dict[str, Any] = {
             "model": model, "input": input, "output": "", "features": columns(features), "keep": columns(keep),
+            "features_override": features_override,
             "model_version": model_version, "prefix": prefix,
             "storage_options": storage_flag(storage_option),
         }

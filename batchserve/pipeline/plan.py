@@ -132,7 +132,7 @@ def plan_run(cfg: ScoreConfig) -> RunPlan:
     out_names = [cfg.prefix + o.name for o in info.outputs]
     names = _majority_names(pairs)
     with located(url):
-        fplan = scoring.plan_features(info, cfg.features, names)
+        fplan = scoring.plan_features(info, cfg.features, names, override=cfg.features_override)
     fplan = dataclasses.replace(fplan, nan=cfg.nan)
     challenger = _plan_challenger(cfg, names) if cfg.challenger else None
     fitting = _passing(pairs, lambda p, f: _check_file(cfg, fplan, out_names, p, f), skip, failures)
