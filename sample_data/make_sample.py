@@ -122,5 +122,15 @@ def main(root: Path) -> None:
     print(f"wrote {next_id} rows in {len(parts)} files under {data_dir} and {model_dir / 'model.onnx'}")
 
 
+def parse_args(argv: list[str]) -> Path:
+    """The folder to write into; argparse answers --help (it used to become a folder named --help)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Regenerate the bundled sample (seeded): transactions and a model.")
+    parser.add_argument("root", nargs="?", default=os.path.dirname(os.path.abspath(__file__)),
+                        help="where transactions/ and model/ go (default: this script's folder)")
+    return Path(parser.parse_args(argv).root)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(os.path.dirname(os.path.abspath(__file__))))
+    main(parse_args(sys.argv[1:]))

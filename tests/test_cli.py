@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from batchserve.cli import app
-from tests.conftest import FEATURES, SAMPLE_DATA, SAMPLE_MODEL, make_table, write_dataset
+from tests.conftest import FEATURES, REPO, SAMPLE_DATA, SAMPLE_MODEL, make_table, write_dataset
 
 #: Every test here runs the real console script or real processes.
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_job_file_and_env_precedence(tmp_path: Path, dataset: Path, cluster: str
     job = tmp_path / "job.toml"
     job.write_text(
         f'[score]\nmodel = "{SAMPLE_MODEL}"\ninput = "{dataset}"\noutput = "{tmp_path / "from_job"}"\n'
-        f'features = {json.dumps(FEATURES[:2])}\nbatch_size = 10\n'
+        f'features = {json.dumps(FEATURES[:2])}\nfeatures_override = true\nbatch_size = 10\n'
     )
     # The job's model expects 8 features; the env overrides features, the flag overrides the output.
     result = runner.invoke(
@@ -156,6 +156,8 @@ def test_errors_exit_1_with_one_line_and_write_nothing(tmp_path: Path, dataset: 
         (_score_args(model_dir["logreg"][0], bad_type, out), ["not numeric", "'f0'", "x.parquet", "string"]),
         (_score_args(model_dir["logreg"][0], corrupt, out), ["not a readable Parquet file", "c.parquet"]),
         (_score_args(model_dir["logreg"][0], dataset, out, "--features", "f0,f1"),
+         ["--features f0,f1 contradicts the model's own feature_names f0,f1,f2,f3,f4,f5", "other columns"]),
+        (_score_args(model_dir["logreg"][0], dataset, out, "--features", "f0,f1", "--features-override"),
          ["takes 6 features but 2 were given"]),
         (_score_args(model_dir["multi"][0], dataset, out), ["pass --features", "X[N, 6]"]),
         (_score_args(model_dir["lgbm"][0], clash, out), ["would overwrite an input column", "'label'", "--prefix"]),
@@ -221,3 +223,9 @@ def test_empty_input_file_is_scored_not_an_error(tmp_path: Path, model_dir: dict
     assert result.exit_code == 0, result.output
     t = pq.read_table(tmp_path / "out" / "empty.parquet")
     assert t.num_rows == 0 and "probabilities" in t.column_names
+
+
+def test_the_sample_script_answers_help_and_writes_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "sample_data" / "make_sample.py"), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: make_sample.py") and list(tmp_path.iterdir()) == []
