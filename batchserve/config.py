@@ -20,8 +20,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypedDict
 
-from batchserve.errors import ConfigError, UsageError
-from batchserve.jobfile import closest, load_job_file, parse_vars, substitute
+from batchserve.errors import ConfigError, UsageError, closest
+from batchserve.jobfile import load_job_file, parse_vars, substitute
 from batchserve.selection import parse_filter
 
 __all__ = [

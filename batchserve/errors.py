@@ -15,7 +15,7 @@ rebuilds from keyword state rather than ``args`` for that reason.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "exit_code_of",
+    "closest",
     "located",
 ]
 
@@ -182,6 +183,17 @@ class DriftError(BatchserveError):
     def __init__(self, message: str, *, result: Any = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.result = result
+
+
+def closest(name: str, candidates: Sequence[str], quote: bool = False) -> str:
+    """`` (did you mean X?)`` for a likely typo among ``candidates``, else nothing: settings, job-file
+    keys, filter keys and column names all say it the same way."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {close[0]!r}?)" if quote else f" (did you mean {close[0]}?)"
 
 
 def exit_code_of(exc: BaseException) -> int:

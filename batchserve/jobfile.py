@@ -13,17 +13,9 @@ import tomllib
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from batchserve.errors import ConfigError
+from batchserve.errors import ConfigError, closest
 
-__all__ = ["closest", "parse_vars", "substitute", "load_job_file"]
-
-
-def closest(name: str, candidates: Sequence[str]) -> str:
-    """`` (did you mean X?)`` for a likely typo, else nothing."""
-    import difflib
-
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+__all__ = ["parse_vars", "substitute", "load_job_file"]
 
 
 _PLACEHOLDER_RE = re.compile(r"\$\$|\$\{([^}]*)\}")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batchserve.errors import DataError, ModelError, SchemaError
+from batchserve.errors import DataError, ModelError, SchemaError, closest
 from batchserve.signature import ONNX_NUMPY_TYPES, LabeledProbabilities, ModelInfo, ModelRunner, TensorInfo
 
 __all__ = [
@@ -196,7 +196,7 @@ def check_schema(plan: FeaturePlan, schema: pa.Schema, path: str) -> None:
         idx = schema.get_field_index(col)
         if idx < 0:
             raise SchemaError(
-                "feature column is missing",
+                "feature column is missing" + closest(col, schema.names, quote=True),
                 path=path, column=col,
                 hint="check --features or the model's feature_names (batchserve inspect)",
             )

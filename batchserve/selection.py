@@ -27,7 +27,7 @@ import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 
-from batchserve.errors import ConfigError
+from batchserve.errors import ConfigError, closest
 
 __all__ = ["Filter", "Scope", "parse_filter", "parse_filters", "hive_keys", "path_keys", "select", "without_fixed_keys"]
 
@@ -172,12 +172,9 @@ def select(relpaths: Sequence[str], filters: Sequence[Filter]) -> list[bool]:
     present = sorted({k for keys in keyed for k in keys})
     for f in filters:
         if f.key not in present:
-            import difflib
-
-            close = difflib.get_close_matches(f.key, present, n=1)
             raise ConfigError(
                 f"--filter {f.text!r}: no input file has a hive folder key {f.key!r}"
-                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + closest(f.key, present, quote=True)
                 + (f" (keys: {', '.join(present)})" if present else " (the input has no key=value folders)")
             )
     return [all(f.matches(keys) for f in filters) for keys in keyed]

@@ -164,7 +164,6 @@ def test_errors_exit_1_with_one_line_and_write_nothing(tmp_path: Path, dataset: 
         (_score_args(model_dir["logreg"][0], dataset, out, "--keep", "id,nope"), ["--keep is missing", "'nope'"]),
         (_score_args(model_dir["logreg"][0], dataset, dataset / "scored"), ["input and output overlap"]),
         (_score_args(SAMPLE_MODEL, dataset, out, "--model-version", "7"), ["model version 7, which does not exist", "complete versions: 1"]),
-        (_score_args(model_dir["logreg"][0], dataset, out, "--device", "tpu"), ["--device must be"]),
         (_score_args(model_dir["logreg"][0], dataset, out, "--scheduler", "tcp://127.0.0.1:1"),
          ["cannot reach the Dask scheduler", "127.0.0.1:1"]),
     ]

@@ -139,7 +139,7 @@ def test_bad_references_fail_before_scoring(tmp_path: Path, reference: Path, clu
         assert not out.exists() or not list(out.rglob("*.parquet"))
     proc = run_cli("score", "--model", str(SAMPLE_MODEL), "--input", str(SAMPLE_DATA), "--output",
                    str(tmp_path / "x"), "--fail-on-drift")
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a usage error
     assert_one_error_line(proc, "--fail-on-drift needs --reference")
 
 

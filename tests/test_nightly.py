@@ -191,14 +191,14 @@ def test_a_bad_model_night_fails_the_nightly_job_and_so_does_its_rerun(workdir: 
 
 
 @pytest.mark.parametrize(("job", "args", "env", "needles", "code"), [
-    ('[score]\nmodel = "m"\ninput = "in/${ds}"\noutput = "o"\n', [], {}, ["uses ${ds}", "--var ds="], 1),
-    ('[score]\nmodel = "m"\ninput = "in"\nouptut = "o"\n', [], {}, ["unknown key 'ouptut'", "did you mean output?"], 1),
-    ('[score\nmodel = "m"\n', [], {}, ["not valid TOML"], 1),
+    ('[score]\nmodel = "m"\ninput = "in/${ds}"\noutput = "o"\n', [], {}, ["uses ${ds}", "--var ds="], 2),
+    ('[score]\nmodel = "m"\ninput = "in"\nouptut = "o"\n', [], {}, ["unknown key 'ouptut'", "did you mean output?"], 2),
+    ('[score\nmodel = "m"\n', [], {}, ["not valid TOML"], 2),
     ('[score]\nmodel = "m"\ninput = "in"\noutput = "o"\n', [], {"BATCHSERVE_OUPUT": "x"},
-     ["BATCHSERVE_OUPUT", "did you mean BATCHSERVE_OUTPUT?"], 1),
-    ('[score]\nmodel = "m"\ninput = "in"\noutput = "o"\n', ["--filter", "date=>2026"], {}, ["--filter 'date=>2026'"], 1),
+     ["BATCHSERVE_OUPUT", "did you mean BATCHSERVE_OUTPUT?"], 2),
+    ('[score]\nmodel = "m"\ninput = "in"\noutput = "o"\n', ["--filter", "date=>2026"], {}, ["--filter 'date=>2026'"], 2),
     ('[score]\ninput = "in"\noutput = "o"\n', [], {}, ["missing required setting(s): model"], 2),
-    ('[score]\nmodel = "m"\ninput = "in"\noutput = "o"\n', ["--var", "ds=1"], {}, ["--var ds is not used"], 1),
+    ('[score]\nmodel = "m"\ninput = "in"\noutput = "o"\n', ["--var", "ds=1"], {}, ["--var ds is not used"], 2),
 ])
 def test_bad_job_input_is_one_line_and_writes_nothing(tmp_path: Path, job: str, args: list[str],
                                                       env: dict[str, str], needles: list[str], code: int) -> None:
@@ -417,8 +417,26 @@ def test_version_completion_and_help_with_defaults_and_environment() -> None:
     comp = run_cli("--show-completion", "bash", env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert comp.returncode == 0 and "_batchserve_completion" in comp.stdout
     help_ = run_cli("score", "--help", env={"COLUMNS": "300"})
-    assert "probe on each worker finds fastest; N: N rows for both. [default: auto; env: BATCHSERVE_BATCH_SIZE]" in help_.stdout
-    assert "[default: auto; env: BATCHSERVE_DEVICE]" in help_.stdout and " ." not in help_.stdout
+    flat = " ".join(help_.stdout.split())
+    assert "probe on each worker finds fastest; N: N rows for both. [default: auto; env: BATCHSERVE_BATCH_SIZE]" in flat
+    assert "[default: auto; env: BATCHSERVE_DEVICE]" in flat and " ." not in flat
+    assert max(len(line) for line in help_.stdout.splitlines()) > 100  # a wide terminal gets wide help
+    # at 80 columns every environment variable name and --no- form is whole, [score] is shown as
+    # written, and a default appears once
+    narrow = run_cli("score", "--help", env={"COLUMNS": "80"}).stdout
+    assert "…" not in narrow and "([score] table)" in narrow and "--no-features-override" in narrow
+    words = set(narrow.replace("]", " ").replace(";", " ").split())
+    assert {"BATCHSERVE_MAX_DRIFT_SHARE", "BATCHSERVE_CHALLENGER_OUTPUT", "BATCHSERVE_FEATURES_OVERRIDE"} <= words
+    log_format = narrow[narrow.index("--log-format"):narrow.index("--log-file")]
+    assert log_format.count("default") == 1
+    # choice values tab-complete (what bash's completion function asks for)
+    for words_typed, expected in ((["score", "--device", "c"], ["cpu", "cuda", "cuda:0"]),
+                                  (["score", "--on-error", ""], ["fail", "skip"]),
+                                  (["score", "--log-format", "j"], ["json"])):
+        done = run_cli(env={"_BATCHSERVE_COMPLETE": "complete_bash", "COMP_WORDS": " ".join(["batchserve", *words_typed]),
+                            "COMP_CWORD": str(len(words_typed))})
+        assert done.stdout.split() == expected, (words_typed, done.stdout)
+    assert " -m," not in run_cli("models", "promote", "--help").stdout  # -m is --model in score, nowhere --message
 
 
 def test_every_setting_flag_names_its_environment_variable() -> None:

@@ -114,12 +114,16 @@ def test_inspect_shows_metadata_that_looks_like_markup(tmp_path: Path) -> None:
     (["--scheduler", "notaurl"], "--scheduler must be a Dask scheduler address"),
     (["--workers", "99999999"], "--workers must be at most"),
     (["--max-failed-files", "-1", "--on-error", "skip"], "--max-failed-files must be >= 0"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--on-error", "ignore"], "--on-error must be fail or skip"),
+    (["--filter", "date=>2026"], "--filter 'date=>2026'"),
 ])
 def test_bad_option_values_are_one_line_and_write_nothing(tmp_path: Path, args: list[str], needle: str) -> None:
+    """Every bad option value is a usage error, exit 2: a retry cannot fix it."""
     write_dataset(tmp_path / "in", {"a.parquet": make_table(5)})
     proc = run_cli("score", "--model", str(model_file(tmp_path, "m.onnx")), "--input", str(tmp_path / "in"),
                    "--output", str(tmp_path / "out"), *args)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert_one_error_line(proc, needle)
     assert not (tmp_path / "out").exists()
 
@@ -132,7 +136,7 @@ def test_bad_job_files(tmp_path: Path, kind: str) -> None:
     else:
         job.write_bytes(b"\xff\xfe[score]\nmodel = \x80\n")
     proc = run_cli("score", "--job", str(job))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert_one_error_line(proc, "job file is a folder" if kind == "folder" else "not UTF-8", str(job))
 
 
@@ -359,3 +363,22 @@ def test_no_resource_tracker_noise_after_a_sigkill(tmp_path: Path) -> None:
     proc.kill()
     _, err = proc.communicate(timeout=60)  # returns once every child holding stderr has gone too
     assert "resource_tracker" not in err and "leaked" not in err, err
+
+
+def test_a_missing_column_says_which_one_was_meant(tmp_path: Path) -> None:
+    """Column names get "did you mean" like settings and filter keys do."""
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from tests.conftest import SAMPLE_DATA, SAMPLE_MODEL
+
+    table = ds.dataset(SAMPLE_DATA / "date=2026-11-01", format="parquet").to_table().slice(0, 50)
+    (tmp_path / "in").mkdir()
+    pq.write_table(table.rename_columns(["amt" if n == "amount" else n for n in table.column_names]),
+                   tmp_path / "in" / "a.parquet")
+    proc = run_cli("validate", "-m", str(SAMPLE_MODEL), "-i", str(tmp_path / "in"))
+    assert proc.returncode == 1
+    assert_one_error_line(proc, "feature column is missing (did you mean 'amt'?)", "'amount'", "a.parquet")
+    keep = run_cli("validate", "-m", str(SAMPLE_MODEL), "-i", str(SAMPLE_DATA), "--keep", "card_ids")
+    assert keep.returncode == 1
+    assert_one_error_line(keep, "column named in --keep is missing (did you mean 'card_id'?)")

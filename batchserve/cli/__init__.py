@@ -20,6 +20,7 @@ import typer
 
 from batchserve.cli.common import (
     BarProgress,
+    choices,
     columns,
     emit_closing,
     emit_error,
@@ -28,6 +29,7 @@ from batchserve.cli.common import (
     helptext,
     lazy,
     on_terminal,
+    settings_guard,
     setup_logging,
     state,
     storage_flag,
@@ -70,6 +72,10 @@ app = typer.Typer(
     add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Click's plain help: rich's panels cut long words at 80 columns (environment variable names
+    # ended in "…") and read "[score]" in help text as markup; plain help wraps and shows it as written.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 160},  # Click's own cap is 80 columns, whatever the terminal
 )
 
 
@@ -115,7 +121,7 @@ def score(
     batch_size: Annotated[str | None, typer.Option(callback=_batch_flag, help=H(f"auto: read and write {DEFAULT_BATCH_SIZE:,}-row batches and run the model in the pieces a short probe on each worker finds fastest; N: N rows for both.", default="auto", setting="batch_size"))] = None,
     workers: Annotated[int | None, typer.Option(help=H("Local cluster size.", default="one per GPU, else cores/4", setting="workers"))] = None,
     scheduler: Annotated[str | None, typer.Option(help=H("Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786.", default="start a local cluster", setting="scheduler"))] = None,
-    device: Annotated[str | None, typer.Option(help=H("auto | cpu | cuda | cuda:N.", default="auto", setting="device"))] = None,
+    device: Annotated[str | None, typer.Option(autocompletion=choices("auto", "cpu", "cuda", "cuda:0"), help=H("auto | cpu | cuda | cuda:N.", default="auto", setting="device"))] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite/--no-overwrite", help=H("Replace a non-empty output (only files batchserve wrote).", default="no-overwrite", setting="overwrite"))] = None,
     model_version: Annotated[int | None, typer.Option(help=H("Version folder to use in a model repository.", default="highest", setting="model_version"))] = None,
     prefix: Annotated[str | None, typer.Option(help=H("Prefix for prediction column names, e.g. pred_.", default="none", setting="prefix"))] = None,
@@ -123,19 +129,19 @@ def score(
     split_rows: Annotated[int | None, typer.Option(help=H("Split files above about this many rows by row groups.", default="automatic", setting="split_rows"))] = None,
     reference: Annotated[str | None, typer.Option(help=H("Reference profile (batchserve profile) or an earlier run's _manifest.json to measure drift against.", setting="reference"))] = None,
     drift: Annotated[bool | None, typer.Option("--drift/--no-drift", help=H("Record drift statistics while scoring.", default="drift", setting="drift"))] = None,
-    drift_metric: Annotated[list[str] | None, typer.Option("--drift-metric", help=H("[COLUMN:]METRIC deciding drift: psi, js, wasserstein or ks (repeatable).", default="psi", setting="drift_metric"))] = None,
+    drift_metric: Annotated[list[str] | None, typer.Option("--drift-metric", autocompletion=choices("psi", "js", "wasserstein", "ks"), help=H("[COLUMN:]METRIC deciding drift: psi, js, wasserstein or ks (repeatable).", default="psi", setting="drift_metric"))] = None,
     drift_threshold: Annotated[list[str] | None, typer.Option("--drift-threshold", help=H("[COLUMN:]METRIC=VALUE, e.g. psi=0.25 or amount:js=0.05 (repeatable).", setting="drift_threshold"))] = None,
     fail_on_drift: Annotated[bool | None, typer.Option("--fail-on-drift/--no-fail-on-drift", help=H("Exit 3 when features drift past --max-drift-share or any prediction column drifts (outputs are still committed).", default="no-fail-on-drift", setting="fail_on_drift"))] = None,
     max_drift_share: Annotated[float | None, typer.Option(help=H("With --fail-on-drift: exit 3 only when more than this share of features drift.", default="any drifted feature", setting="max_drift_share"))] = None,
     resume: Annotated[bool | None, typer.Option("--resume/--no-resume", help=H("Keep outputs an earlier (failed, interrupted or killed) run committed with the same model, settings and inputs; score the rest.", default="no-resume", setting="resume"))] = None,
     retries: Annotated[int | None, typer.Option(help=H("Retries per file after transient errors (I/O, object-store 5xx), with backoff.", default=2, setting="retries"))] = None,
-    on_error: Annotated[str | None, typer.Option(help=H("fail: the first bad file fails the run; skip: bad files are skipped and listed in the manifest.", default="fail", setting="on_error"))] = None,
+    on_error: Annotated[str | None, typer.Option(autocompletion=choices("fail", "skip"), help=H("fail: the first bad file fails the run; skip: bad files are skipped and listed in the manifest.", default="fail", setting="on_error"))] = None,
     max_failed_files: Annotated[int | None, typer.Option(help=H("With --on-error skip: exit 1 when more files than this are bad.", default="no limit", setting="max_failed_files"))] = None,
-    nan: Annotated[str | None, typer.Option(help=H("pass: NaN/inf/nulls in float features reach the model as NaN; fail: they fail the file.", default="pass", setting="nan"))] = None,
+    nan: Annotated[str | None, typer.Option(autocompletion=choices("pass", "fail"), help=H("pass: NaN/inf/nulls in float features reach the model as NaN; fail: they fail the file.", default="pass", setting="nan"))] = None,
     challenger: Annotated[str | None, typer.Option(help=H("A second model scored beside --model in the same pass (shadow scoring), e.g. models/fraud@candidate.", setting="challenger"))] = None,
     challenger_output: Annotated[str | None, typer.Option(help=H("Where the challenger's predictions go (mirrors the layout); required with --challenger.", setting="challenger_output"))] = None,
     challenger_keep: Annotated[str | None, typer.Option(help=H("Input columns beside the challenger's predictions, e.g. a key.", default="the --keep columns", setting="challenger_keep"))] = None,
-    precision: Annotated[str | None, typer.Option(help=H("On a GPU: fp32, or fp16 (weights and arithmetic in float16; inputs and outputs keep their types).", default="fp32", setting="precision"))] = None,
+    precision: Annotated[str | None, typer.Option(autocompletion=choices("fp32", "fp16"), help=H("On a GPU: fp32, or fp16 (weights and arithmetic in float16; inputs and outputs keep their types).", default="fp32", setting="precision"))] = None,
     trt_cache: Annotated[str | None, typer.Option(help=H("On a GPU: run through TensorRT, caching its engines in this folder (keep it between runs: building takes minutes, loading seconds).", setting="trt_cache"))] = None,
     metrics_file: Annotated[str | None, typer.Option(help=H("Write the run's Prometheus metrics here (atomically) after success or failure, for node_exporter's textfile collector.", setting="metrics_file"))] = None,
     pushgateway: Annotated[str | None, typer.Option(help=H("Push the run's metrics to this Prometheus Pushgateway (job batchserve, grouped by output); unreachable: one warning.", setting="pushgateway"))] = None,
@@ -143,7 +149,7 @@ def score(
     var: Annotated[list[str] | None, typer.Option("--var", help="Fill ${NAME} in the job file: NAME=VALUE (repeatable); else the environment's NAME.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (files, rows, bytes, model version, output, what --resume would keep, an estimate) and write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success; only warnings and the one error line (cron mails what a job prints).")] = False,
-    log_format: Annotated[str, typer.Option(envvar="BATCHSERVE_LOG_FORMAT", show_envvar=False, help=H("plain (UTC timestamps) or json (one object per line).", default="plain", setting="log_format"))] = "plain",
+    log_format: Annotated[str, typer.Option(autocompletion=choices("plain", "json"), show_default=False, envvar="BATCHSERVE_LOG_FORMAT", show_envvar=False, help=H("plain (UTC timestamps) or json (one object per line).", default="plain", setting="log_format"))] = "plain",
     log_file: Annotated[str | None, typer.Option(envvar="BATCHSERVE_LOG_FILE", show_envvar=False, help=H("Also append every log line (INFO and up, whatever -q says) and the error line to this file.", setting="log_file"))] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
 ) -> None:
@@ -173,7 +179,7 @@ def score(
         }
         return resolve_score_config(flags, job_file=job, variables=var)
 
-    cfg = guard(debug, resolve)
+    cfg = settings_guard(debug, resolve)
     if dry_run:
         guard(debug, lambda: check_local_paths(cfg))
         plan = guard(debug, lambda: pipeline.dry_run(cfg))
@@ -281,7 +287,7 @@ def validate(
         }
         return resolve_config(flags, command="validate")
 
-    cfg = guard(debug, resolve)
+    cfg = settings_guard(debug, resolve)
     plan = guard(debug, lambda: pipeline.validate(cfg))
     typer.echo(
         f"ok: {len(plan.partitions)} file(s), {plan.rows:,} rows; features ({plan.features.source}): "
@@ -301,7 +307,7 @@ def profile(
     batch_size: Annotated[int | None, typer.Option(help=H("Rows per batch.", default=DEFAULT_BATCH_SIZE, setting="batch_size"))] = None,
     workers: Annotated[int | None, typer.Option(help=H("Local cluster size.", default="one per GPU, else cores/4", setting="workers"))] = None,
     scheduler: Annotated[str | None, typer.Option(help=H("Address of an existing Dask scheduler.", default="start a local cluster", setting="scheduler"))] = None,
-    device: Annotated[str | None, typer.Option(help=H("auto | cpu | cuda | cuda:N.", default='auto', setting="device"))] = None,
+    device: Annotated[str | None, typer.Option(autocompletion=choices("auto", "cpu", "cuda", "cuda:0"), help=H("auto | cpu | cuda | cuda:N.", default='auto', setting="device"))] = None,
     prefix: Annotated[str | None, typer.Option(help=H("Prediction column prefix, as used when scoring.", setting="prefix"))] = None,
     storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help=H("fsspec option key=value (repeatable).", setting="storage_options"))] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success; only warnings and the one error line.")] = False,
@@ -319,7 +325,7 @@ def profile(
         }
         return resolve_config(flags, command="profile")
 
-    cfg = guard(debug, resolve)
+    cfg = settings_guard(debug, resolve)
     prof = guard(debug, lambda: pipeline.profile(cfg))
     if quiet:
         return

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import typer
 
 from batchserve.config import parse_storage_options
-from batchserve.errors import BatchserveError, Interrupted, exit_code_of
+from batchserve.errors import EXIT_USAGE, BatchserveError, ConfigError, Interrupted, exit_code_of
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -67,15 +67,25 @@ LOG_FORMATS = ("plain", "json")
 state: dict[str, Any] = {"format": "plain", "run_id": None, "file_handler": None}
 
 
+def choices(*values: str) -> Callable[[str], list[str]]:
+    """Shell completion for an option that takes one of a few words (``--device <TAB>``). Completion
+    only: the value itself is checked where every setting is (flags, environment and job file alike)."""
+
+    def complete(incomplete: str) -> list[str]:
+        return [v for v in values if v.startswith(incomplete)]
+
+    return complete
+
+
 def helptext(text: str, *, default: Any = None, setting: str | None = None) -> str:
-    """Help with its default and environment variable, escaped so rich shows the brackets
-    (unescaped, ``[default: 65536]`` is read as markup and vanishes)."""
+    """Help with its default and environment variable, ``[default: ...; env: BATCHSERVE_...]``, as
+    Click's plain help prints it (the app sets ``rich_markup_mode=None``: nothing is read as markup)."""
     extra = []
     if default is not None:
         extra.append(f"default: {default}")
     if setting is not None:
         extra.append(f"env: BATCHSERVE_{setting.upper()}")
-    return text + (" \\[" + "; ".join(extra) + "]" if extra else "")
+    return text + (" [" + "; ".join(extra) + "]" if extra else "")
 
 
 def _utc(ts: float) -> str:
@@ -234,6 +244,20 @@ def fail(message: str, code: int = BatchserveError.exit_code) -> NoReturn:
     raise typer.Exit(code)
 
 
+def settings_guard(debug: bool, fn: Callable[[], T]) -> T:
+    """Resolve settings (flags, ``BATCHSERVE_*``, the job file): any value batchserve refuses there is a
+    usage error, exit 2 like Click's own for a bad flag. A retry cannot fix a bad value, and in the
+    shipped DAG exit 1 means two pointless retries."""
+    try:
+        return fn()
+    except ConfigError as exc:
+        if debug:
+            traceback.print_exc()
+        fail(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt as exc:
+        fail("interrupted", exit_code_of(exc))
+
+
 def guard(debug: bool, fn: Callable[[], T]) -> T:
     """Run a library call, turning user errors into the one-line contract."""
     try:
@@ -294,4 +318,4 @@ def storage_flag(items: list[str] | None) -> dict[str, str] | None:
 
 def storage_options(items: list[str] | None, debug: bool) -> dict[str, Any]:
     """``--storage-option key=value`` flags as fsspec options (a bad one is the one-line error)."""
-    return guard(debug, lambda: dict(parse_storage_options(items or [])))
+    return settings_guard(debug, lambda: dict(parse_storage_options(items or [])))

@@ -23,7 +23,7 @@ import pyarrow as pa
 from batchserve import drift, io, manifest, model, registry, scoring, selection
 from batchserve import reference as ref_mod
 from batchserve.config import ScoreConfig
-from batchserve.errors import BatchserveError, InputError, SchemaError, located
+from batchserve.errors import BatchserveError, InputError, SchemaError, closest, located
 
 __all__ = ["RunPlan", "resolve_model", "inspect_model", "plan_run", "read_inputs", "fingerprint", "load_reference",
            "absolute_paths"]
@@ -324,7 +324,8 @@ def _check_kept(
     kept = footer.schema.names if keep is None else list(keep)
     for col in kept:
         if footer.schema.get_field_index(col) < 0:
-            raise SchemaError(f"column named in {flag} is missing", path=part.url, column=col)
+            raise SchemaError(f"column named in {flag} is missing" + closest(col, footer.schema.names, quote=True),
+                              path=part.url, column=col)
     for col in out_names:
         if col in kept:
             raise SchemaError(clash, path=part.url, column=col, hint=hint)
