@@ -116,6 +116,8 @@ class ScoreConfig:
     filter: tuple[str, ...] = ()
     #: Prometheus text file written (atomically) after the run, for node_exporter's textfile collector.
     metrics_file: str | None = None
+    #: The job's stable name in metrics (label ``batchserve_job``, the push's grouping key).
+    metrics_job: str | None = None
     #: Prometheus Pushgateway the run's metrics are pushed to (job ``batchserve``, grouped by output).
     pushgateway: str | None = None
 
@@ -377,6 +379,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "precision": _to_str,
     "trt_cache": _to_str,
     "metrics_file": _to_str,
+    "metrics_job": _to_str,
     "pushgateway": _to_str,
 }
 
@@ -450,6 +453,7 @@ class ScoreSettings(TypedDict, total=False):
     precision: Literal["fp32", "fp16"]
     trt_cache: str | None
     metrics_file: str | None
+    metrics_job: str | None
     pushgateway: str | None
     job: str | None
     #: values for ``${name}`` placeholders in the job file (``--var name=value``)

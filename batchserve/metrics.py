@@ -7,9 +7,14 @@ code, and the time of the last success. The last success survives a failure: the
 earlier sample, and the push uses POST (``pushadd``), which replaces only the metrics pushed, so
 an alert on ``time() - batchserve_last_success_timestamp_seconds`` fires when nights fail.
 
-Labels: ``model``, ``model_version`` and ``model_alias`` on every metric; in the file also
-``output`` (several jobs may share one textfile folder, and the collector rejects duplicate
-series), while the push carries the output in its grouping key instead.
+Labels are the same on success and failure and the same night after night, so one job is one
+series: ``batchserve_job`` (``--metrics-job``; default the job file's name, else the output without
+its trailing ``key=value`` folders: ``scored/date=2026-11-05`` is job ``scored``), ``model`` as the
+user named it (``models/fraud@production``, never the resolved path) and ``model_alias``. The
+version is a value (``batchserve_run_model_version``), not a label: a label that changes with every
+promotion starts a new series each time. In the file ``batchserve_job`` is a label (several jobs may
+share one textfile folder, and the collector rejects duplicate series); the push carries it in its
+grouping key instead, so a Pushgateway holds one group per job, not one per night.
 
 prometheus_client writes the exposition format and does the atomic write (temp file, rename).
 """
@@ -27,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from batchserve.manifest import Manifest
 
-__all__ = ["RunOutcome", "build_registry", "write_metrics_file", "push_metrics", "PUSH_JOB"]
+__all__ = ["RunOutcome", "build_registry", "write_metrics_file", "push_metrics", "default_job", "PUSH_JOB"]
 
 log = logging.getLogger("batchserve")
 
@@ -44,6 +49,8 @@ class RunOutcome:
     output: str
     model: str
     exit_code: int
+    #: The job's stable name (``--metrics-job``), the one label that tells jobs apart.
+    job: str
     run_id: str
     seconds: float
     manifest: Manifest | None = None
@@ -55,20 +62,28 @@ class RunOutcome:
         return self.exit_code in (0, 3) and self.manifest is not None and self.manifest.run.status == "succeeded"
 
     def labels(self) -> dict[str, str]:
-        m = self.manifest
-        uri = m.model.uri if m is not None else self.model
-        version = (m.model.version or "") if m is not None else ""
-        base, _, tail = uri.rpartition("@")
+        """The model as the user named it, whether the run got as far as resolving it or not."""
+        base, _, tail = self.model.rpartition("@")
         alias = tail if base and not tail.isdigit() and "/" not in tail else ""
-        return {"model": base if alias else uri, "model_version": version, "model_alias": alias}
+        return {"model": base if alias else self.model, "model_alias": alias}
 
 
-def build_registry(outcome: RunOutcome, *, output_label: bool) -> CollectorRegistry:
+def default_job(output: str, job_file: str | None) -> str:
+    """``--metrics-job``'s default: the job file's name, else the output without trailing hive folders."""
+    if job_file:
+        return os.path.splitext(os.path.basename(job_file.rstrip("/")))[0] or "batchserve"
+    parts = output.rstrip("/").split("/")
+    while len(parts) > 1 and "=" in parts[-1] and ":" not in parts[-1]:
+        parts.pop()
+    return "/".join(parts) or "batchserve"
+
+
+def build_registry(outcome: RunOutcome, *, job_label: bool) -> CollectorRegistry:
     """The run's metrics in a fresh registry (never the process-global one)."""
     reg = CollectorRegistry()
     labels = outcome.labels()
-    if output_label:
-        labels = {"output": outcome.output, **labels}
+    if job_label:
+        labels = {"batchserve_job": outcome.job, **labels}
     names = list(labels)
 
     def gauge(name: str, doc: str, value: float | None) -> None:
@@ -81,7 +96,12 @@ def build_registry(outcome: RunOutcome, *, output_label: bool) -> CollectorRegis
     gauge("batchserve_run_exit_code", "Exit code of the last run (0 ok, 1 failed, 3 drift, 130/143 interrupted).",
           outcome.exit_code)
     gauge("batchserve_run_timestamp_seconds", "When the last run ended (Unix time).", outcome.finished_at)
-    gauge("batchserve_run_seconds", "Wall time of the last run.", t.seconds if t is not None else outcome.seconds)
+    gauge("batchserve_run_duration_seconds", "Wall time of the last run.",
+          t.seconds if t is not None else outcome.seconds)
+    version = m.model.version if m is not None else None
+    if version is not None and version.isdigit():
+        gauge("batchserve_run_model_version", "The model version the last run scored with (a repository's "
+              "version number; a change marks a promotion or rollback).", int(version))
     if t is not None and m is not None:
         gauge("batchserve_run_rows", "Rows scored by the last run (committed files only on failure).", t.rows)
         gauge("batchserve_run_files", "Files scored by the last run.", t.files)
@@ -102,13 +122,13 @@ def build_registry(outcome: RunOutcome, *, output_label: bool) -> CollectorRegis
 
 def write_metrics_file(path: str, outcome: RunOutcome) -> None:
     """Write the text file atomically; after a failure the earlier last-success sample is kept."""
-    reg = build_registry(outcome, output_label=True)
+    reg = build_registry(outcome, job_label=True)
     if not outcome.succeeded:
         previous = _previous_last_success(path)
-        if previous is not None:
-            labels, value = previous
+        if previous is not None:  # the value carries over, under this run's labels (one label set)
+            labels = {"batchserve_job": outcome.job, **outcome.labels()}
             Gauge(LAST_SUCCESS, "When a run last succeeded (Unix time).", list(labels), registry=reg).labels(
-                **labels).set(value)
+                **labels).set(previous[1])
     write_to_textfile(path, reg)
 
 
@@ -128,12 +148,13 @@ def _previous_last_success(path: str) -> tuple[dict[str, str], float] | None:
 def push_metrics(url: str, outcome: RunOutcome) -> str | None:
     """Push to a Pushgateway; returns why it failed (the caller warns once) or None.
 
-    Grouping: job ``batchserve``, ``output`` = the run's output, so each nightly output is its own
-    group and one job's push never replaces another's.
+    Grouping: job ``batchserve``, ``batchserve_job`` = the job's stable name, so one job is one group
+    night after night (a dated output made a new group every night, never removed), and one job's
+    push never replaces another's.
     """
-    reg = build_registry(outcome, output_label=False)
+    reg = build_registry(outcome, job_label=False)
     try:
-        pushadd_to_gateway(url, job=PUSH_JOB, registry=reg, grouping_key={"output": outcome.output},
+        pushadd_to_gateway(url, job=PUSH_JOB, registry=reg, grouping_key={"batchserve_job": outcome.job},
                            timeout=PUSH_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - any failure to push is a warning, never the run's failure
         reason = getattr(exc, "reason", None) or exc

@@ -290,8 +290,8 @@ def test_metrics_file_after_success_and_after_failure(tmp_path: Path, cluster: s
     assert ok.returncode == 0, ok.stderr
     got = metrics_of(prom.read_text())
     labels, rows = got["batchserve_run_rows"]
-    assert rows == 20_000 and labels == {"output": str(out), "model": str(SAMPLE_MODEL), "model_version": "1",
-                                         "model_alias": ""}
+    assert rows == 20_000 and labels == {"batchserve_job": str(out), "model": str(SAMPLE_MODEL), "model_alias": ""}
+    assert got["batchserve_run_model_version"][1] == 1 and got["batchserve_run_duration_seconds"][1] > 0
     assert got["batchserve_run_exit_code"][1] == 0 and got["batchserve_run_files"][1] == 2
     assert got["batchserve_run_failed_files"][1] == 0 and got["batchserve_run_drifted_features"][1] == 0
     assert got["batchserve_run_drift_share"][1] == 0 and got["batchserve_run_rows_per_second"][1] > 0
@@ -303,8 +303,8 @@ def test_metrics_file_after_success_and_after_failure(tmp_path: Path, cluster: s
                    "--overwrite", "--scheduler", cluster, "--metrics-file", str(prom))
     assert fail.returncode == 1
     got = metrics_of(prom.read_text())
-    assert got["batchserve_run_exit_code"][1] == 1
-    assert got["batchserve_last_success_timestamp_seconds"][1] == success_at
+    assert got["batchserve_run_exit_code"] == (labels, 1)  # the same series as the good night's
+    assert got["batchserve_last_success_timestamp_seconds"] == (labels, success_at)
     assert got["batchserve_run_timestamp_seconds"][1] > success_at
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("batchserve.prom")] == ["batchserve.prom"]
 
@@ -317,14 +317,14 @@ def test_metrics_file_after_success_and_after_failure(tmp_path: Path, cluster: s
 def test_the_pushgateway_receives_the_push(tmp_path: Path, cluster: str, pushgateway: str) -> None:
     out = tmp_path / "out"
     proc = run_cli("score", "-m", str(SAMPLE_MODEL), "-i", str(SAMPLE_DATA / f"date={DAY}"), "-o", str(out),
-                   "--scheduler", cluster, "--pushgateway", pushgateway, "-q")
+                   "--scheduler", cluster, "--pushgateway", pushgateway, "--metrics-job", "nightly-push-test", "-q")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
     with urllib.request.urlopen(f"{pushgateway}/metrics", timeout=10) as r:
         text = r.read().decode()
     rows = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == "batchserve_run_rows"]
-    mine = [s for s in rows if s.labels.get("output") == str(out)]
+    mine = [s for s in rows if s.labels.get("batchserve_job") == "nightly-push-test"]
     assert len(mine) == 1 and mine[0].value == 20_000
-    assert mine[0].labels["job"] == "batchserve" and mine[0].labels["model_version"] == "1"
+    assert mine[0].labels["job"] == "batchserve" and "model_version" not in mine[0].labels
 
 
 def test_an_unreachable_pushgateway_warns_once_and_the_run_succeeds(tmp_path: Path, cluster: str) -> None:

@@ -144,6 +144,7 @@ def score(
     precision: Annotated[str | None, typer.Option(autocompletion=choices("fp32", "fp16"), help=H("On a GPU: fp32, or fp16 (weights and arithmetic in float16; inputs and outputs keep their types).", default="fp32", setting="precision"))] = None,
     trt_cache: Annotated[str | None, typer.Option(help=H("On a GPU: run through TensorRT, caching its engines in this folder (keep it between runs: building takes minutes, loading seconds).", setting="trt_cache"))] = None,
     metrics_file: Annotated[str | None, typer.Option(help=H("Write the run's Prometheus metrics here (atomically) after success or failure, for node_exporter's textfile collector.", setting="metrics_file"))] = None,
+    metrics_job: Annotated[str | None, typer.Option(help=H("The job's stable name in metrics (label batchserve_job, the push's grouping key): one series night after night.", default="the job file's name, else the output without trailing key=value folders", setting="metrics_job"))] = None,
     pushgateway: Annotated[str | None, typer.Option(help=H("Push the run's metrics to this Prometheus Pushgateway (job batchserve, grouped by output); unreachable: one warning.", setting="pushgateway"))] = None,
     job: Annotated[str | None, typer.Option(help="TOML job file ([score] table); flags and BATCHSERVE_* variables override it.")] = None,
     var: Annotated[list[str] | None, typer.Option("--var", help="Fill ${NAME} in the job file: NAME=VALUE (repeatable); else the environment's NAME.")] = None,
@@ -175,7 +176,7 @@ def score(
             "on_error": on_error, "max_failed_files": max_failed_files, "nan": nan, "challenger": challenger,
             "challenger_output": challenger_output, "challenger_keep": columns(challenger_keep),
             "storage_options": storage_flag(storage_option), "filter": filter or None,
-            "metrics_file": metrics_file, "pushgateway": pushgateway, "precision": precision, "trt_cache": trt_cache,
+            "metrics_file": metrics_file, "metrics_job": metrics_job, "pushgateway": pushgateway, "precision": precision, "trt_cache": trt_cache,
         }
         return resolve_score_config(flags, job_file=job, variables=var)
 
@@ -222,7 +223,7 @@ def score(
         code = exit_code_of(exc)
         raise
     finally:
-        publish_metrics(cfg, run_id, code, done, time.monotonic() - t0)
+        publish_metrics(cfg, run_id, code, done, time.monotonic() - t0, job)
 
 
 @app.command(epilog="Example: batchserve inspect sample_data/model --json")

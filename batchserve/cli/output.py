@@ -22,7 +22,7 @@ __all__ = ["publish_metrics", "echo_dry_run", "echo_result"]
 log = logging.getLogger("batchserve")
 
 
-def publish_metrics(cfg: Any, run_id: str, code: int, done: Any, seconds: float) -> None:
+def publish_metrics(cfg: Any, run_id: str, code: int, done: Any, seconds: float, job_file: str | None = None) -> None:
     """After success and after failure: the file and the push. A failed run's numbers come from the
     manifest it left in the output (the committed files), when that manifest is this run's."""
     if not (cfg.metrics_file or cfg.pushgateway):
@@ -34,7 +34,8 @@ def publish_metrics(cfg: Any, run_id: str, code: int, done: Any, seconds: float)
         except BatchserveError:
             done = None
     outcome = metrics.RunOutcome(output=cfg.output, model=cfg.model, exit_code=code, run_id=run_id,
-                                 seconds=seconds, manifest=done)
+                                 seconds=seconds, manifest=done,
+                                 job=cfg.metrics_job or metrics.default_job(cfg.output, job_file))
     if cfg.metrics_file:
         try:
             metrics.write_metrics_file(cfg.metrics_file, outcome)
