@@ -32,15 +32,17 @@ test: install system-deps
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -n $(TEST_PROCS)
 
-# Real system parts the suite runs: headless Chromium renders the reports, and a real Pushgateway
-# receives metrics (Debian's packages), installed here when missing and we are root.
+# Real system parts the suite runs: headless Chromium renders the reports, a real Pushgateway
+# receives metrics, and tmux is the terminal Ctrl-C is tested in (Debian's packages), installed here
+# when missing and we are root.
 system-deps:
 	@missing=""; \
 	  { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } || missing="chromium"; \
 	  command -v prometheus-pushgateway >/dev/null 2>&1 || missing="$$missing prometheus-pushgateway"; \
+	  command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
 	  [ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
-	  echo "missing and cannot be installed here (not root): $$missing -- the report test fails, the Pushgateway test skips"
+	  echo "missing and cannot be installed here (not root): $$missing -- the report test fails, the Pushgateway and terminal tests skip"
 
 # The DAG in a real Airflow 3 (airflow dags test, SQLite): apache-airflow in its own virtual
 # environment, cached outside the checkout so CI's clean checkouts reuse it (first install ~1 min,

@@ -201,12 +201,12 @@ def _local_cluster(engine: str, n: int, quiet: int) -> Any:
         from dask_cuda import LocalCUDACluster
 
         return LocalCUDACluster(n_workers=n, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                                silence_logs=quiet)
+                                silence_logs=quiet, preload=["batchserve.worker.no_sigint"])
     from distributed import Nanny, Scheduler, SpecCluster
 
     workers = {
         i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": gpu_env(i), "name": i,
-                                   "silence_logs": quiet}}
+                                   "silence_logs": quiet, "preload": ["batchserve.worker.no_sigint"]}}
         for i in range(n)
     }
     return SpecCluster(

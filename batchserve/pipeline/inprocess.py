@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -57,6 +58,13 @@ class InProcessWorker:
         self.name = "0"
         self.plugins: dict[str, Any] = {}
         self.state = SimpleNamespace(nthreads=threads)
+        #: topic -> handlers, as the client subscribed them (Dask's ``subscribe_topic``).
+        self.subscribers: dict[str, list[Callable[[tuple[float, Any]], None]]] = {}
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        """Dask's ``Worker.log_event``: hand ``(time, msg)`` to the client's handlers of ``topic``."""
+        for handler in list(self.subscribers.get(topic, ())):
+            handler((time.time(), msg))
 
 
 class InProcessClient:
@@ -91,6 +99,13 @@ class InProcessClient:
         future = TaskFuture(key)
         self._queue.put((future, fn, args))
         return future
+
+    def subscribe_topic(self, topic: str, handler: Callable[[tuple[float, Any]], None]) -> None:
+        """Dask's ``Client.subscribe_topic``: ``handler((time, msg))`` for each event a task logs."""
+        self.worker.subscribers.setdefault(topic, []).append(handler)
+
+    def unsubscribe_topic(self, topic: str) -> None:
+        self.worker.subscribers.pop(topic, None)
 
     def register_plugin(self, plugin: Any, name: str) -> None:
         """Set the plugin up on the worker, once per name (Dask's idempotent plugins)."""

@@ -9,9 +9,11 @@ __all__ = ["ProgressEvent"]
 
 @dataclasses.dataclass(frozen=True)
 class ProgressEvent:
-    """Sent to the progress callback after planning and after every committed file."""
+    """Sent to the progress callback after planning, as rows within files are scored (``batch``, from
+    the tasks' reports about twice a second, possibly from another thread), after every committed
+    file, and at the end."""
 
-    phase: str  # "planned" | "file" | "done"
+    phase: str  # "planned" | "batch" | "file" | "done"
     files_done: int
     files_total: int
     rows_done: int

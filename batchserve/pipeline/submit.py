@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from batchserve.worker import (
     score_file,
     stop_commits,
 )
+from batchserve.worker.context import progress_topic
 
 if TYPE_CHECKING:
     from batchserve.pipeline.cluster import TaskClient
@@ -229,6 +231,12 @@ class Submission:
         self.receipts: list[Receipt] = []
         self.failures: list[manifest.FailureEntry] = []
         self.engine: manifest.EngineInfo | None = None
+        # Progress within files (see _in_flight): rows reported by tasks still running, by task key.
+        self._progress_lock = threading.Lock()
+        self._flying: dict[str, int] = {}
+        self._settled: set[str] = set()
+        self._rows_done = 0
+        self._files_total = 0
 
     def run(
         self, *, with_model: bool, t0: float, on_receipt: Callable[[], None] | None = None,
@@ -250,22 +258,47 @@ class Submission:
             self.engine = manifest.EngineInfo(kind, address, n_workers, cfg.device, per_worker)
             futures = submit_all(client, cfg, self.plan, spec, self.run_id, n_workers, write=self.write,
                                  skip_relpaths=self.skip, challenger=challenger)
+            topic = progress_topic(self.run_id)
+            if on_progress is not None:  # rows within files as they are scored, not only per committed file
+                client.subscribe_topic(topic, lambda event: self._in_flight(event[1], t0, on_progress))
             try:
                 self._collect(client, futures, t0, on_receipt, on_progress)
             except BaseException:
                 self._stop(client, futures)
                 raise
+            finally:
+                if on_progress is not None:
+                    client.unsubscribe_topic(topic)
+
+    def _in_flight(self, msg: Any, t0: float, on_progress: Callable[[ProgressEvent], None]) -> None:
+        """A task's rows so far (an event from its worker): the bar moves within one large file."""
+        if not isinstance(msg, dict) or not isinstance(msg.get("rows"), int):
+            return
+        with self._progress_lock:
+            relpath = str(msg.get("key", "")).rsplit("#", 1)[0]
+            if relpath in self._settled:  # its receipt came first: the committed count already holds it
+                return
+            self._flying[str(msg["key"])] = msg["rows"]
+            rows = self._rows_done + sum(self._flying.values())
+            files_done = len(self.receipts)
+        on_progress(ProgressEvent("batch", files_done, self._files_total, min(rows, self.plan.rows), self.plan.rows,
+                                  time.perf_counter() - t0))
 
     def _collect(
         self, client: TaskClient, futures: Mapping[Any, tuple[str, ...]], t0: float,
         on_receipt: Callable[[], None] | None, on_progress: Callable[[ProgressEvent], None] | None,
     ) -> None:
         rows_done = 0
-        files_total = sum(len(rels) for rels in futures.values())
+        files_total = self._files_total = sum(len(rels) for rels in futures.values())
         for fut in cluster.as_completed(client, list(futures)):
             receipts, error = self._receipts(fut, futures[fut])
             for receipt in receipts:  # a bundle's files committed before a bad one count, then it fails
                 rows_done += receipt.rows
+                with self._progress_lock:  # the receipt settles what its task reported on the way
+                    self._rows_done = rows_done
+                    self._settled.add(receipt.relpath)
+                    for key in [k for k in self._flying if k.rsplit("#", 1)[0] == receipt.relpath]:
+                        del self._flying[key]
                 self._record(receipt, files_total, rows_done, t0, on_receipt, on_progress)
             if error is not None:
                 raise error

@@ -16,7 +16,7 @@ import pyarrow as pa
 from batchserve import compare, drift, io, scoring
 from batchserve.errors import BatchserveError, located
 from batchserve.worker.commit import commit_fence, commits_stopped
-from batchserve.worker.context import current_worker
+from batchserve.worker.context import RowReporter, current_worker
 from batchserve.worker.plugin import WorkerModel, loaded_model
 from batchserve.worker.shadow import ChallengerTask, Shadow
 from batchserve.worker.stages import Stage, Writer
@@ -224,11 +224,13 @@ def _run_batches(
 ) -> float:
     """The inference loop (this thread), between the reader and writer threads; returns its seconds."""
     infer_s = 0.0
+    rows = RowReporter(task.run_id, f"{task.relpath}#{task.piece}")
     try:
         for item in reader:
             batch, ready = item if isinstance(item, tuple) else (item, None)
             if batch.num_rows == 0:
                 continue
+            rows.add(batch.num_rows)
             t0 = time.perf_counter()
             preds: dict[str, pa.Array] = {}
             with located(task.input_url):
