@@ -73,7 +73,9 @@ def compare_batch(champion: Mapping[str, pa.Array], challenger: Mapping[str, pa.
         both = np.isfinite(a) & np.isfinite(b)
         out[name] = Comparison(
             diff=drift.summarize_numeric(d), absdiff=drift.summarize_numeric(np.abs(d)),
-            champion=drift.summarize_numeric(a), challenger=drift.summarize_numeric(b),
+            # label columns keep their per-label counts: the report draws labels, not a degenerate histogram
+            champion=drift.summarize_numeric(a, categorical=integral),
+            challenger=drift.summarize_numeric(b, categorical=integral),
             labelled=int(both.sum()) if integral else 0, agree=int((a[both] == b[both]).sum()) if integral else 0,
         )
     return out
@@ -120,6 +122,12 @@ def _histogram(s: drift.ColumnSummary) -> dict[str, Any]:
 
 
 def _overlay(a: drift.ColumnSummary, b: drift.ColumnSummary) -> dict[str, Any]:
+    """Both score distributions on the same bins; a label column's as shares per label."""
+    if a.categories is not None and b.categories is not None and a.count and b.count:
+        labels = sorted({*a.categories, *b.categories}, key=lambda k: (len(k), k))[:30]
+        return {"categories": labels,
+                "champion": [round(a.categories.get(k, 0) / a.count, 6) for k in labels],
+                "challenger": [round(b.categories.get(k, 0) / b.count, 6) for k in labels]}
     qs = [q for s in (a, b) for q in drift.quantiles(s, [0.005, 0.995]) if q is not None]
     if not qs:
         return {}

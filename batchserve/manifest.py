@@ -183,6 +183,8 @@ class Manifest:
     scope: dict[str, Any] = dataclasses.field(default_factory=lambda: {"filters": [], "fixed_keys": {}})
     #: Outputs of earlier runs inside the scope whose input is gone, removed by this run.
     removed: list[str] = dataclasses.field(default_factory=list)
+    #: A challenger's output: the champion output it was scored beside (its comparison lives there).
+    shadow_of: str | None = None
     schema: str = SCHEMA_NAME
     schema_version: int = SCHEMA_VERSION
 
@@ -219,13 +221,14 @@ def _from_current(data: dict[str, Any]) -> Manifest:
         challenger=ChallengerSection.from_dict(data["challenger"]) if data.get("challenger") else None,
         scope=dict(data["scope"]),
         removed=list(data["removed"]),
+        shadow_of=data["shadow_of"],
     )
 
 
 def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     """v2 records the run's scope (``--filter``) and the stale outputs it removed. A v1 run had no
     scope: it owned its whole output, and its removals went unrecorded."""
-    return {**data, "schema_version": 2, "scope": {"filters": [], "fixed_keys": {}}, "removed": []}
+    return {**data, "schema_version": 2, "scope": {"filters": [], "fixed_keys": {}}, "removed": [], "shadow_of": None}
 
 
 #: schema_version -> function lifting a dict of that version to the next one.

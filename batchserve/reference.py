@@ -317,6 +317,8 @@ class ColumnDrift:
     undefined: dict[str, str] = dataclasses.field(default_factory=dict)
     #: PSI/JS over the values themselves, for numeric columns with few distinct values.
     categorical: dict[str, Any] | None = None
+    #: The reference's count, nulls, mean, std, min, p50 and max, shown beside the current ones.
+    reference_stats: dict[str, Any] | None = None
 
     def value(self, metric: str) -> float | None:
         """A metric by name (``psi``, ``ks``, ``wasserstein``, ``js``, ``null_rate_change``)."""
@@ -324,8 +326,9 @@ class ColumnDrift:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if self.categorical is None:
-            del d["categorical"]
+        for optional in ("categorical", "reference_stats"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
 
@@ -392,6 +395,10 @@ def _column(name: str, role: str, cur: drift_mod.ColumnSummary, ref: drift_mod.C
     entry = column_record(cur, role)
     entry.update(drift_mod.compare_columns(ref, cur, name, policy) if ref is not None else _NO_METRICS)
     entry["histogram"] = _display_histogram(ref, cur)
+    if ref is not None:
+        stats = drift_mod.describe_column(ref)
+        entry["reference_stats"] = {k: stats[k] for k in ("count", "nulls", "mean", "std", "min", "max")} | {
+            "p50": stats["quantiles"]["p50"]}
     return ColumnDrift(**entry)
 
 

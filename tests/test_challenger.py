@@ -112,15 +112,15 @@ def test_bad_challenger_input_is_one_line_and_writes_nothing(tmp_path: Path, pai
     assert proc.returncode == 1
     assert_one_error_line(proc, "challenger.onnx: feature column is missing", "'f2'", "a.parquet")
     assert not (tmp_path / "out").exists() and not (tmp_path / "s").exists()
-    cases = [
-        (["--challenger", challenger], ["--challenger and --challenger-output go together"]),
+    cases = [  # option values that do not go together are usage errors (2); an overlap found on disk is 1
+        (["--challenger", challenger], ["--challenger and --challenger-output go together"], 2),
         (["--challenger", challenger, "--challenger-output", str(tmp_path / "out" / "s")],
-         ["--challenger-output overlaps --output"]),
-        (["--challenger-keep", "id"], ["--challenger-keep needs --challenger"]),
+         ["--challenger-output overlaps --output"], 1),
+        (["--challenger-keep", "id"], ["--challenger-keep needs --challenger"], 2),
     ]
-    for extra, needles in cases:
+    for extra, needles, code in cases:
         proc = score(champ, tmp_path / "in", tmp_path / "out", cluster, *extra)
-        assert proc.returncode == 1, (extra, proc.stderr)
+        assert proc.returncode == code, (extra, proc.stderr)
         assert_one_error_line(proc, *needles)
         assert not (tmp_path / "out").exists() and not (tmp_path / "s").exists()
 

@@ -28,7 +28,9 @@ def run_line(r: "hist.RunRow") -> str:
     scope = f"  [{' and '.join(r.scope)}]" if r.scope else ""
     alias = f"  ({r.alias_event})" if r.alias_event else ""
     mark = " " if r.current else "*"
-    return (f"{r.status:<11}{mark}{r.started_at[:19]}Z  {r.run_id}  {r.model}@{r.model_version or '-'}{alias}  "
+    tagged = "@" in r.model.rsplit("/", 1)[-1]  # fraud@production: the version follows in words, not as @2
+    model = f"{r.model} (v{r.model_version or '-'})" if tagged else f"{r.model}@{r.model_version or '-'}"
+    return (f"{r.status:<11}{mark}{r.started_at[:19]}Z  {r.run_id}  {model}{alias}  "
             f"{r.files} files{failed}  {r.rows:,} rows  {r.seconds:.1f}s  {drift}{scope}  {r.output}")
 
 

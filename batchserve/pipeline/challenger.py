@@ -32,6 +32,7 @@ class ChallengerOutput:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = shadow_context(ctx)
         self.cfg = self.ctx.cfg
+        self.champion_output = ctx.cfg.output
         self.survey = OutputSurvey()
 
     @contextmanager
@@ -48,7 +49,9 @@ class ChallengerOutput:
 
     def build(self, sub: Submission, status: str, error: str | None = None) -> manifest.Manifest:
         receipts = [r.challenger for r in sub.receipts if r.challenger is not None]
-        return build_manifest(self.ctx, receipts, sub.failures, sub.engine, status, error)
+        m = build_manifest(self.ctx, receipts, sub.failures, sub.engine, status, error)
+        m.shadow_of = self.champion_output
+        return m
 
     def fail(self, sub: Submission, status: str, error: str) -> None:
         try:
