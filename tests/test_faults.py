@@ -182,6 +182,7 @@ def test_sigint_exits_130_with_one_line(tmp_path: Path, slow_job, cluster: str) 
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_sigkill_then_resume_rescores_only_uncommitted_files(tmp_path: Path, slow_job, cluster: str) -> None:
     model_path, inp, tables = slow_job
     out = tmp_path / "out"
@@ -370,6 +371,7 @@ class FaultyS3Proxy:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.heavy
 def test_object_store_5xx_faults_are_ridden_out(tmp_path: Path, s3: dict, cluster: str, model_dir: dict) -> None:
     """Every third request to the S3 endpoint fails with 503 SlowDown; the run still completes, correctly."""
     import s3fs
