@@ -4,6 +4,7 @@ half-written versions, concurrent promotes from real processes, and bad input as
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,31 @@ def test_concurrent_promotes_lose_no_event_and_the_alias_follows_the_last(
     for before, after in zip(promotes, promotes[1:], strict=False):  # each knew where the alias really was
         assert after.from_version == before.to_version
     assert registry.resolve(f"{repo}@production", opts).version == str(promotes[-1].to_version)
+
+
+_PROMOTE_AND_READ = """
+import sys
+from batchserve import registry
+root, who = sys.argv[1], sys.argv[2]
+for i in range(20):
+    registry.promote(root, 1 + i % 2, "production", {}, actor=who, message=f"{who} {i}")
+    registry.resolve(root + "@production", {})  # a reader, between writers
+    registry.events(root, {})
+"""
+
+
+def test_readers_never_see_a_half_written_event(tmp_path: Path, model_dir: dict) -> None:
+    """Concurrent promotes and @alias lookups through the Python API in four real processes: no reader
+    meets an event file created but not yet written ('unreadable audit event: Expecting value')."""
+    repo = str(tmp_path / "fraud")
+    for name in ("logreg", "lgbm"):
+        registry.register(repo, Path(model_dir[name][0]).read_bytes(), {}, actor="setup", message=None)
+    procs = [subprocess.Popen([sys.executable, "-c", _PROMOTE_AND_READ, repo, who], stderr=subprocess.PIPE, text=True)
+             for who in "abcd"]
+    errors = [p.communicate(timeout=180)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert [e.seq for e in registry.events(repo, {})] == list(range(1, 83))  # 2 registers + 80 promotes
+    assert not [n for n in os.listdir(Path(repo) / "_events") if not n.endswith(".json")]  # no temporary left
 
 
 def test_bad_input_is_one_line_and_changes_nothing(tmp_path: Path, model_dir: dict) -> None:
