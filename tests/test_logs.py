@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,26 @@ def test_json_records_carry_event_fields_and_the_run_id(tmp_path: Path, capsys: 
                                                                                  "20261122T030001Z-abcdef")
     state["format"] = "plain"
     assert error_line("boom", 1) == "error: boom (run 20261122T030001Z-abcdef)"
+
+
+@pytest.mark.slow
+def test_a_newline_in_a_file_name_cannot_forge_a_log_line(tmp_path: Path) -> None:
+    """Every plain line (stderr and --log-file) is one record: control characters in values are escaped."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import SAMPLE_DATA, SAMPLE_MODEL
+    from tests.test_cli import BIN
+
+    forged = "a\n2026-12-04T00:00:00.000Z ERROR batchserve forged.parquet"
+    (tmp_path / "in").mkdir()
+    shutil.copy(SAMPLE_DATA / "date=2026-11-01" / "part-0.parquet", tmp_path / "in" / forged)
+    log = tmp_path / "run.log"
+    proc = subprocess.run([str(BIN), "score", "-m", str(SAMPLE_MODEL), "-i", str(tmp_path / "in"), "-o",
+                           str(tmp_path / "out"), "--log-file", str(log)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for text in (proc.stderr, log.read_text()):
+        lines = text.splitlines()
+        assert all(re.match(r"^\d{4}-\d\d-\d\dT[\d:.]+Z (INFO|WARNING) batchserve \[", ln) for ln in lines), lines
+        assert not any(ln.startswith("2026-12-04T00:00:00.000Z ERROR") for ln in lines)
+        assert any("a\\n2026-12-04T00:00:00.000Z ERROR batchserve forged.parquet" in ln for ln in lines)

@@ -277,6 +277,42 @@ def test_json_logs_are_one_object_per_line(tmp_path: Path, cluster: str) -> None
     assert bad.returncode == 1
     last = json.loads(bad.stderr.splitlines()[-1])
     assert last["level"] == "error" and last["exit_code"] == 1 and "nope" in last["error"] and last["run_id"]
+    assert last["event"] == "failed"
+
+
+def test_a_drifted_run_ends_drifted_not_failed_and_every_run_closes_the_log_file(
+    tmp_path: Path, cluster: str, bad_model_repo: Path
+) -> None:
+    """Exit 3 committed its outputs: its JSON last line says event drifted, not failed. The plain
+    --log-file records every run's end, success included (it only ever held failures)."""
+    common = ["-i", str(SAMPLE_DATA / f"date={DAY}"), "--scheduler", cluster,
+              "--reference", str(REPO / "sample_data" / "reference.json"), "--fail-on-drift"]
+    drifted = run_cli("score", "-m", str(bad_model_repo), "-o", str(tmp_path / "o1"), *common, "--log-format", "json")
+    assert drifted.returncode == 3
+    last = json.loads(drifted.stderr.splitlines()[-1])
+    assert (last["event"], last["exit_code"]) == ("drifted", 3) and "prediction drift" in last["error"]
+    log = tmp_path / "runs.log"
+    ok = run_cli("score", "-m", str(SAMPLE_MODEL), "-o", str(tmp_path / "o2"), *common, "-q", "--log-file", str(log))
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+    closing = log.read_text().splitlines()[-1]
+    assert re.search(r" INFO batchserve \[\S+\] finished: scored 2 file\(s\), 20000 rows in [\d.]+s, exit 0$", closing)
+
+
+def test_every_boolean_setting_can_be_turned_off_from_the_command_line() -> None:
+    """A job file's resume = true (or any true) must be reversible per run: --no-resume and the rest."""
+    import dataclasses
+
+    import typer.main
+
+    from batchserve.cli import app
+    from batchserve.config import ScoreConfig
+
+    booleans = {f.name for f in dataclasses.fields(ScoreConfig) if f.type in ("bool", bool) and f.name != "batch_auto"}
+    command = typer.main.get_command(app).commands["score"]  # type: ignore[attr-defined]
+    flags = {p.name: (p.opts, p.secondary_opts) for p in command.params}
+    for name in booleans:
+        dashed = name.replace("_", "-")
+        assert flags[name] == ([f"--{dashed}"], [f"--no-{dashed}"]), (name, flags.get(name))
 
 
 # -- metrics ------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -98,16 +99,33 @@ class _RunId(logging.Filter):
         return True
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """Control characters escaped (a newline as ``\\n``): a file named ``a\\nERROR batchserve forged.parquet``
+    must not print a second, forged log line. JSON lines are escaped by the encoder already."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class PlainFormatter(logging.Formatter):
-    """``2026-11-22T03:00:01.123Z INFO batchserve [run] message``: UTC, with its zone (Z)."""
+    """``2026-11-22T03:00:01.123Z INFO batchserve [run] message``: UTC, with its zone (Z); one record, one
+    line (control characters in any value escaped; a traceback with ``--debug`` follows on its own lines)."""
 
     def format(self, record: logging.LogRecord) -> str:
         run = getattr(record, "run_id", None)
         text = f"{_utc(record.created)} {record.levelname} {record.name}{f' [{run}]' if run else ''} " \
-               f"{record.getMessage()}"
+               f"{one_line(record.getMessage())}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
+
+
+class _OneLine(logging.Formatter):
+    """The terminal's message, one line whatever the values in it hold (rich draws the time and level)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -168,7 +186,7 @@ def setup_logging(debug: bool, quiet: bool, log_format: str = "plain", log_file:
 
         handler = RichHandler(console=err_console(), show_path=False, log_time_format=utc_time,
                               omit_repeated_times=False, markup=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_OneLine("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_formatter(log_format))
@@ -200,7 +218,7 @@ def error_line(message: str, code: int) -> str:
 
         return json.dumps({"time": _utc(time.time()), "level": "error", "run_id": run, "event": event_of(code),
                            "error": message, "exit_code": code})
-    return f"error: {message}" + (f" (run {run})" if run and f"run {run}" not in message else "")
+    return f"error: {one_line(message)}" + (f" (run {run})" if run and f"run {run}" not in message else "")
 
 
 def event_of(code: int) -> str:
