@@ -77,3 +77,39 @@ def test_setup_once_per_plugin_name_and_teardown_on_close() -> None:
                                                ("inproc://127.0.0.1/77", "127.0.0.1"), ("ucx://gpu-3:1", "gpu-3")])
 def test_host_of_an_address(address: str, host: str) -> None:
     assert host_of(address) == host
+
+
+def test_split_rows_on_the_in_process_engine_scores_every_row_once(tmp_path, monkeypatch) -> None:
+    """Issue 20, item 12: --split-rows sends a merge task its pieces' futures; Dask passes their results,
+    and so must the in-process engine (it passed the futures: AttributeError 'TaskFuture' ... 'piece')."""
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    import batchserve
+    from batchserve.pipeline import cluster
+    from tests.conftest import SAMPLE_DATA, SAMPLE_MODEL
+
+    monkeypatch.setattr(cluster, "default_workers", lambda: 1)  # the in-process engine on any machine
+    result = batchserve.score(model=str(SAMPLE_MODEL), input=str(SAMPLE_DATA / "date=2026-11-01"),
+                              output=str(tmp_path / "out"), split_rows=1000, batch_size=500)
+    assert result.manifest.run.engine is not None and result.manifest.run.engine.kind == "local-threads"
+    got = ds.dataset(tmp_path / "out", format="parquet", exclude_invalid_files=True).to_table()
+    want = pa_concat([pq.read_table(p) for p in sorted((SAMPLE_DATA / "date=2026-11-01").glob("*.parquet"))])
+    assert got.num_rows == want.num_rows == 20_000
+    assert sorted(got.column("transaction_id").to_pylist()) == sorted(want.column("transaction_id").to_pylist())
+
+
+def pa_concat(tables):
+    import pyarrow as pa
+
+    return pa.concat_tables(tables)
+
+
+def test_a_future_among_the_arguments_is_its_result() -> None:
+    client = inprocess.InProcessClient(threads=2)
+    try:
+        parts = [client.submit(lambda x: x * 10, i, key=f"p{i}") for i in range(3)]
+        total = client.submit(lambda *xs: sum(xs), *parts, key="sum")
+        assert total.result(timeout=30) == 30
+    finally:
+        client.close()

@@ -89,7 +89,9 @@ class InProcessClient:
                 if not future.set_running_or_notify_cancel():
                     continue
                 try:
-                    result = fn(*args)
+                    # As Dask does: a future among the arguments is its result (a large file's merge task
+                    # gets its pieces' receipts). They were queued first, so they are done or running.
+                    result = fn(*(a.result() if isinstance(a, TaskFuture) else a for a in args))
                 except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
                     future.set_exception(exc)
                 else:
