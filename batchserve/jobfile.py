@@ -89,6 +89,15 @@ def load_job_file(path: str, known: Collection[str]) -> dict[str, Any]:
         raise ConfigError(f"job file is not valid TOML: {exc}", path=path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the job file: {exc.strerror or exc}", path=path) from None
+    if "score" in data:  # then everything belongs in it: a stray [scoring] or a key above [score] is a mistake
+        for key, value in data.items():
+            if key == "score":
+                continue
+            if isinstance(value, dict):
+                hint = " (did you mean [score]?)" if closest(key, ["score"]) else ""
+                raise ConfigError(f"job file has an unknown table [{key}]{hint}; settings go in the [score] table",
+                                  path=path)
+            raise ConfigError(f"job file key {key!r} is outside the [score] table; put it under [score]", path=path)
     table = data.get("score", data)
     if not isinstance(table, dict):
         raise ConfigError("job file [score] must be a table", path=path)

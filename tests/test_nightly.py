@@ -199,6 +199,15 @@ def test_a_bad_model_night_fails_the_nightly_job_and_so_does_its_rerun(workdir: 
     ('[score]\nmodel = "m"\ninput = "in"\noutput = "o"\n', ["--filter", "date=>2026"], {}, ["--filter 'date=>2026'"], 2),
     ('[score]\ninput = "in"\noutput = "o"\n', [], {}, ["missing required setting(s): model"], 2),
     ('[score]\nmodel = "m"\ninput = "in"\noutput = "o"\n', ["--var", "ds=1"], {}, ["--var ds is not used"], 2),
+    # values a job file would have changed or ignored silently (issue 20, item 8)
+    ('[score]\nmodel = "m"\ninput = "in"\noutput = "o"\nmodel_version = 1.5\n', [], {},
+     ["setting 'model_version'", "expected a whole number, got 1.5"], 2),
+    ('[score]\nmodel = "m"\ninput = "in"\noutput = "o"\nbatch_size = 100.7\n', [], {},
+     ["setting 'batch_size'", "got 100.7"], 2),
+    ('[score]\nmodel = "m"\ninput = "in"\noutput = "o"\n[scoring]\nbatch_size = 10\n', [], {},
+     ["unknown table [scoring] (did you mean [score]?)"], 2),
+    ('workers = 2\n[score]\nmodel = "m"\ninput = "in"\noutput = "o"\n', [], {},
+     ["job file key 'workers' is outside the [score] table"], 2),
 ])
 def test_bad_job_input_is_one_line_and_writes_nothing(tmp_path: Path, job: str, args: list[str],
                                                       env: dict[str, str], needles: list[str], code: int) -> None:

@@ -54,7 +54,9 @@ def _to_bool(value: Any) -> bool:
 
 
 def _to_int(value: Any) -> int:
-    if isinstance(value, bool):
+    """A whole number from an int or its text; a float (a job file's 1.5 or 100.7) is refused, never
+    truncated into another model version or batch size."""
+    if isinstance(value, bool | float):
         raise ConfigError(f"expected a whole number, got {value!r}")
     try:
         return int(value)
