@@ -154,12 +154,24 @@ def _event_numbers(root: str, storage: Mapping[str, Any]) -> list[int]:
     return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
 
 
+#: What an audit event can say. Anything else (a hand-edited "delete") is an event nobody can interpret:
+#: resolving an alias past it would silently pick another version, so it stops resolution instead.
+ACTIONS = ("register", "promote", "rollback")
+
+
 def _event(root: str, seq: int, storage: Mapping[str, Any]) -> Event:
     url = io.join_url(root, EVENTS_DIR, f"{seq:08d}.json")
     try:
-        return Event(**json.loads(io.read_text(url, storage)))
+        event = Event(**json.loads(io.read_text(url, storage)))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"unreadable audit event: {exc}", path=url) from None
+    except RecursionError:
+        raise ModelError("unreadable audit event: JSON nested too deeply", path=url) from None
+    if event.action not in ACTIONS:
+        raise ModelError(f"audit event has an action batchserve cannot interpret ({event.action!r}; it writes "
+                         f"{', '.join(ACTIONS)}): the trail was edited by hand; restore the event from a backup "
+                         "before aliases can be resolved", path=url)
+    return event
 
 
 def events(root: str, storage: Mapping[str, Any]) -> list[Event]:

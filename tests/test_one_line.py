@@ -382,3 +382,19 @@ def test_a_missing_column_says_which_one_was_meant(tmp_path: Path) -> None:
     keep = run_cli("validate", "-m", str(SAMPLE_MODEL), "-i", str(SAMPLE_DATA), "--keep", "card_ids")
     assert keep.returncode == 1
     assert_one_error_line(keep, "column named in --keep is missing (did you mean 'card_id'?)")
+
+
+def test_a_file_name_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """Issue 20, item 7: bad\\xff.parquet raised UnicodeEncodeError in score, validate and --dry-run."""
+    import os
+    import shutil
+
+    from tests.conftest import SAMPLE_DATA, SAMPLE_MODEL
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(SAMPLE_DATA / "date=2026-11-01" / "part-0.parquet", os.fsencode(tmp_path / "in") + b"/bad\xff.parquet")
+    for args in (["score", "-o", str(tmp_path / "out")], ["validate"], ["score", "-o", str(tmp_path / "out"), "--dry-run"]):
+        proc = run_cli(args[0], "-m", str(SAMPLE_MODEL), "-i", str(tmp_path / "in"), *args[1:])
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert_one_error_line(proc, "input file name bad\\xff.parquet is not valid UTF-8; rename it")
+    assert not (tmp_path / "out").exists()

@@ -270,3 +270,31 @@ def test_two_rollbacks_at_once_move_the_alias_one_step(tmp_path: Path, model_dir
     assert registry.resolve(f"{repo}@production", {}).version in ("2", "1")
     for code, out, err in results:
         assert code == 0 or (code == 1 and err.count("\n") == 1 and "moved meanwhile" in err), (code, out, err)
+
+
+@pytest.mark.parametrize("edit", ["delete", "nested"])
+def test_an_event_the_registry_cannot_interpret_stops_resolution_with_one_line(tmp_path: Path, model_dir: dict,
+                                                                              edit: str) -> None:
+    """Issue 20, item 7: a hand-edited action made history raise KeyError while score @production
+    silently used another version; a deeply nested event raised RecursionError."""
+    repo = tmp_path / "fraud"
+    data = Path(model_dir["logreg"][0]).read_bytes()
+    for _ in range(2):
+        registry.register(str(repo), data, {}, actor="t", message=None)
+    for v in (1, 2):
+        registry.promote(str(repo), v, "production", {}, actor="t", message=None)
+    event = repo / "_events" / "00000004.json"
+    if edit == "delete":
+        event.write_text(json.dumps({**json.loads(event.read_text()), "action": "delete"}))
+        needle = "audit event has an action batchserve cannot interpret ('delete'"
+    else:
+        event.write_text("[" * 100_000 + "]" * 100_000)
+        needle = "unreadable audit event: JSON nested too deeply"
+    write_dataset(tmp_path / "in", {"a.parquet": make_table(5)})
+    for args in (["models", "history", str(repo)],
+                 ["score", "-m", f"{repo}@production", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "o")],
+                 ["models", "promote", str(repo), "1", "--alias", "production"]):
+        proc = cli(*args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert_one_error_line(proc, needle, "00000004.json")
+    assert not (tmp_path / "o").exists()

@@ -171,6 +171,7 @@ def list_partitions(url: str, storage: Mapping[str, Any]) -> tuple[str, list[Par
         rel = posixpath.relpath(p, root) if root != "/" else p.lstrip("/")
         if is_hidden(rel) and not explicit:
             continue
+        _check_utf8_name(rel, url)
         info = found[p]
         parts.append(Partition(to_url(fs, p), rel, int(info.get("size") or 0), _version(info)))
     if not parts:
@@ -179,6 +180,17 @@ def list_partitions(url: str, storage: Mapping[str, Any]) -> tuple[str, list[Par
             path=url,
         )
     return to_url(fs, root), parts
+
+
+def _check_utf8_name(rel: str, url: str) -> None:
+    """A file name that is not UTF-8 (``bad\\xff.parquet``) cannot be opened by pyarrow nor written into a
+    UTF-8 manifest: one line naming it, its bytes escaped, before anything is read or written."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise InputError(f"input file name {shown} is not valid UTF-8; rename it (file names are recorded in "
+                         "UTF-8 manifests)", path=url) from None
 
 
 def _open_parquet(url: str, storage: Mapping[str, Any]) -> pq.ParquetFile:
