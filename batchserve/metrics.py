@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import math
 import os
+import threading
 import time
 
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway, write_to_textfile
@@ -38,8 +39,11 @@ log = logging.getLogger("batchserve")
 
 PUSH_JOB = "batchserve"
 LAST_SUCCESS = "batchserve_last_success_timestamp_seconds"
-#: A Pushgateway that does not answer must not hold a nightly job: the run's result stands.
+#: A Pushgateway that does not answer must not hold a nightly job: the run's result stands. This bounds
+#: each socket operation; one that trickles a byte at a time is bounded by the push's overall deadline.
 PUSH_TIMEOUT_S = 10.0
+#: The push's overall deadline when none is given (``--push-timeout``).
+PUSH_DEADLINE_S = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +149,7 @@ def _previous_last_success(path: str) -> tuple[dict[str, str], float] | None:
     return None
 
 
-def push_metrics(url: str, outcome: RunOutcome) -> str | None:
+def push_metrics(url: str, outcome: RunOutcome, deadline_s: float = PUSH_DEADLINE_S) -> str | None:
     """Push to a Pushgateway; returns why it failed (the caller warns once) or None.
 
     Grouping: job ``batchserve``, ``batchserve_job`` = the job's stable name, so one job is one group
@@ -153,13 +157,25 @@ def push_metrics(url: str, outcome: RunOutcome) -> str | None:
     push never replaces another's.
     """
     reg = build_registry(outcome, job_label=False)
-    try:
-        pushadd_to_gateway(url, job=PUSH_JOB, registry=reg, grouping_key={"batchserve_job": outcome.job},
-                           timeout=PUSH_TIMEOUT_S)
-    except Exception as exc:  # noqa: BLE001 - any failure to push is a warning, never the run's failure
-        reason = getattr(exc, "reason", None) or exc
-        return f"{type(exc).__name__}: {' '.join(str(reason).split())[:200]}"
-    return None
+    result: list[str | None] = []
+
+    def push() -> None:
+        try:
+            pushadd_to_gateway(url, job=PUSH_JOB, registry=reg, grouping_key={"batchserve_job": outcome.job},
+                               timeout=min(PUSH_TIMEOUT_S, deadline_s))
+            result.append(None)
+        except Exception as exc:  # noqa: BLE001 - any failure to push is a warning, never the run's failure
+            reason = getattr(exc, "reason", None) or exc
+            result.append(f"{type(exc).__name__}: {' '.join(str(reason).split())[:200]}")
+
+    # One overall deadline: urllib's timeout is per socket operation, so a gateway sending a byte every
+    # few seconds held a finished run for minutes. The thread is a daemon: abandoned, it ends with us.
+    worker = threading.Thread(target=push, name="batchserve-push", daemon=True)
+    worker.start()
+    worker.join(deadline_s)
+    if worker.is_alive() or not result:
+        return f"no complete answer within {deadline_s:g} s (--push-timeout); the push was abandoned"
+    return result[0]
 
 
 def check_metrics_path(path: str) -> str | None:

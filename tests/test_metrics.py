@@ -58,3 +58,85 @@ def test_a_failure_keeps_the_earlier_last_success(tmp_path: Path) -> None:
     assert got["batchserve_run_exit_code"][1] == 143
     assert check_metrics_path(str(tmp_path / "missing" / "x.prom")) and check_metrics_path("s3://b/x.prom")
     assert check_metrics_path(str(tmp_path)) and check_metrics_path(str(path)) is None
+
+
+class _Trickle:
+    """A local HTTP 'Pushgateway' that answers one byte a second (bounded: it stops after ``limit_s``)."""
+
+    def __init__(self, limit_s: float = 60.0) -> None:
+        import socket
+        import threading
+        import time
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.5)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connected = threading.Event()
+        self._end = time.monotonic() + limit_s
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import time
+
+        while not self._stop.is_set() and time.monotonic() < self._end:
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connected.set()
+            try:
+                conn.recv(65536)
+                for ch in b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000:
+                    if self._stop.is_set() or time.monotonic() > self._end:
+                        break
+                    conn.send(bytes([ch]))
+                    self._stop.wait(1.0)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+        self.sock.close()
+
+
+def test_a_slow_pushgateway_is_bounded_by_one_overall_deadline() -> None:
+    """Issue 20, item 5: one byte every few seconds kept a finished run alive, the timeout being per read."""
+    from batchserve.metrics import push_metrics
+
+    gateway = _Trickle()
+    try:
+        outcome = RunOutcome(output="o", model="m", exit_code=0, run_id="r", seconds=1.0, job="j")
+        problem = push_metrics(gateway.url, outcome, deadline_s=2.0)
+        assert gateway.connected.is_set()
+        assert problem == "no complete answer within 2 s (--push-timeout); the push was abandoned"
+    finally:
+        gateway.close()
+
+
+def test_sigterm_while_pushing_says_the_run_had_finished(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from tests.conftest import SAMPLE_DATA, SAMPLE_MODEL
+    from tests.test_cli import BIN
+
+    gateway = _Trickle()
+    try:
+        proc = subprocess.Popen([str(BIN), "score", "-m", str(SAMPLE_MODEL), "-i", str(SAMPLE_DATA / "date=2026-11-01"),
+                                 "-o", str(tmp_path / "out"), "-q", "--pushgateway", gateway.url,
+                                 "--push-timeout", "120"], stderr=subprocess.PIPE, text=True)
+        assert gateway.connected.wait(120)  # the run finished and is pushing
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143 and err.count("\n") == 1, err
+        assert "while pushing the metrics of a run that had finished (exit 0)" in err and "nothing was scored" not in err
+        assert (tmp_path / "out" / "_SUCCESS").exists()
+    finally:
+        gateway.close()

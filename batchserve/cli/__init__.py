@@ -145,6 +145,7 @@ def score(
     trt_cache: Annotated[str | None, typer.Option(help=H("On a GPU: run through TensorRT, caching its engines in this folder (keep it between runs: building takes minutes, loading seconds).", setting="trt_cache"))] = None,
     metrics_file: Annotated[str | None, typer.Option(help=H("Write the run's Prometheus metrics here (atomically) after success or failure, for node_exporter's textfile collector.", setting="metrics_file"))] = None,
     metrics_job: Annotated[str | None, typer.Option(help=H("The job's stable name in metrics (label batchserve_job, the push's grouping key): one series night after night.", default="the job file's name, else the output without trailing key=value folders", setting="metrics_job"))] = None,
+    push_timeout: Annotated[float | None, typer.Option(help=H("Seconds a finished run waits for the Pushgateway in all, then one warning; the run's exit code stands.", default="15", setting="push_timeout"))] = None,
     pushgateway: Annotated[str | None, typer.Option(help=H("Push the run's metrics to this Prometheus Pushgateway (job batchserve, grouped by output); unreachable: one warning.", setting="pushgateway"))] = None,
     job: Annotated[str | None, typer.Option(help="TOML job file ([score] table); flags and BATCHSERVE_* variables override it.")] = None,
     var: Annotated[list[str] | None, typer.Option("--var", help="Fill ${NAME} in the job file: NAME=VALUE (repeatable); else the environment's NAME.")] = None,
@@ -176,7 +177,7 @@ def score(
             "on_error": on_error, "max_failed_files": max_failed_files, "nan": nan, "challenger": challenger,
             "challenger_output": challenger_output, "challenger_keep": columns(challenger_keep),
             "storage_options": storage_flag(storage_option), "filter": filter or None,
-            "metrics_file": metrics_file, "metrics_job": metrics_job, "pushgateway": pushgateway, "precision": precision, "trt_cache": trt_cache,
+            "metrics_file": metrics_file, "metrics_job": metrics_job, "push_timeout": push_timeout, "pushgateway": pushgateway, "precision": precision, "trt_cache": trt_cache,
         }
         return resolve_score_config(flags, job_file=job, variables=var)
 

@@ -65,6 +65,7 @@ class ScoreSettings(TypedDict, total=False):
     precision: Literal["fp32", "fp16"]
     trt_cache: str | None
     metrics_file: str | None
+    push_timeout: float
     metrics_job: str | None
     pushgateway: str | None
     job: str | None

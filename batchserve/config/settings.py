@@ -86,6 +86,8 @@ class ScoreConfig:
     filter: tuple[str, ...] = ()
     #: Prometheus text file written (atomically) after the run, for node_exporter's textfile collector.
     metrics_file: str | None = None
+    #: Seconds a finished run waits for the Pushgateway, in all (then one warning; the run's result stands).
+    push_timeout: float = 15.0
     #: The job's stable name in metrics (label ``batchserve_job``, the push's grouping key).
     metrics_job: str | None = None
     #: Prometheus Pushgateway the run's metrics are pushed to (job ``batchserve``, grouped by output).
@@ -122,6 +124,8 @@ class ScoreConfig:
             raise ConfigError("--max-failed-files only applies with --on-error skip")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")
+        if not 0 < self.push_timeout <= 3600:
+            raise ConfigError(f"--push-timeout must be between 0 and 3600 seconds, got {self.push_timeout}")
         if self.max_drift_share is not None and not 0 <= self.max_drift_share <= 1:
             raise ConfigError(f"--max-drift-share must be between 0 and 1, got {self.max_drift_share}")
         if self.fail_on_drift and not self.reference:

@@ -150,6 +150,7 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "precision": _to_str,
     "trt_cache": _to_str,
     "metrics_file": _to_str,
+    "push_timeout": _to_float,
     "metrics_job": _to_str,
     "pushgateway": _to_str,
 }
