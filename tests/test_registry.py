@@ -251,23 +251,28 @@ def test_rollback_steps_back_through_promotions_and_never_redoes(tmp_path: Path,
     assert history[0].split(": ", 1)[1].startswith("rolled back 2 -> 1")
 
 
-def test_two_rollbacks_at_once_move_the_alias_one_step(tmp_path: Path, model_dir: dict) -> None:
-    """Real concurrent processes from the same state: at most one step back is taken per state seen,
-    and the alias never returns to the version both meant to leave."""
-    repo = str(tmp_path / "fraud")
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_rollbacks_at_once_move_the_alias_one_step(where: str, tmp_path: Path, model_dir: dict,
+                                                       request: pytest.FixtureRequest) -> None:
+    """Real concurrent processes from the same state, on a local folder and on S3 (moto's server): at
+    most one step back is taken per state seen, and the alias never returns to the version both meant
+    to leave."""
+    opts = request.getfixturevalue("s3") if where == "s3" else {}
+    repo = f"s3://lake/rollback-{tmp_path.name}/fraud" if opts else str(tmp_path / "fraud")
     data = Path(model_dir["logreg"][0]).read_bytes()
     for _ in range(3):
-        registry.register(repo, data, {}, actor="t", message=None)
+        registry.register(repo, data, opts, actor="t", message=None)
     for v in (1, 2, 3):
-        registry.promote(repo, v, "production", {}, actor="t", message=None)
-    procs = [subprocess.Popen([str(BIN), "models", "rollback", repo, "--alias", "production"],
+        registry.promote(repo, v, "production", opts, actor="t", message=None)
+    extra = [a for k, v in opts.items() for a in ("--storage-option", f"{k}={v}")]
+    procs = [subprocess.Popen([str(BIN), "models", "rollback", repo, "--alias", "production", *extra],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
     for p in procs:
         p.stdout.close(), p.stderr.close()  # type: ignore[union-attr]
-    moves = [e for e in registry.events(repo, {}) if e.action == "rollback"]
+    moves = [e for e in registry.events(repo, opts) if e.action == "rollback"]
     assert [(e.from_version, e.to_version) for e in moves] in ([(3, 2)], [(3, 2), (2, 1)])
-    assert registry.resolve(f"{repo}@production", {}).version in ("2", "1")
+    assert registry.resolve(f"{repo}@production", opts).version in ("2", "1")
     for code, out, err in results:
         assert code == 0 or (code == 1 and err.count("\n") == 1 and "moved meanwhile" in err), (code, out, err)
 
