@@ -77,3 +77,26 @@ def test_staging_names_are_flat_and_one_per_path() -> None:
     assert len(set(names)) == len(rels)
     assert all("/" not in n and len(n.encode()) <= 200 for n in names)
     assert staging_name("part=000/data.parquet") == "part=000%2Fdata.parquet"
+
+
+@pytest.mark.slow
+def test_an_output_inside_a_locked_output_is_refused(tmp_path: Path) -> None:
+    """Issue 20, item 11: run B into X/sub while run A held X's lock was never checked, and A's _SUCCESS
+    then covered B's files unlisted. A live enclosing lock refuses B with one line; a stale one does not."""
+    from tests.conftest import SAMPLE_DATA, SAMPLE_MODEL
+    from tests.test_cli import BIN
+
+    outer = tmp_path / "X"
+    outer.mkdir()
+    lock = outer / output.LOCK_NAME
+    lock.write_text(json.dumps({"run_id": "run-a", "host": socket.gethostname(), "pid": os.getpid(),
+                                "started_at": _ago(0)}))
+    argv = [str(BIN), "score", "-m", str(SAMPLE_MODEL), "-i", str(SAMPLE_DATA / "date=2026-11-01"), "-q"]
+    proc = subprocess.run([*argv, "-o", str(outer / "sub" / "deeper")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"the output lies inside {outer}, which another batchserve run is writing (run run-a" in proc.stderr
+    assert not (outer / "sub").exists()
+    lock.write_text(json.dumps({"run_id": "run-a", "host": socket.gethostname(), "pid": _dead_pid(),
+                                "started_at": _ago(0)}))
+    stale = subprocess.run([*argv, "-o", str(outer / "sub")], capture_output=True, text=True, timeout=120)
+    assert stale.returncode == 0, stale.stderr

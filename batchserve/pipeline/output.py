@@ -212,6 +212,7 @@ def check_profile_output(cfg: ScoreConfig) -> None:
 def output_lock(cfg: ScoreConfig, run_id: str) -> Iterator[None]:
     """Refuse a second live run into the same output; take over a stale lock."""
     storage = cfg.storage
+    _refuse_inside_a_locked_output(cfg)
     url = io.join_url(cfg.output, LOCK_NAME)
     me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
           "user": getpass.getuser(), "started_at": utc_now()}
@@ -249,6 +250,36 @@ def output_lock(cfg: ScoreConfig, run_id: str) -> Iterator[None]:
                 io.remove(url, storage)
         except (ValueError, BatchserveError):
             pass
+
+
+def _parents(url: str) -> Iterator[str]:
+    """The folders enclosing ``url``, innermost first, up to the bucket or the file system's root."""
+    scheme, sep, rest = url.rstrip("/").rpartition("://")
+    head = f"{scheme}{sep}"
+    parts = rest.split("/")
+    for i in range(len(parts) - 1, 0, -1):
+        parent = "/".join(parts[:i])
+        if parent:
+            yield head + parent
+
+
+def _refuse_inside_a_locked_output(cfg: ScoreConfig) -> None:
+    """An output inside an output another live run holds is refused (as an output containing the input
+    is): that run's listing would count this run's files, and its _SUCCESS would cover them unlisted."""
+    for parent in _parents(cfg.output):
+        lock = io.join_url(parent, LOCK_NAME)
+        if not io.exists(lock, cfg.storage):
+            continue
+        try:
+            other = json.loads(io.read_text(lock, cfg.storage))
+        except (ValueError, BatchserveError):
+            other = {}
+        if isinstance(other, dict) and lock_is_live(other):
+            raise LockedError(
+                f"the output lies inside {parent}, which another batchserve run is writing (run {other.get('run_id')}, "
+                f"pid {other.get('pid')} on {other.get('host')}); write outside it, or wait for that run",
+                path=cfg.output,
+            )
 
 
 def lock_is_live(lock: Mapping[str, Any]) -> bool:
