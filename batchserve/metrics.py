@@ -27,6 +27,7 @@ import math
 import os
 import threading
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway, write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
@@ -159,10 +160,12 @@ def push_metrics(url: str, outcome: RunOutcome, deadline_s: float = PUSH_DEADLIN
     reg = build_registry(outcome, job_label=False)
     result: list[str | None] = []
 
+    target, handler = _with_basic_auth(url)
+
     def push() -> None:
         try:
-            pushadd_to_gateway(url, job=PUSH_JOB, registry=reg, grouping_key={"batchserve_job": outcome.job},
-                               timeout=min(PUSH_TIMEOUT_S, deadline_s))
+            pushadd_to_gateway(target, job=PUSH_JOB, registry=reg, grouping_key={"batchserve_job": outcome.job},
+                               timeout=min(PUSH_TIMEOUT_S, deadline_s), handler=handler)
             result.append(None)
         except Exception as exc:  # noqa: BLE001 - any failure to push is a warning, never the run's failure
             reason = getattr(exc, "reason", None) or exc
@@ -176,6 +179,28 @@ def push_metrics(url: str, outcome: RunOutcome, deadline_s: float = PUSH_DEADLIN
     if worker.is_alive() or not result:
         return f"no complete answer within {deadline_s:g} s (--push-timeout); the push was abandoned"
     return result[0]
+
+
+def _with_basic_auth(url: str) -> tuple[str, Any]:
+    """``http://user:password@gateway:9091``: the URL without its userinfo, and prometheus_client's basic
+    auth handler carrying it (urllib sends no credentials from a URL by itself)."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    from prometheus_client.exposition import basic_auth_handler, default_handler
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.username is None:
+        return url, default_handler
+    user, password = unquote(parts.username), unquote(parts.password or "")
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+
+    def handler(url: str, method: str, timeout: float | None, headers: list[tuple[str, str]], data: bytes
+                ) -> Any:
+        return basic_auth_handler(url, method, timeout, headers, data, user, password)
+
+    return urlunsplit(parts._replace(netloc=netloc)), handler
 
 
 def check_metrics_path(path: str) -> str | None:

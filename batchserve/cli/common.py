@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import typer
 
 from batchserve.config import parse_storage_options
+from batchserve.config.secrets import redact_text, redact_value
 from batchserve.errors import EXIT_USAGE, BatchserveError, ConfigError, Interrupted, exit_code_of
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class PlainFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         run = getattr(record, "run_id", None)
         text = f"{_utc(record.created)} {record.levelname} {record.name}{f' [{run}]' if run else ''} " \
-               f"{one_line(record.getMessage())}"
+               f"{one_line(redact_text(record.getMessage()))}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
@@ -125,7 +126,7 @@ class _OneLine(logging.Formatter):
     """The terminal's message, one line whatever the values in it hold (rich draws the time and level)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return one_line(super().formatMessage(record))
+        return one_line(redact_text(super().formatMessage(record)))
 
 
 class JsonFormatter(logging.Formatter):
@@ -134,9 +135,9 @@ class JsonFormatter(logging.Formatter):
     ``logger``, the human ``message``, and the record's other structured fields merged in."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = redact_text(record.getMessage())
         fields = getattr(record, "fields", None)
-        fields = dict(fields) if isinstance(fields, dict) else {}
+        fields = redact_value(dict(fields)) if isinstance(fields, dict) else {}
         data: dict[str, Any] = {
             "time": _utc(record.created), "level": record.levelname.lower(),
             "run_id": getattr(record, "run_id", None), "event": fields.pop("event", message), "logger": record.name,
@@ -211,8 +212,10 @@ def setup_logging(debug: bool, quiet: bool, log_format: str = "plain", log_file:
 
 
 def error_line(message: str, code: int) -> str:
-    """The one line a failure prints: ``error: ... (run ID)``, or one JSON object with ``--log-format json``."""
+    """The one line a failure prints: ``error: ... (run ID)``, or one JSON object with ``--log-format json``;
+    a URL's userinfo password is masked in it (cron mails it)."""
     run = state["run_id"]
+    message = redact_text(message)
     if state["format"] == "json":
         import time
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from batchserve.cli.common import lazy, state
+from batchserve.config.secrets import redact_text
 from batchserve.errors import BatchserveError
 
 if TYPE_CHECKING:
@@ -76,8 +77,8 @@ def echo_dry_run(d: pipeline.DryRun, cfg: Any) -> None:
     p = d.plan
     if state["format"] == "json":
         typer.echo(json.dumps({
-            "dry_run": True, "files": d.files, "rows": d.rows, "bytes": d.bytes, "model": p.model_uri,
-            "model_version": p.model_version, "model_url": p.model_url, "sha256": p.info.sha256,
+            "dry_run": True, "files": d.files, "rows": d.rows, "bytes": d.bytes, "model": redact_text(p.model_uri),
+            "model_version": p.model_version, "model_url": redact_text(p.model_url), "sha256": p.info.sha256,
             "output": d.output, "filter": list(cfg.filter), "resumable_files": d.reusable,
             "resumable_rows": d.reusable_rows, "previous_run": d.previous_run,
             "estimate_seconds": d.estimate_seconds, "scope": list(d.scope), "would_remove": list(d.removes),
@@ -94,7 +95,8 @@ def echo_dry_run(d: pipeline.DryRun, cfg: Any) -> None:
         typer.echo(f"    ... and {d.files - 20} more")
     if p.failures:
         typer.echo(f"  skipped (--on-error skip): {len(p.failures)} file(s), e.g. {p.failures[0].relpath}: {p.failures[0].error}")
-    typer.echo(f"  model: {p.model_uri} -> version {p.model_version or '-'} ({p.model_url}, sha256 {p.info.sha256[:12]})")
+    typer.echo(f"  model: {redact_text(p.model_uri)} -> version {p.model_version or '-'} ({redact_text(p.model_url)}, "
+               f"sha256 {p.info.sha256[:12]})")
     scope = f"the files --filter {' and '.join(d.scope)} selects; other partitions are left as they are" if d.scope else "all of it"
     typer.echo(f"  output: {d.output} (this run owns {scope})")
     if d.removes:

@@ -7,7 +7,7 @@ import dataclasses
 import re
 from typing import Any
 
-from batchserve.config.secrets import redact
+from batchserve.config.secrets import redact, redact_text
 from batchserve.config.values import storage_dict
 from batchserve.errors import ConfigError
 from batchserve.selection import parse_filter
@@ -50,7 +50,7 @@ class ScoreConfig:
     overwrite: bool = False
     model_version: int | None = None
     prefix: str = ""
-    storage_options: tuple[tuple[str, str], ...] = ()
+    storage_options: tuple[tuple[str, Any], ...] = ()
     #: Split files above about this many rows into row-group pieces (None: automatic).
     split_rows: int | None = None
     #: A reference profile or an earlier run's _manifest.json to compare against.
@@ -154,8 +154,10 @@ class ScoreConfig:
             raise ConfigError(f"--precision must be fp32 or fp16, got {self.precision!r}")
         if (self.precision == "fp16" or self.trt_cache) and self.device == "cpu":
             raise ConfigError("--precision fp16 and --trt-cache are for GPU sessions; drop them or use --device cuda")
-        if self.pushgateway is not None and not re.match(r"^(https?://)?[^\s/:]+(:\d{1,5})?(/\S*)?$", self.pushgateway):
-            raise ConfigError(f"--pushgateway must be a URL such as http://pushgateway:9091, got {self.pushgateway!r}")
+        if self.pushgateway is not None and not re.match(r"^(https?://)?([^\s/@]+@)?[^\s/:@]+(:\d{1,5})?(/\S*)?$",
+                                                         self.pushgateway):
+            raise ConfigError("--pushgateway must be a URL such as http://pushgateway:9091 (user:password@ allowed), "
+                              f"got {redact_text(self.pushgateway)!r}")
 
     @property
     def storage(self) -> dict[str, Any]:
@@ -171,5 +173,9 @@ class ScoreConfig:
         data["drift_metric"] = list(self.drift_metric)
         data["drift_threshold"] = list(self.drift_threshold)
         data["filter"] = list(self.filter)
-        data["storage_options"] = redact(dict(self.storage_options))
+        data["storage_options"] = redact(storage_dict(self.storage_options))
+        for name in ("model", "input", "output", "reference", "challenger", "challenger_output", "pushgateway",
+                     "metrics_file", "trt_cache"):
+            if isinstance(data.get(name), str):  # a URL's userinfo password: http://user:PASS@host/m.onnx
+                data[name] = redact_text(data[name])
         return data

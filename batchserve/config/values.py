@@ -9,12 +9,34 @@ from typing import Any
 
 from batchserve.errors import ConfigError
 
-__all__ = ["CONVERTERS", "storage_dict", "parse_storage_options"]
+__all__ = ["CONVERTERS", "Table", "storage_dict", "parse_storage_options"]
 
 
-def storage_dict(pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    """Storage options kept as text pairs (hashable, picklable) decoded for fsspec."""
-    return {k: _decode_scalar(v) for k, v in pairs}
+class Table(tuple):  # type: ignore[type-arg]
+    """A nested table of storage options (``[score.storage_options.client_kwargs]``), kept as sorted
+    pairs so the config stays hashable and picklable, and given back to fsspec as a dict: flattened to
+    its text it lost its type (s3fs: 'str' object has no attribute 'copy') and hid its secrets from
+    redaction."""
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return Table(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Table):
+        return {k: _thaw(v) for k, v in value}
+    return _decode_scalar(value)
+
+
+def storage_dict(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """Storage options kept as text pairs (hashable, picklable; nested tables as :class:`Table`)
+    decoded for fsspec."""
+    return {k: _thaw(v) for k, v in pairs}
 
 
 def _decode_scalar(value: str) -> Any:
@@ -107,7 +129,7 @@ def _to_str(value: Any) -> str:
 
 def _to_options(value: Any) -> tuple[tuple[str, str], ...]:
     if isinstance(value, Mapping):
-        return tuple(sorted((str(k), str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()))
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
     if isinstance(value, str):
         return parse_storage_options([v for v in value.split(",") if v])
     if isinstance(value, (list, tuple)):

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from batchserve import drift, io, scoring
 from batchserve.config import ScoreConfig, utc_now
+from batchserve.config.secrets import redact_text
 from batchserve.errors import SchemaError
 from batchserve.pipeline.output import check_profile_output
 from batchserve.pipeline.plan import RunPlan, absolute_paths, plan_run, read_inputs
@@ -64,7 +65,7 @@ def _profile_of(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt]) -> Pro
         created_at=utc_now(),
         batchserve_version=tool_version(),
         source={"input": cfg.input, "files": len(plan.partitions), "rows": plan.rows},
-        model=None if not cfg.model else {"uri": cfg.model, "resolved_uri": plan.model_url,
+        model=None if not cfg.model else {"uri": redact_text(cfg.model), "resolved_uri": redact_text(plan.model_url),
                                           "sha256": plan.info.sha256},
         features=feats,
         predictions=preds,

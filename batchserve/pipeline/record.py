@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from batchserve import compare, drift, manifest, selection
 from batchserve.compare import ChallengerSection
 from batchserve.config import ScoreConfig, utc_now
+from batchserve.config.secrets import redact_text
 from batchserve.pipeline.plan import RunPlan, fingerprint
 from batchserve.reference import ColumnDrift, DriftSection, drift_section
 
@@ -157,7 +158,8 @@ def build_manifest(
             batchserve_version=tool_version(), config=cfg.redacted(), engine=engine, error=error,
         ),
         model=manifest.ModelSection(
-            uri=plan.model_uri, resolved_uri=plan.model_url, version=plan.model_version, **info.as_dict(),
+            uri=redact_text(plan.model_uri), resolved_uri=redact_text(plan.model_url), version=plan.model_version,
+            **info.as_dict(),
             features=list(plan.features.features), feature_source=plan.features.source,
             alias_event=plan.alias_event.as_dict() if plan.alias_event else None,
         ),
@@ -190,7 +192,7 @@ def challenger_section(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt])
         return None
     comparisons = compare.merge_comparisons(r.comparisons for r in receipts if r.comparisons)
     return ChallengerSection(
-        model={"uri": ch.model_uri, "resolved_uri": ch.model_url, "version": ch.model_version,
+        model={"uri": redact_text(ch.model_uri), "resolved_uri": redact_text(ch.model_url), "version": ch.model_version,
                "sha256": ch.info.sha256, "alias_event": ch.alias_event.as_dict() if ch.alias_event else None},
         output=cfg.challenger_output,
         columns=compare.section_columns(comparisons),
