@@ -164,8 +164,6 @@ def test_errors_exit_1_with_one_line_and_write_nothing(tmp_path: Path, dataset: 
         (_score_args(model_dir["logreg"][0], dataset, out, "--keep", "id,nope"), ["--keep is missing", "'nope'"]),
         (_score_args(model_dir["logreg"][0], dataset, dataset / "scored"), ["input and output overlap"]),
         (_score_args(SAMPLE_MODEL, dataset, out, "--model-version", "7"), ["model version 7, which does not exist", "complete versions: 1"]),
-        (_score_args(model_dir["logreg"][0], dataset, out, "--scheduler", "tcp://127.0.0.1:1"),
-         ["cannot reach the Dask scheduler", "127.0.0.1:1"]),
     ]
     for args, needles in cases:
         proc = run_cli(*args)
@@ -228,3 +226,13 @@ def test_the_sample_script_answers_help_and_writes_nothing(tmp_path: Path) -> No
     proc = subprocess.run([sys.executable, str(REPO / "sample_data" / "make_sample.py"), "--help"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: make_sample.py") and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.heavy
+def test_an_unreachable_scheduler_is_one_line(tmp_path: Path, dataset: Path, model_dir: dict) -> None:
+    """Heavy: batchserve waits its 15 s connect timeout for an existing scheduler before saying so."""
+    out = tmp_path / "out"
+    proc = run_cli(*_score_args(model_dir["logreg"][0], dataset, out, "--scheduler", "tcp://127.0.0.1:1"))
+    assert proc.returncode == 1, proc.stderr
+    assert_one_error_line(proc, "cannot reach the Dask scheduler", "127.0.0.1:1")
+    assert not out.exists() or not any(out.rglob("*.parquet"))

@@ -41,7 +41,7 @@ def _probabilities(out: str, rel: str, opts: dict | None) -> np.ndarray:
     return np.array([[r["0"], r["1"]] if isinstance(r, dict) else r for r in rows], dtype=np.float64)
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.heavy)])
 def test_register_promote_score_rollback_with_oracles(where: str, tmp_path: Path, model_dir: dict, cluster: str,
                                                       request: pytest.FixtureRequest) -> None:
     opts = request.getfixturevalue("s3") if where == "s3" else None
@@ -129,7 +129,7 @@ for i in range(8):
 """
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.heavy)])
 def test_concurrent_promotes_lose_no_event_and_the_alias_follows_the_last(
     where: str, tmp_path: Path, model_dir: dict, request: pytest.FixtureRequest
 ) -> None:
@@ -251,7 +251,7 @@ def test_rollback_steps_back_through_promotions_and_never_redoes(tmp_path: Path,
     assert history[0].split(": ", 1)[1].startswith("rolled back 2 -> 1")
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.heavy)])
 def test_two_rollbacks_at_once_move_the_alias_one_step(where: str, tmp_path: Path, model_dir: dict,
                                                        request: pytest.FixtureRequest) -> None:
     """Real concurrent processes from the same state, on a local folder and on S3 (moto's server): at

@@ -150,6 +150,7 @@ def test_s3_lock_create_is_exclusive_among_racing_threads(s3: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_runs_into_one_s3_output_exactly_one_wins(tmp_path: Path, s3: dict, cluster: str,
                                                       linear: tuple[Path, np.ndarray]) -> None:
     import s3fs
