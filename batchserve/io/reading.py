@@ -182,6 +182,21 @@ def list_partitions(url: str, storage: Mapping[str, Any]) -> tuple[str, list[Par
     return to_url(fs, root), parts
 
 
+def input_version(url: str, storage: Mapping[str, Any]) -> tuple[int, str | None]:
+    """A file's size and version (mtime or etag) as the listing gives them, read afresh now: a task
+    compares them with what planning recorded before it commits (the file was rewritten meanwhile?)."""
+    fs, path = _fs(url, storage)
+    try:
+        if isinstance(fs, LocalFileSystem):
+            info = _local_info(path)
+        else:
+            fs.invalidate_cache(path)
+            info = fs.info(path)
+    except Exception as exc:  # noqa: BLE001 - every storage failure becomes a one-liner
+        raise _storage_failure(exc, url, "check the input file") from None
+    return int(info.get("size") or 0), _version(info)
+
+
 def _check_utf8_name(rel: str, url: str) -> None:
     """A file name that is not UTF-8 (``bad\\xff.parquet``) cannot be opened by pyarrow nor written into a
     UTF-8 manifest: one line naming it, its bytes escaped, before anything is read or written."""

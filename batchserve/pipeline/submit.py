@@ -103,6 +103,7 @@ def submit_all(
             plugin_name=spec.plugin_name if spec else None, plan=plan.features, prefix=cfg.prefix,
             storage_options=storage_pairs, stats=cfg.drift, write=write, retries=cfg.retries,
             challenger=_challenger_task(cfg, plan, challenger, run_id, part.relpath),
+            input_size=part.size, input_version=part.version,
         )
         ranges = pieces(footer, target) if write and challenger is None else None
         if ranges is None and footer.num_rows < bundle_rows:

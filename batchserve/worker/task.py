@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchserve import compare, drift, io, scoring
-from batchserve.errors import BatchserveError, located
+from batchserve.errors import BatchserveError, DataError, located
 from batchserve.worker.commit import commit_fence, commits_stopped
 from batchserve.worker.context import RowReporter, current_worker
 from batchserve.worker.plugin import WorkerModel, loaded_model
@@ -54,6 +54,9 @@ class FileTask:
     retries: int = 0
     #: A challenger scored beside the model in the same pass (shadow scoring).
     challenger: ChallengerTask | None = None
+    #: The input's size and version (mtime or etag) when the run planned it: checked before the commit.
+    input_size: int | None = None
+    input_version: str | None = None
 
     @property
     def storage(self) -> dict[str, Any]:
@@ -177,6 +180,7 @@ def _score_file_once(task: FileTask) -> tuple[Receipt, BatchStatistics | None]:
     rows = footer.num_rows if task.row_groups is None else sum(footer.row_group_rows[g] for g in task.row_groups)
     size, checksum, output_url, write_s = 0, None, "", writer.stats_seconds
     if task.write:
+        _check_unchanged(task)
         rows, size, checksum, output_url, write_s = _commit(task, plugin, footer, keep, writer)
     return Receipt(
         input_url=task.input_url, relpath=task.relpath, output_url=output_url, rows=rows, bytes=size,
@@ -216,6 +220,20 @@ def _on_device(batches: Iterator[pa.RecordBatch], task: FileTask, loaded: Loaded
 
 def _open_writer(task: FileTask, schema: pa.Schema) -> io.StagedWriter:
     return io.StagedWriter(task.output_url, task.staging_url, schema, task.storage, owner=task.run_id)
+
+
+def _check_unchanged(task: FileTask) -> None:
+    """The input must still be the file the run planned: rewritten in place meanwhile (a retry re-reads
+    it), the output would hold content the manifest's recorded size and version do not describe."""
+    if task.input_size is None:
+        return
+    size, version = io.input_version(task.input_url, task.storage)
+    if (size, version) != (task.input_size, task.input_version):
+        raise DataError(
+            f"input file changed while the run was scoring it (size {task.input_size} -> {size}, version "
+            f"{task.input_version} -> {version}); nothing of it was committed: re-run to score its new content",
+            path=task.input_url,
+        )
 
 
 def _run_batches(
