@@ -164,6 +164,8 @@ class ChallengerSection:
     columns: dict[str, ColumnComparison]
     #: Inference seconds of each model, summed over tasks (the challenger's is its whole extra cost).
     infer_seconds: dict[str, float]
+    #: Files the challenger failed on (``relpath``, ``error``): its file was not written, the champion's was.
+    failures: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -171,4 +173,5 @@ class ChallengerSection:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ChallengerSection:
         return cls(dict(d["model"]), str(d["output"]),
-                   {n: ColumnComparison(**c) for n, c in d["columns"].items()}, dict(d["infer_seconds"]))
+                   {n: ColumnComparison(**c) for n, c in d["columns"].items()}, dict(d["infer_seconds"]),
+                   [dict(f) for f in d.get("failures", [])])

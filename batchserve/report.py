@@ -304,6 +304,11 @@ def _challenger_verdict(ch: ChallengerSection, limit: float) -> tuple[bool, str]
     apart = [(n, c.psi) for n, c in ch.columns.items() if c.psi is not None and c.psi > limit]
     agreement = [c.agreement for c in ch.columns.values() if c.agreement is not None]
     agree = f"; label agreement {100 * min(agreement):.2f}%" if agreement else ""
+    if ch.failures:  # files it could not score: its output is incomplete whatever its scores say
+        agree += f"; it failed on {len(ch.failures)} file(s), first {ch.failures[0]['relpath']}"
+        if not apart:
+            return True, f"incomplete: the challenger failed on {len(ch.failures)} file(s) (first "\
+                         f"{ch.failures[0]['relpath']}: {ch.failures[0]['error']}); the champion's output is complete"
     if apart:
         worst = ", ".join(f"{n} (PSI {v:.3f} > {limit:g})" for n, v in sorted(apart, key=lambda x: -x[1]))
         return True, f"scores apart from the champion: {worst}{agree}"

@@ -137,3 +137,47 @@ def subprocess_run(*args: str) -> str:
     proc = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_a_failing_challenger_never_touches_the_champions_output(tmp_path: Path, model_dir: dict, cluster: str,
+                                                                 on_error: str) -> None:
+    """Issue 20, item 3: a challenger that failed on a file (int64 input, nulls in the column) removed the
+    champion's output of that file (--on-error skip: exit 0 and _SUCCESS without it; default: exit 1).
+    Now the champion's output is exactly what a run without the challenger writes, and the challenger's
+    failure is recorded in its own output (no _SUCCESS there) and in the champion's challenger section."""
+    import json as json_mod
+
+    import onnx
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import batchserve
+
+    challenger = onnx.load_from_string(models.int_input(2))
+    onnx.helper.set_model_props(challenger, {"feature_names": json_mod.dumps(["f2", "f3"])})
+    (tmp_path / "int.onnx").write_bytes(challenger.SerializeToString())
+    b = make_table(200, seed=2)
+    b = b.set_column(b.schema.get_field_index("f3"), "f3",
+                     pa.array([None if i % 7 == 0 else v for i, v in enumerate(b.column("f3").to_pylist())], pa.int64()))
+    src = write_dataset(tmp_path / "in", {"a.parquet": make_table(200, seed=1), "b.parquet": b})
+    champion = str(model_dir["logreg"][0])
+    alone = batchserve.score(model=champion, input=str(src), output=str(tmp_path / "alone"), scheduler=cluster,
+                             on_error=on_error, prefix="p_")
+    both = batchserve.score(model=champion, input=str(src), output=str(tmp_path / "out"), scheduler=cluster,
+                            on_error=on_error, prefix="p_", challenger=str(tmp_path / "int.onnx"),
+                            challenger_output=str(tmp_path / "ch"))
+    assert both.manifest.run.status == "succeeded" and (tmp_path / "out" / "_SUCCESS").exists()
+    for rel in ("a.parquet", "b.parquet"):  # the same rows and values (NaN where the features had nulls)
+        got, want = pq.read_table(tmp_path / "out" / rel), pq.read_table(tmp_path / "alone" / rel)
+        assert got.schema.remove_metadata() == want.schema.remove_metadata()
+        assert json_mod.dumps(got.to_pylist()) == json_mod.dumps(want.to_pylist())
+    assert [e.relpath for e in both.manifest.outputs] == [e.relpath for e in alone.manifest.outputs]
+    failures = both.manifest.challenger.failures
+    assert [f["relpath"] for f in failures] == ["b.parquet"] and "null" in failures[0]["error"].lower()
+    from batchserve.pipeline import read_manifest
+
+    ch = read_manifest(str(tmp_path / "ch"))
+    assert ch.run.status == "failed" and "the champion's output is complete" in (ch.run.error or "")
+    assert [e.relpath for e in ch.outputs] == ["a.parquet"] and [f.relpath for f in ch.failures] == ["b.parquet"]
+    assert not (tmp_path / "ch" / "_SUCCESS").exists() and not (tmp_path / "ch" / "b.parquet").exists()

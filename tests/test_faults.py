@@ -477,3 +477,23 @@ def _xy():
 
     t = make_table(500, seed=9)
     return features_matrix(t), t.column("target").to_numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_sigterm_with_a_challenger_advises_what_works(tmp_path: Path, slow_job, cluster: str) -> None:
+    """Issue 20, item 4: SIGTERM with a challenger said 're-run with --resume', which is then refused
+    ('not supported with --challenger yet'). The line advises --overwrite, and following it succeeds."""
+    model_path, inp, _ = slow_job
+    out, ch = tmp_path / "out", tmp_path / "ch"
+    extra = ("--challenger", str(model_path), "--challenger-output", str(ch), "--challenger-keep", "id")
+    proc = start_cli(model_path, inp, out, cluster, *extra)
+    _, stderr = interrupt(out, proc, signal.SIGTERM)
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+    assert proc.returncode == 143 and len(errors) == 1, stderr
+    assert "re-run with --overwrite (--resume is not supported with --challenger yet)" in errors[0]
+    assert "--resume to finish" not in errors[0]
+    again = start_cli(model_path, inp, out, cluster, *extra, "--overwrite", "-q")
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert (out / "_SUCCESS").exists() and (ch / "_SUCCESS").exists()

@@ -1,9 +1,12 @@
 """The challenger's output during a run (shadow scoring): checked, locked, cleared, verified and
 finished by the same protocol as the champion's, with its own manifest and ``_SUCCESS``, written
-before the champion's ``_SUCCESS`` (which therefore promises both)."""
+before the champion's. Each promises its own output: a challenger that failed on a file leaves its
+output without ``_SUCCESS`` (the file and why are in its manifest's failures and in the champion's
+challenger section), while the champion's output is exactly what a run without --challenger writes."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,6 +27,8 @@ from batchserve.pipeline.record import RunContext, build_manifest, shadow_contex
 from batchserve.pipeline.submit import Submission
 
 __all__ = ["ChallengerOutput"]
+
+log = logging.getLogger("batchserve")
 
 
 class ChallengerOutput:
@@ -49,7 +54,9 @@ class ChallengerOutput:
 
     def build(self, sub: Submission, status: str, error: str | None = None) -> manifest.Manifest:
         receipts = [r.challenger for r in sub.receipts if r.challenger is not None]
-        m = build_manifest(self.ctx, receipts, sub.failures, sub.engine, status, error)
+        failed = [manifest.FailureEntry(r.input_url, r.relpath, f"challenger: {r.challenger_error}")
+                  for r in sub.receipts if r.challenger_error]
+        m = build_manifest(self.ctx, receipts, [*sub.failures, *failed], sub.engine, status, error)
         m.shadow_of = self.champion_output
         return m
 
@@ -63,10 +70,17 @@ class ChallengerOutput:
         draft = self.build(sub, "succeeded")
         remove_stale_outputs(self.cfg, stale_outputs(self.survey, (e.relpath for e in draft.outputs)))
         problem = verify_outputs(self.cfg, draft.outputs, self.survey)
-        if problem is None:
-            return draft, None
-        failure = OutputError(f"challenger output: {problem}", path=self.cfg.output)
-        return self.build(sub, "failed", str(failure)), failure
+        if problem is not None:
+            failure = OutputError(f"challenger output: {problem}", path=self.cfg.output)
+            return self.build(sub, "failed", str(failure)), failure
+        failed = [r for r in sub.receipts if r.challenger_error]
+        if failed:  # the challenger's output is incomplete (no _SUCCESS); the champion's run is not failed by it
+            why = (f"the challenger failed on {len(failed)} file(s) (first: {failed[0].relpath}: "
+                   f"{failed[0].challenger_error}); the champion's output is complete")
+            log.warning("%s", why, extra={"fields": {"event": "challenger_failed",
+                                                      "files": [r.relpath for r in failed]}})
+            return self.build(sub, "failed", why), None
+        return draft, None
 
     def commit(self, m: manifest.Manifest, complete: bool) -> None:
         self._write(m)

@@ -198,6 +198,7 @@ def challenger_section(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt])
         columns=compare.section_columns(comparisons),
         infer_seconds={"champion": round(sum(r.infer_s for r in receipts), 4),
                        "challenger": round(sum(r.challenger.infer_s for r in receipts if r.challenger), 4)},
+        failures=[{"relpath": r.relpath, "error": r.challenger_error} for r in receipts if r.challenger_error],
     )
 
 

@@ -99,7 +99,10 @@ def _score_locked(ctx: RunContext, survey: OutputSurvey, on_progress: Callable[[
                       lambda status: build_manifest(ctx, sub.receipts, sub.failures, sub.engine, status))
     journal.tick(force=True)
     try:
-        with raise_interrupted():
+        # --resume is refused with a challenger (both outputs would have to resume as one): never advise it
+        advice = ("re-run with --overwrite (--resume is not supported with --challenger yet)"
+                  if ctx.plan.challenger is not None else "re-run with --resume to finish")
+        with raise_interrupted(advice):
             sub.run(with_model=True, t0=ctx.t0, on_receipt=journal.tick, on_progress=on_progress)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, Interrupted | KeyboardInterrupt) else "failed"
@@ -123,7 +126,7 @@ def _score_locked(ctx: RunContext, survey: OutputSurvey, on_progress: Callable[[
             if shadow_failure is not None and result.run.status == "succeeded":
                 result = dataclasses.replace(result, run=dataclasses.replace(result.run, status="failed",
                                                                              error=str(shadow_failure)))
-            shadow.commit(shadow_result, complete=failure is None)
+            shadow.commit(shadow_result, complete=failure is None and shadow_result.run.status == "succeeded")
         journal.write(result)
         ledger.write_record(cfg.output, result, ledger.file_stats(sub.receipts, ctx.carried) if cfg.drift else None,
                             storage)

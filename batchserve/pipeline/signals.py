@@ -20,9 +20,14 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+#: What an interrupted run's one line tells its user to do.
+RESUME_ADVICE = "re-run with --resume to finish"
+
+
 @contextmanager
-def raise_interrupted() -> Iterator[None]:
-    """Turn SIGINT/SIGTERM into :class:`Interrupted` in the main thread, once."""
+def raise_interrupted(advice: str = RESUME_ADVICE) -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into :class:`Interrupted` in the main thread, once; the line ends with
+    ``advice`` (a run that cannot be resumed must not advise --resume)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -31,8 +36,7 @@ def raise_interrupted() -> Iterator[None]:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # cleanup must not be interrupted again
         raise Interrupted(
-            f"interrupted by {signal_name(signum)}; committed files are kept and listed in the manifest; "
-            "re-run with --resume to finish",
+            f"interrupted by {signal_name(signum)}; committed files are kept and listed in the manifest; {advice}",
             signum=signum,
         )
 

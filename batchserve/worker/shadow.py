@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchserve import compare, io, scoring
-from batchserve.errors import located
+from batchserve.errors import BatchserveError, located
 from batchserve.worker.commit import commit_fence
 from batchserve.worker.plugin import WorkerModel
 from batchserve.worker.stages import Writer
@@ -44,6 +44,8 @@ class Shadow:
         self.keep = list(schema_names) if spec.keep is None else list(spec.keep)
         self.comparisons: dict[str, compare.Comparison] = {}
         self.infer_s = 0.0
+        #: Why the challenger failed on this file (it then stops; the champion's file goes on as alone).
+        self.error: str | None = None
         self._storage = storage
         self.writer = Writer(self._open, stop)
 
@@ -57,11 +59,20 @@ class Shadow:
 
     def score(self, batch: pa.RecordBatch, feeds: Mapping[str, np.ndarray], champion: Mapping[str, pa.Array],
               prefix: str, input_url: str) -> None:
+        """Score one batch with the challenger. Its failure on a file (nulls its integer input cannot take,
+        an output it cannot produce) is recorded and stops it for this file; it never touches the
+        champion's file, which is exactly what a run without --challenger writes."""
+        if self.error is not None:
+            return
         t0 = time.perf_counter()
-        with located(input_url, "challenger: "):
-            mine = feeds if self.spec.same_features else scoring.batch_to_feeds(batch, self.spec.plan)
-            assert self.plugin.model is not None
-            preds = scoring.outputs_to_columns(self.plugin.model.run(mine), batch.num_rows, prefix)
+        try:
+            with located(input_url, "challenger: "):
+                mine = feeds if self.spec.same_features else scoring.batch_to_feeds(batch, self.spec.plan)
+                assert self.plugin.model is not None
+                preds = scoring.outputs_to_columns(self.plugin.model.run(mine), batch.num_rows, prefix)
+        except BatchserveError as exc:
+            self.fail(exc)
+            return
         self.infer_s += time.perf_counter() - t0
         self.writer.put(scoring.assemble(batch, self.keep, preds),
                         functools.partial(self._compare, champion, preds))
@@ -79,6 +90,11 @@ class Shadow:
                                 .remove_metadata())
         size, checksum = staged.commit(commit_fence(self.run_id))
         return staged.rows, size, checksum
+
+    def fail(self, exc: BatchserveError) -> None:
+        """The challenger failed on this file: note why and drop its staged file."""
+        self.error = self.error or str(exc)
+        self.abort()
 
     def abort(self) -> None:
         if self.writer.writer is not None:

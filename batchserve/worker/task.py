@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchserve import compare, drift, io, scoring
-from batchserve.errors import BatchserveError, DataError, located
+from batchserve.errors import BatchserveError, DataError, WorkerStateError, located
 from batchserve.worker.commit import commit_fence, commits_stopped
 from batchserve.worker.context import RowReporter, current_worker
 from batchserve.worker.plugin import WorkerModel, loaded_model
@@ -87,6 +87,8 @@ class Receipt:
     #: The challenger's committed file (same input, its own output) and how it compares.
     challenger: Receipt | None = None
     comparisons: dict[str, compare.Comparison] | None = None
+    #: Why the challenger failed on this file (its file was not committed; this one was).
+    challenger_error: str | None = None
 
 
 def _keep_columns(task: FileTask, schema: pa.Schema) -> list[str]:
@@ -192,14 +194,22 @@ def _score_file_once(task: FileTask) -> tuple[Receipt, BatchStatistics | None]:
 
 
 def _commit_shadow(task: FileTask, shadow: Shadow, footer: io.Footer, champion_url: str) -> dict[str, Any]:
-    """Commit the challenger's file after the champion's; if that fails, take the champion's back, so a
-    failed task leaves neither (the manifest lists exactly what is on disk)."""
+    """Commit the challenger's file after the champion's. A challenger that failed on this file, or
+    whose commit fails, is recorded (``challenger_error``) and the champion's committed file stays:
+    the champion's output is exactly what a run without --challenger writes. A run stopped meanwhile
+    (the commit fence) still stops the task, and takes the champion's file back so a stopped task
+    leaves neither (the interrupted manifest lists exactly what is on disk)."""
     assert task.challenger is not None
-    try:
-        rows, size, checksum = shadow.commit(footer.schema)
-    except BaseException:
-        io.remove(champion_url, task.storage)
-        raise
+    if shadow.error is None:
+        try:
+            rows, size, checksum = shadow.commit(footer.schema)
+        except WorkerStateError:
+            io.remove(champion_url, task.storage)
+            raise
+        except BatchserveError as exc:
+            shadow.fail(exc)
+    if shadow.error is not None:
+        return {"challenger_error": shadow.error}
     receipt = Receipt(
         input_url=task.input_url, relpath=task.relpath, output_url=task.challenger.output_url, rows=rows,
         bytes=size, read_s=0.0, infer_s=round(shadow.infer_s, 6), write_s=round(shadow.writer.seconds, 6),
@@ -266,8 +276,11 @@ def _run_batches(
             if shadow is not None:  # the same batch and feature arrays: no second read or decode
                 shadow.score(batch, feeds, preds, task.prefix, task.input_url)
         writer.finish()
-        if shadow is not None:
-            shadow.writer.finish()
+        if shadow is not None and shadow.error is None:
+            try:
+                shadow.writer.finish()
+            except BatchserveError as exc:  # its file failed to write: the champion's is unaffected
+                shadow.fail(exc)
     except BaseException:
         stop.set()
         if writer.writer is not None:
