@@ -103,3 +103,37 @@ def test_each_file_is_judged_against_the_newest_run_that_lists_it(setup) -> None
     assert {e.relpath: e.note for e in kept.reused} == {"a.parquet": "committed by run earlier",
                                                         "b.parquet": "committed by run newer"}
     assert kept.sources == {"a.parquet": "earlier", "b.parquet": "newer"}
+
+
+@pytest.mark.slow
+def test_files_committed_after_the_last_journal_write_are_kept_by_their_footer(tmp_path: Path, cluster: str) -> None:
+    """Issue 20, item 13: SIGKILLed within ~2 s of its first journal write, a run's 'running' manifest
+    listed 0 files while 5 to 55 were committed, so --resume rescored everything and a chain of kills
+    never progressed. Here the output is left exactly so (files committed, a journal listing none, no
+    record): --resume keeps every file by the record in its own footer, checksum computed anew."""
+    import hashlib
+    import json
+
+    import batchserve
+    from batchserve import manifest as manifest_mod
+    from tests.conftest import SAMPLE_DATA, SAMPLE_MODEL
+
+    out = tmp_path / "out"
+    first = batchserve.score(model=str(SAMPLE_MODEL), input=str(SAMPLE_DATA), output=str(out), scheduler=cluster)
+    killed = first.manifest
+    killed.run.status, killed.outputs = "running", []  # the journal as the SIGKILL left it
+    (out / "_manifest.json").write_text(manifest_mod.dumps(killed))
+    for p in (out / "_runs").iterdir():
+        p.unlink()
+    (out / "_SUCCESS").unlink()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    assert batchserve.dry_run(model=str(SAMPLE_MODEL), input=str(SAMPLE_DATA), output=str(out), resume=True).reusable == 10
+    again = batchserve.score(model=str(SAMPLE_MODEL), input=str(SAMPLE_DATA), output=str(out), scheduler=cluster,
+                             resume=True)
+    assert {e.status for e in again.manifest.outputs} == {"reused"} and len(again.manifest.outputs) == 10
+    assert all(e.note.endswith("(found by its footer stamp)") for e in again.manifest.outputs)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == before  # nothing rescored
+    for e in again.manifest.outputs:
+        assert e.checksum == "sha256:" + hashlib.sha256((out / e.relpath).read_bytes()).hexdigest()
+        assert e.rows == 10_000
+    assert json.loads((out / "_manifest.json").read_text())["run"]["status"] == "succeeded"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from batchserve.io.paths import (
     OWNER_KEY,
+    RECORD_KEY,
     STAGING_DIR,
     absolute_url,
     is_hidden,
@@ -39,6 +40,7 @@ from batchserve.io.reading import (
     ParquetInput,
     Partition,
     exists,
+    file_checksum,
     file_size,
     input_version,
     isdir,
@@ -74,6 +76,7 @@ __all__ = [
     "list_partitions",
     "ParquetInput",
     "input_version",
+    "file_checksum",
     "read_footer",
     "read_footers",
     "row_group_runs",
@@ -102,4 +105,5 @@ __all__ = [
     "check_output_root",
     "STAGING_DIR",
     "OWNER_KEY",
+    "RECORD_KEY",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "storage_of",
     "STAGING_DIR",
     "OWNER_KEY",
+    "RECORD_KEY",
     "to_url",
     "join_url",
     "is_local",
@@ -35,6 +36,9 @@ __all__ = [
 #: Parquet key-value metadata naming the run that wrote a file: how --overwrite and --resume tell
 #: a file batchserve wrote (and may replace) from a foreign one (which they never touch).
 OWNER_KEY = b"batchserve.run_id"
+#: Beside it, what --resume needs to keep a committed file no manifest lists (a run SIGKILLed before
+#: its journal caught up): the run's fingerprint and the input's size and version, as JSON.
+RECORD_KEY = b"batchserve.record"
 
 
 #: Object stores whose conditional create (PutObject with If-None-Match: *) makes a lock atomic.

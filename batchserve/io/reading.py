@@ -377,6 +377,21 @@ def read_text(url: str, storage: Mapping[str, Any]) -> str:
         raise InputError(f"expected a UTF-8 JSON file, found {kind}", path=url) from None
 
 
+def file_checksum(url: str, storage: Mapping[str, Any]) -> tuple[int, str]:
+    """(bytes, ``sha256:<hex>``) of a committed file, read once: what a manifest records of an output."""
+    import hashlib
+
+    def digest(fs: Any, path: str) -> tuple[int, str]:
+        h, size = hashlib.sha256(), 0
+        with fs.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+                size += len(chunk)
+        return size, "sha256:" + h.hexdigest()
+
+    return _on_fs(url, storage, "read", digest)
+
+
 def file_size(url: str, storage: Mapping[str, Any]) -> int:
     return _on_fs(url, storage, "stat", lambda fs, p: int(fs.size(p)))
 

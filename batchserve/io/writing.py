@@ -21,6 +21,7 @@ from batchserve.io.paths import (
     _ATOMIC_CREATE_PROTOCOLS,
     _BUCKET_PROTOCOLS,
     OWNER_KEY,
+    RECORD_KEY,
     STAGING_DIR,
     _fs,
     _on_fs,
@@ -84,12 +85,14 @@ class StagedWriter:
 
     def __init__(
         self, final_url: str, staging_url: str, schema: pa.Schema, storage: Mapping[str, Any],
-        owner: str | None = None,
+        owner: str | None = None, record: str | None = None,
     ) -> None:
         self.final_url = final_url
         self.staging_url = staging_url
         if owner is not None:  # stamped in the footer: a later --overwrite knows the file is ours
             schema = schema.with_metadata({**(schema.metadata or {}), OWNER_KEY: owner.encode()})
+        if record is not None:  # and --resume can keep it even when no manifest lists it
+            schema = schema.with_metadata({**(schema.metadata or {}), RECORD_KEY: record.encode()})
         self.schema = schema
         self._storage = storage
         self._fs, self._staging = _fs(staging_url, storage)

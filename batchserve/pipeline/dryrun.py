@@ -63,7 +63,7 @@ def plan_dry_run(cfg: ScoreConfig) -> DryRun:
         as_resume = dataclasses.replace(cfg, overwrite=False, resume=True, challenger=None, challenger_output=None,
                                         challenger_keep=None)
         earlier = ledger.earlier_runs(cfg.output, previous, cfg.storage, [p.relpath for p in plan.partitions])
-        kept = list(resume_decisions(as_resume, plan, earlier).reused)
+        kept = list(resume_decisions(as_resume, plan, earlier, survey.stamps).reused)
     reusable_rows = sum(e.rows for e in kept)
     rows = plan.rows
     to_score = rows - reusable_rows if cfg.resume else rows

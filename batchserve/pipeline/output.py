@@ -30,7 +30,7 @@ __all__ = [
     "MANIFEST_NAME", "SUCCESS_NAME", "LOCK_NAME", "JOURNAL_SECONDS", "STALE_LOCK_HOURS", "OutputSurvey",
     "check_output_location", "check_output", "survey_output", "owners", "stale_outputs", "remove_stale_outputs",
     "verify_outputs",
-    "output_lock", "lock_is_live", "check_profile_output", "Journal", "run_scope",
+    "output_lock", "lock_is_live", "check_profile_output", "Journal", "run_scope", "Stamp", "stamps",
 ]
 
 log = logging.getLogger("batchserve")
@@ -60,6 +60,19 @@ class OutputSurvey:
     ours: frozenset[str] = frozenset()
     #: The files outside this run's scope (other partitions' outputs, other runs' records): never touched.
     scope: selection.Scope = dataclasses.field(default_factory=selection.Scope)
+    #: Files in the scope a batchserve run stamped but no manifest lists (committed after a SIGKILLed run's
+    #: last journal write), with their footer's record: --resume can keep them.
+    stamps: Mapping[str, Stamp] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stamp:
+    """What a committed output's footer says about itself."""
+
+    run_id: str
+    rows: int
+    #: The run's fingerprint and the input's size and version (None: written before batchserve stamped it).
+    record: Mapping[str, Any] | None
 
 
 def run_scope(cfg: ScoreConfig) -> selection.Scope:
@@ -118,14 +131,16 @@ def survey_output(cfg: ScoreConfig) -> OutputSurvey:
     listed = {e.relpath for e in previous.outputs if scope.owns(e.relpath)} if previous else set()
     unknown = [rel for rel in content if is_content(rel) and rel not in listed and rel.endswith(".parquet")
                and not io.is_hidden(rel)]
-    stamped, foreign = _split_by_owner(cfg, unknown)
+    found = stamps(cfg, unknown)
+    stamped = {rel: s for rel, s in found.items() if s is not None}
+    foreign = [rel for rel in unknown if found[rel] is None]
     if foreign:
         raise OutputError(
             f"output holds {len(foreign)} Parquet file(s) that no batchserve run wrote (e.g. {foreign[0]}); "
             "--overwrite and --resume only replace batchserve's own files: move them away or choose another output",
             path=cfg.output,
         )
-    return OutputSurvey(previous, frozenset(listed | set(stamped)), scope)
+    return OutputSurvey(previous, frozenset(listed | set(stamped)), scope, stamped)
 
 
 def _previous_manifest(cfg: ScoreConfig, present: bool) -> manifest.Manifest | None:
@@ -142,22 +157,29 @@ def _previous_manifest(cfg: ScoreConfig, present: bool) -> manifest.Manifest | N
         return None
 
 
-def owners(cfg: ScoreConfig, rels: list[str]) -> dict[str, str | None]:
-    """The run id stamped in each file's footer (None: foreign, or unreadable)."""
+def stamps(cfg: ScoreConfig, rels: list[str]) -> dict[str, Stamp | None]:
+    """What each file's footer says of the run that wrote it (None: foreign, or unreadable)."""
     urls = [io.join_url(cfg.output, rel) for rel in rels]
     footers = io.read_footers(urls, cfg.storage, retries=cfg.retries, keep_errors=True)
-    out: dict[str, str | None] = {}
+    out: dict[str, Stamp | None] = {}
     for rel, footer in zip(rels, footers, strict=True):
-        meta = (footer.schema.metadata if isinstance(footer, io.Footer) else None) or {}
-        owner = meta.get(io.OWNER_KEY)
-        out[rel] = owner.decode("utf-8", "replace") if owner is not None else None
+        if not isinstance(footer, io.Footer):
+            out[rel] = None
+            continue
+        meta = footer.schema.metadata or {}
+        owner, raw = meta.get(io.OWNER_KEY), meta.get(io.RECORD_KEY)
+        try:
+            record = json.loads(raw) if raw is not None else None
+        except ValueError:
+            record = None
+        out[rel] = None if owner is None else Stamp(owner.decode("utf-8", "replace"), footer.num_rows,
+                                                      record if isinstance(record, dict) else None)
     return out
 
 
-def _split_by_owner(cfg: ScoreConfig, rels: list[str]) -> tuple[list[str], list[str]]:
-    """(stamped by a batchserve run, foreign) from the files' footers."""
-    by_owner = owners(cfg, rels)
-    return [r for r in rels if by_owner[r]], [r for r in rels if not by_owner[r]]
+def owners(cfg: ScoreConfig, rels: list[str]) -> dict[str, str | None]:
+    """The run id stamped in each file's footer (None: foreign, or unreadable)."""
+    return {rel: (s.run_id if s is not None else None) for rel, s in stamps(cfg, rels).items()}
 
 
 def check_output(cfg: ScoreConfig) -> OutputSurvey:

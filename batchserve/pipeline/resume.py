@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from batchserve import io, manifest
 from batchserve.config import ScoreConfig
 from batchserve.pipeline.plan import RunPlan, fingerprint
+
+if TYPE_CHECKING:
+    from batchserve.pipeline.output import Stamp
 
 __all__ = ["Resumed", "resume_decisions"]
 
@@ -29,17 +33,21 @@ class Resumed:
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def resume_decisions(cfg: ScoreConfig, plan: RunPlan, earlier: Sequence[manifest.Manifest]) -> Resumed:
+def resume_decisions(cfg: ScoreConfig, plan: RunPlan, earlier: Sequence[manifest.Manifest],
+                     stamps: Mapping[str, Stamp] | None = None) -> Resumed:
     """Which committed outputs earlier runs left can be kept, and why the rest are rescored.
 
-    Each file is judged against the newest run that lists it. Outputs of inputs that no longer exist
-    are not kept: they are removed before ``_SUCCESS`` (inside the run's scope only).
+    Each file is judged against the newest run that lists it; a committed file no run lists (a run
+    SIGKILLed before its journal caught up) by the record stamped in its own footer. Outputs of inputs
+    that no longer exist are not kept: they are removed before ``_SUCCESS`` (inside the run's scope only).
     """
     storage = cfg.storage
     notes: dict[str, str] = {}
-    if not earlier:
-        return Resumed(notes={p.relpath: "no earlier manifest to resume from" for p in plan.partitions})
     digest = fingerprint(cfg, plan)
+    if not earlier:
+        kept = _from_footers(cfg, plan, digest, stamps or {},
+                             {p.relpath: "no earlier manifest to resume from" for p in plan.partitions})
+        return kept
     reused: list[manifest.FileEntry] = []
     sources: dict[str, str] = {}
     indexed = [(m, {e.relpath: e for e in m.outputs}, {e.relpath: e for e in m.inputs}) for m in earlier]
@@ -60,5 +68,31 @@ def resume_decisions(cfg: ScoreConfig, plan: RunPlan, earlier: Sequence[manifest
         else:
             reused.append(dataclasses.replace(out, status="reused", note=f"committed by run {prev.run.id}"))
             sources[part.relpath] = prev.run.id
-    log.info("resume: %d file(s) reused, %d to score", len(reused), len(notes))
-    return Resumed(tuple(reused), notes, sources)
+    found = _from_footers(cfg, plan, digest, stamps or {}, notes)
+    log.info("resume: %d file(s) reused, %d to score", len(reused) + len(found.reused), len(found.notes))
+    return Resumed((*reused, *found.reused), found.notes, {**sources, **found.sources})
+
+
+def _from_footers(cfg: ScoreConfig, plan: RunPlan, digest: str, stamps: Mapping[str, Stamp],
+                  notes: dict[str, str]) -> Resumed:
+    """Of the files still to score, those a run committed after its last journal write: kept when the
+    record in their footer says they were scored with these settings from this very input. Their
+    checksum is computed from the file (the manifest that would have held it was never written)."""
+    reused: list[manifest.FileEntry] = []
+    sources: dict[str, str] = {}
+    left = dict(notes)
+    for part in plan.partitions:
+        stamp = stamps.get(part.relpath)
+        if part.relpath not in left or stamp is None or stamp.record is None:
+            continue
+        rec = stamp.record
+        if (rec.get("fingerprint"), rec.get("input_size"), rec.get("input_version")) != (digest, part.size,
+                                                                                        part.version):
+            continue
+        final = io.join_url(cfg.output, part.relpath)
+        size, checksum = io.file_checksum(final, cfg.storage)
+        reused.append(manifest.FileEntry(final, part.relpath, stamp.rows, size, checksum=checksum, status="reused",
+                                         note=f"committed by run {stamp.run_id} (found by its footer stamp)"))
+        sources[part.relpath] = stamp.run_id
+        del left[part.relpath]
+    return Resumed(tuple(reused), left, sources)

@@ -66,7 +66,7 @@ def score_config(
         if cfg.resume:
             wanted = [p.relpath for p in plan.partitions]
             earlier = ledger.earlier_runs(cfg.output, survey.previous, cfg.storage, wanted)
-            kept = resume_decisions(cfg, plan, earlier)
+            kept = resume_decisions(cfg, plan, earlier, survey.stamps)
             carried = ledger.carried_stats(cfg.output, kept.reused, kept.sources, cfg.storage) if cfg.drift else {}
             ctx = dataclasses.replace(ctx, reused=kept.reused, notes=kept.notes, carried=carried)
         shadow = None

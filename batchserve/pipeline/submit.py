@@ -5,6 +5,7 @@ so the receipts hold exactly what was committed."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import threading
@@ -17,7 +18,7 @@ from batchserve.config import ScoreConfig
 from batchserve.errors import BatchserveError, ClusterError
 from batchserve.pipeline import cluster
 from batchserve.pipeline.output import owners
-from batchserve.pipeline.plan import RunPlan
+from batchserve.pipeline.plan import RunPlan, fingerprint
 from batchserve.pipeline.progress import ProgressEvent
 from batchserve.worker import (
     ChallengerTask,
@@ -70,6 +71,7 @@ def submit_all(
 
     With a challenger, files are not split: each task writes both models' files for its input."""
     storage_pairs = cfg.storage_options
+    digest = fingerprint(cfg, plan)  # stamped in each committed file's footer, for a later --resume
     target = cfg.split_rows or max(4 * cfg.batch_size, math.ceil(plan.rows / max(1, 2 * n_workers)))
     # Small files travel in bundles: enough bundles for every worker to get several, each at most a batch
     # or two of rows, so load balance and progress stay as they were while per-task costs are shared.
@@ -104,6 +106,8 @@ def submit_all(
             storage_options=storage_pairs, stats=cfg.drift, write=write, retries=cfg.retries,
             challenger=_challenger_task(cfg, plan, challenger, run_id, part.relpath),
             input_size=part.size, input_version=part.version,
+            record=json.dumps({"fingerprint": digest, "input_size": part.size, "input_version": part.version})
+            if write else None,
         )
         ranges = pieces(footer, target) if write and challenger is None else None
         if ranges is None and footer.num_rows < bundle_rows:
@@ -125,7 +129,7 @@ def submit_all(
                 client.submit(score_file, task, key=f"score-{run_id}-{part.relpath}-p{k}", pure=False)
             )
         merged = client.submit(
-            merge_pieces, final, staging, storage_pairs, run_id, *piece_futures,
+            merge_pieces, final, staging, storage_pairs, run_id, base.record, *piece_futures,
             key=f"merge-{run_id}-{part.relpath}", pure=False,
         )
         futures[merged] = (part.relpath,)

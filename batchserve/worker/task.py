@@ -57,6 +57,8 @@ class FileTask:
     #: The input's size and version (mtime or etag) when the run planned it: checked before the commit.
     input_size: int | None = None
     input_version: str | None = None
+    #: Stamped in the committed file's footer (JSON: the run's fingerprint, the input's size and version).
+    record: str | None = None
 
     @property
     def storage(self) -> dict[str, Any]:
@@ -229,7 +231,8 @@ def _on_device(batches: Iterator[pa.RecordBatch], task: FileTask, loaded: Loaded
 
 
 def _open_writer(task: FileTask, schema: pa.Schema) -> io.StagedWriter:
-    return io.StagedWriter(task.output_url, task.staging_url, schema, task.storage, owner=task.run_id)
+    return io.StagedWriter(task.output_url, task.staging_url, schema, task.storage, owner=task.run_id,
+                           record=task.record if task.piece is None else None)
 
 
 def _check_unchanged(task: FileTask) -> None:
@@ -238,12 +241,37 @@ def _check_unchanged(task: FileTask) -> None:
     if task.input_size is None:
         return
     size, version = io.input_version(task.input_url, task.storage)
-    if (size, version) != (task.input_size, task.input_version):
+    if size != task.input_size or not _same_version(version, task.input_version):
         raise DataError(
             f"input file changed while the run was scoring it (size {task.input_size} -> {size}, version "
             f"{task.input_version} -> {version}); nothing of it was committed: re-run to score its new content",
             path=task.input_url,
         )
+
+
+def _same_version(a: str | None, b: str | None) -> bool:
+    """Whether two versions are one: equal text, or the same time written two ways (a listing gives an
+    mtime as seconds, ``info`` of some stores as a datetime); an etag only equals itself."""
+    if a == b:
+        return True
+    seconds = [_as_seconds(v) for v in (a, b)]
+    return None not in seconds and abs(seconds[0] - seconds[1]) < 1e-3  # type: ignore[operator]
+
+
+def _as_seconds(version: str | None) -> float | None:
+    if version is None:
+        return None
+    try:
+        return float(version)
+    except ValueError:
+        pass
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(version)
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def _run_batches(
@@ -312,7 +340,8 @@ def _commit(
 
 
 def merge_pieces(
-    final_url: str, staging_url: str, storage_options: tuple[tuple[str, str], ...], run_id: str, *pieces: Receipt
+    final_url: str, staging_url: str, storage_options: tuple[tuple[str, str], ...], run_id: str,
+    record: str | None, *pieces: Receipt,
 ) -> Receipt:
     """Concatenate a split file's pieces, in order, into one committed output file."""
     wall0 = time.perf_counter()
@@ -325,7 +354,7 @@ def merge_pieces(
             source = io.ParquetInput(piece.output_url, storage)
             if writer is None:
                 writer = io.StagedWriter(final_url, staging_url, source.footer.schema.remove_metadata(), storage,
-                                         owner=run_id)
+                                         owner=run_id, record=record)
             batches = source.batches(columns=None, batch_size=65_536)
             while True:  # streamed: a piece is never held whole in memory
                 t0 = time.perf_counter()
