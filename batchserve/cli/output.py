@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -45,31 +43,15 @@ def publish_metrics(cfg: Any, run_id: str, code: int, done: Any, seconds: float,
         except OSError as exc:
             log.warning("could not write --metrics-file %s: %s", cfg.metrics_file, exc.strerror or exc)
     if cfg.pushgateway:
-        with _finished_run_signals(code):
+        from batchserve.pipeline.signals import interrupting  # the run's own modules: loaded by now
+
+        # not the console script's "before scoring started; nothing was scored": the run had finished
+        with interrupting(lambda name: f"interrupted by {name} while pushing the metrics of a run that had "
+                                       f"finished (exit {code}); its outputs and manifest are written"):
             problem = metrics.push_metrics(cfg.pushgateway, outcome, cfg.push_timeout)
         if problem:
             log.warning("could not push metrics to %s (%s); the run's result stands", cfg.pushgateway, problem,
                         extra={"fields": {"pushgateway": cfg.pushgateway}})
-
-
-@contextmanager
-def _finished_run_signals(code: int) -> Iterator[None]:
-    """SIGINT/SIGTERM while the metrics of a finished run are pushed: say so, not the console script's
-    "before scoring started; nothing was scored" (the run's outputs and manifest are written)."""
-    import signal
-
-    from batchserve.errors import Interrupted
-
-    def stop(signum: int, _frame: object) -> None:
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name} while pushing the metrics of a run that "
-                          f"had finished (exit {code}); its outputs and manifest are written", signum=signum)
-
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def echo_dry_run(d: pipeline.DryRun, cfg: Any) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 from batchserve.errors import Interrupted
 
-__all__ = ["signal_name", "raise_interrupted", "deferred"]
+__all__ = ["signal_name", "raise_interrupted", "interrupting", "deferred"]
 
 
 def signal_name(signum: int) -> str:
@@ -24,10 +24,17 @@ def signal_name(signum: int) -> str:
 RESUME_ADVICE = "re-run with --resume to finish"
 
 
+def raise_interrupted(advice: str = RESUME_ADVICE) -> AbstractContextManager[None]:
+    """SIGINT/SIGTERM while tasks run: the line says what was kept and ends with ``advice`` (a run that
+    cannot be resumed must not advise --resume)."""
+    return interrupting(lambda name: f"interrupted by {name}; committed files are kept and listed in the "
+                                     f"manifest; {advice}")
+
+
 @contextmanager
-def raise_interrupted(advice: str = RESUME_ADVICE) -> Iterator[None]:
-    """Turn SIGINT/SIGTERM into :class:`Interrupted` in the main thread, once; the line ends with
-    ``advice`` (a run that cannot be resumed must not advise --resume)."""
+def interrupting(describe: Callable[[str], str]) -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into :class:`Interrupted` in the main thread, once, its message
+    ``describe(signal name)``: what was happening decides what the one line says."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -35,10 +42,7 @@ def raise_interrupted(advice: str = RESUME_ADVICE) -> Iterator[None]:
     def handler(signum: int, _frame: object) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # cleanup must not be interrupted again
-        raise Interrupted(
-            f"interrupted by {signal_name(signum)}; committed files are kept and listed in the manifest; {advice}",
-            signum=signum,
-        )
+        raise Interrupted(describe(signal_name(signum)), signum=signum)
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
