@@ -71,7 +71,8 @@ def submit_all(
 
     With a challenger, files are not split: each task writes both models' files for its input."""
     storage_pairs = cfg.storage_options
-    digest = fingerprint(cfg, plan)  # stamped in each committed file's footer, for a later --resume
+    # stamped in each committed file's footer, for a later --resume (profiling writes no file, may have no model)
+    digest = fingerprint(cfg, plan) if write else None
     target = cfg.split_rows or max(4 * cfg.batch_size, math.ceil(plan.rows / max(1, 2 * n_workers)))
     # Small files travel in bundles: enough bundles for every worker to get several, each at most a batch
     # or two of rows, so load balance and progress stay as they were while per-task costs are shared.
