@@ -29,12 +29,14 @@ if TYPE_CHECKING:
     from batchserve.worker import Receipt
 
 __all__ = ["RUNS_DIR", "record_url", "stats_url", "write_record", "run_ids", "load_record", "earlier_runs",
-           "file_stats", "carried_stats", "StatsByFile"]
+           "file_stats", "carried_stats", "StatsByFile", "Carried"]
 
 log = logging.getLogger("batchserve")
 
 #: relpath -> (checksum of the committed output, its column summaries).
 StatsByFile = dict[str, tuple[str | None, dict[str, drift.ColumnSummary]]]
+#: The same, read-only: the statistics a run carries forward for the files it reused.
+Carried = Mapping[str, tuple[str | None, dict[str, drift.ColumnSummary]]]
 
 STATS_SCHEMA = "batchserve.run-file-stats"
 
@@ -47,19 +49,11 @@ def stats_url(output: str, run_id: str) -> str:
     return io.join_url(output, RUNS_DIR, f"{run_id}.stats.json")
 
 
-def file_stats(receipts: Sequence[Receipt], carried: Mapping[str, tuple[str | None, dict[str, drift.ColumnSummary]]]
-               ) -> StatsByFile:
-    """Every current output's summaries: those scored now (pieces of one file merged) and those carried
-    forward for files this run reused."""
+def file_stats(receipts: Sequence[Receipt], carried: Carried) -> StatsByFile:
+    """Every current output's summaries: those scored now (a split file's merged receipt carries its
+    pieces' statistics merged) and those carried forward for files this run reused."""
     out: StatsByFile = dict(carried)
-    for r in receipts:
-        if r.stats is None:
-            continue
-        if r.relpath in out and r.piece is not None:
-            checksum, before = out[r.relpath]
-            out[r.relpath] = (r.checksum or checksum, drift.merge_maps([before, r.stats]))
-        else:
-            out[r.relpath] = (r.checksum, dict(r.stats))
+    out.update({r.relpath: (r.checksum, dict(r.stats)) for r in receipts if r.stats is not None})
     return out
 
 

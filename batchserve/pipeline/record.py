@@ -13,6 +13,7 @@ from batchserve import compare, drift, manifest, selection
 from batchserve.compare import ChallengerSection
 from batchserve.config import ScoreConfig, utc_now
 from batchserve.config.secrets import redact_text
+from batchserve.pipeline.ledger import Carried
 from batchserve.pipeline.plan import RunPlan, fingerprint
 from batchserve.reference import ColumnDrift, DriftSection, drift_section
 
@@ -23,10 +24,6 @@ __all__ = ["RunContext", "tool_version", "build_manifest", "current_stats", "dri
            "challenger_section", "shadow_context"]
 
 log = logging.getLogger("batchserve")
-
-
-#: relpath -> (checksum of the output, its column summaries): statistics of files a run reused.
-Carried = Mapping[str, tuple[str | None, dict[str, drift.ColumnSummary]]]
 
 
 @dataclasses.dataclass(frozen=True)
