@@ -74,17 +74,16 @@ def current_stats(plan: RunPlan, receipts: list[Receipt], carried: Carried | Non
     return current, sorted(preds, key=output_rank)
 
 
-def drift_data(cfg: ScoreConfig, plan: RunPlan, receipts: list[Receipt], ctx: RunContext | None = None
-               ) -> DriftSection | None:
+def drift_data(ctx: RunContext, receipts: list[Receipt]) -> DriftSection | None:
     """The run's drift section over every current output: a resumed run's reused files count with the
     statistics they were scored with, so a re-run of a drifted night gives the first run's verdict."""
+    cfg, plan, carried = ctx.cfg, ctx.plan, ctx.carried
     if not cfg.drift:
         return None
-    carried = ctx.carried if ctx is not None else {}
     current, preds = current_stats(plan, receipts, carried)
     section = drift_section(current, list(plan.features.features), preds, plan.reference, plan.policy)
-    missing = len(ctx.reused) - len(carried) if ctx is not None else 0
-    if ctx is not None and ctx.reused:
+    missing = len(ctx.reused) - len(carried)
+    if ctx.reused:
         section = dataclasses.replace(section, coverage=(
             f"statistics cover {len(receipts)} file(s) scored by this run and {len(carried)} reused file(s)"
             + (f"; {missing} reused file(s) had no statistics to carry forward" if missing else "")))

@@ -31,7 +31,7 @@ from batchserve.pipeline.plan import absolute_paths, plan_run
 from batchserve.pipeline.progress import ProgressEvent
 from batchserve.pipeline.record import RunContext, build_manifest, challenger_section, drift_data, drift_failure
 from batchserve.pipeline.resume import resume_decisions
-from batchserve.pipeline.signals import deferred, raise_interrupted
+from batchserve.pipeline.signals import RESUME_ADVICE, deferred, raise_interrupted
 
 if TYPE_CHECKING:
     from batchserve.pipeline.challenger import ChallengerOutput
@@ -101,7 +101,7 @@ def _score_locked(ctx: RunContext, survey: OutputSurvey, on_progress: Callable[[
     try:
         # --resume is refused with a challenger (both outputs would have to resume as one): never advise it
         advice = ("re-run with --overwrite (--resume is not supported with --challenger yet)"
-                  if ctx.plan.challenger is not None else "re-run with --resume to finish")
+                  if ctx.plan.challenger is not None else RESUME_ADVICE)
         with raise_interrupted(advice):
             sub.run(with_model=True, t0=ctx.t0, on_receipt=journal.tick, on_progress=on_progress)
     except BaseException as exc:
@@ -166,7 +166,7 @@ def _finish_run(
 ) -> tuple[manifest.Manifest, BatchserveError | None]:
     """The final manifest: stale files of earlier runs removed, the output checked from this side."""
     cfg, plan = ctx.cfg, ctx.plan
-    section = drift_data(cfg, plan, sub.receipts, ctx)
+    section = drift_data(ctx, sub.receipts)
     versus = challenger_section(cfg, plan, sub.receipts)
     draft = build_manifest(ctx, sub.receipts, sub.failures, sub.engine, "succeeded", None, section, versus)
     removed = stale_outputs(survey, (e.relpath for e in draft.outputs))
