@@ -28,8 +28,9 @@ TEST_PROCS ?= 2
 test: install system-deps
 	$(BIN)/python -m pytest -n $(TEST_PROCS) -m "not heavy"
 
-# The fault-injection runs that take 15 s or more each (object-store 5xx storms, SIGKILL then
-# --resume): their own target so `make test` stays under 3 minutes on 2 cores; CI runs both.
+# Fault injection with real signals and kills (SIGTERM, SIGINT, SIGKILL then --resume, a worker killed
+# mid-run, Ctrl-C in tmux), object-store storms, and any run of 15 s or more: their own target so
+# `make test` stays under 3 minutes on 2 cores; CI runs both.
 test-heavy: install system-deps
 	$(BIN)/python -m pytest -n $(TEST_PROCS) -m heavy
 

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     from distributed import Client, LocalCluster
 
@@ -144,6 +145,7 @@ def data_files_once_settled(out: Path) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["scheduler", "own"])
+@pytest.mark.heavy
 def test_sigterm_writes_interrupted_manifest_and_exits_143(tmp_path: Path, slow_job, cluster: str,
                                                            engine: str) -> None:
     """On a Dask cluster, and on the engine the run picks itself (in-process threads, for this job)."""
@@ -168,6 +170,7 @@ def test_sigterm_writes_interrupted_manifest_and_exits_143(tmp_path: Path, slow_
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_sigint_exits_130_with_one_line(tmp_path: Path, slow_job, cluster: str) -> None:
     model_path, inp, _ = slow_job
     out = tmp_path / "out"

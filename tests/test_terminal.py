@@ -49,6 +49,7 @@ def _wait_for(session: str, pattern: str, bound_s: float = 120) -> re.Match[str]
     raise AssertionError(f"{pattern!r} never appeared:\n{_pane(session)}")
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (make system-deps installs it)")
 def test_ctrl_c_with_worker_processes_is_one_line_and_the_bar_moves_within_a_file(tmp_path: Path) -> None:
     src = _big_input(tmp_path, 20)  # 2M rows in one file: worker processes, pieces by row group
