@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from batchserve import io, manifest
+from batchserve import io, layout, manifest
 from batchserve.errors import InputError
 from batchserve.layout import MANIFEST_NAME, RUNS_DIR
 
@@ -114,9 +114,8 @@ def _output_runs(output: str, storage: Mapping[str, Any]) -> list[str]:
     """One output's run manifests, oldest first: its ledger's records, then its latest manifest when
     that run is not in the ledger (killed before its record was written)."""
     latest = io.join_url(output, MANIFEST_NAME)
-    names = [n for n in io.list_dir(io.join_url(output, RUNS_DIR), storage)
-             if n.endswith(".json") and not n.endswith(".stats.json")]
-    records = [io.join_url(output, RUNS_DIR, n) for n in sorted(names)]
+    ids = layout.record_ids(io.list_dir(io.join_url(output, RUNS_DIR), storage))
+    records = [io.join_url(output, RUNS_DIR, f"{i}.json") for i in ids]
     if not io.exists(latest, storage):
         return records
     if records:
@@ -124,15 +123,14 @@ def _output_runs(output: str, storage: Mapping[str, Any]) -> list[str]:
             run_id = json.loads(io.read_text(latest, storage)).get("run", {}).get("id")
         except (ValueError, AttributeError):
             run_id = None
-        if f"{run_id}.json" in names:
+        if run_id in ids:
             return records
     return [*records, latest]
 
 
 def run_id_url(output: str, run_id: str, storage: Mapping[str, Any]) -> str:
     """A run's record in an output's ledger, by its id or an unambiguous prefix of it."""
-    names = [n[: -len(".json")] for n in io.list_dir(io.join_url(output, RUNS_DIR), storage)
-             if n.endswith(".json") and not n.endswith(".stats.json")]
+    names = layout.record_ids(io.list_dir(io.join_url(output, RUNS_DIR), storage))
     hits = [n for n in names if n == run_id] or [n for n in names if n.startswith(run_id)]
     if len(hits) != 1:
         what = "no run" if not hits else f"{len(hits)} runs"

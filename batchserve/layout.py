@@ -13,8 +13,8 @@ from collections.abc import Iterable
 
 from batchserve.errors import OutputError
 
-__all__ = ["MANIFEST_NAME", "SUCCESS_NAME", "LOCK_NAME", "STAGING_DIR", "RUNS_DIR", "staging_name", "local_files",
-           "content", "not_empty_error"]
+__all__ = ["MANIFEST_NAME", "SUCCESS_NAME", "LOCK_NAME", "STAGING_DIR", "RUNS_DIR", "record_ids", "staging_name",
+           "local_files", "content", "not_empty_error"]
 
 MANIFEST_NAME = "_manifest.json"
 SUCCESS_NAME = "_SUCCESS"
@@ -23,6 +23,12 @@ LOCK_NAME = "_batchserve.lock"
 STAGING_DIR = "_temporary"
 #: Every run's manifest, kept for good (``_runs/<run_id>.json``), and its outputs' statistics.
 RUNS_DIR = "_runs"
+
+
+def record_ids(names: Iterable[str]) -> list[str]:
+    """The run ids among the names in ``RUNS_DIR``, sorted (oldest first: a run id starts with its UTC
+    start time): ``<run_id>.json`` is a run's record, ``<run_id>.stats.json`` its outputs' statistics."""
+    return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and not n.endswith(".stats.json"))
 
 
 def staging_name(relpath: str) -> str:

@@ -32,6 +32,7 @@ from batchserve.io.paths import (
     join_url,
     locations_overlap,
     same_location_or_inside,
+    same_version,
     storage_of,
     to_url,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "list_partitions",
     "ParquetInput",
     "input_version",
+    "same_version",
     "file_checksum",
     "read_footer",
     "read_footers",

@@ -21,6 +21,7 @@ from batchserve.layout import STAGING_DIR
 __all__ = [
     "storage_of",
     "STAGING_DIR",
+    "same_version",
     "OWNER_KEY",
     "RECORD_KEY",
     "to_url",
@@ -134,6 +135,32 @@ def _glob_head(path: str) -> str:
 def is_hidden(relpath: str) -> bool:
     # Spark/pyarrow convention: `_x` and `.x` are metadata or staging, never data.
     return any(part.startswith(("_", ".")) for part in relpath.split("/"))
+
+
+def same_version(a: str | None, b: str | None) -> bool:
+    """Whether two versions (see :func:`_version`) name one state of a file: equal text, or the same time
+    written two ways (some stores' listings give an mtime in seconds, their ``info`` a datetime); an etag
+    only equals itself."""
+    if a == b:
+        return True
+    seconds = [_as_seconds(v) for v in (a, b)]
+    return None not in seconds and abs(seconds[0] - seconds[1]) < 1e-3  # type: ignore[operator]
+
+
+def _as_seconds(version: str | None) -> float | None:
+    if version is None:
+        return None
+    try:
+        return float(version)
+    except ValueError:
+        pass
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(version)
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def _version(info: Mapping[str, Any]) -> str | None:

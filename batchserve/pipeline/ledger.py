@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from batchserve import drift, io, manifest
+from batchserve import drift, io, layout, manifest
 from batchserve.errors import BatchserveError
 from batchserve.layout import RUNS_DIR
 
@@ -69,9 +69,7 @@ def write_record(output: str, m: manifest.Manifest, stats: StatsByFile | None, s
 
 def run_ids(output: str, storage: Mapping[str, Any]) -> list[str]:
     """The run ids the ledger holds, newest first (run ids start with their UTC start time)."""
-    names = io.list_dir(io.join_url(output, RUNS_DIR), storage)
-    ids = [n[: -len(".json")] for n in names if n.endswith(".json") and not n.endswith(".stats.json")]
-    return sorted(ids, reverse=True)
+    return layout.record_ids(io.list_dir(io.join_url(output, RUNS_DIR), storage))[::-1]
 
 
 def load_record(output: str, run_id: str, storage: Mapping[str, Any]) -> manifest.Manifest:

@@ -241,37 +241,12 @@ def _check_unchanged(task: FileTask) -> None:
     if task.input_size is None:
         return
     size, version = io.input_version(task.input_url, task.storage)
-    if size != task.input_size or not _same_version(version, task.input_version):
+    if size != task.input_size or not io.same_version(version, task.input_version):
         raise DataError(
             f"input file changed while the run was scoring it (size {task.input_size} -> {size}, version "
             f"{task.input_version} -> {version}); nothing of it was committed: re-run to score its new content",
             path=task.input_url,
         )
-
-
-def _same_version(a: str | None, b: str | None) -> bool:
-    """Whether two versions are one: equal text, or the same time written two ways (a listing gives an
-    mtime as seconds, ``info`` of some stores as a datetime); an etag only equals itself."""
-    if a == b:
-        return True
-    seconds = [_as_seconds(v) for v in (a, b)]
-    return None not in seconds and abs(seconds[0] - seconds[1]) < 1e-3  # type: ignore[operator]
-
-
-def _as_seconds(version: str | None) -> float | None:
-    if version is None:
-        return None
-    try:
-        return float(version)
-    except ValueError:
-        pass
-    import datetime as dt
-
-    try:
-        when = dt.datetime.fromisoformat(version)
-    except ValueError:
-        return None
-    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def _run_batches(
