@@ -34,6 +34,7 @@ __all__ = [
     "Interrupted",
     "LockedError",
     "DriftError",
+    "RequestError",
     "EXIT_OK",
     "EXIT_USAGE",
     "exit_code_of",
@@ -57,6 +58,9 @@ class BatchserveError(Exception):
     transient: bool = False
     #: The process exit code when this error ends a CLI command: the one table is these attributes.
     exit_code: int = 1
+    #: The HTTP status when this error ends a request to ``batchserve serve`` (a bad request is the
+    #: caller's to fix: 4xx; anything the server should have prevented: 500).
+    http_status: int = 500
 
     def __init__(
         self,
@@ -117,10 +121,12 @@ class InputError(BatchserveError):
 
 class SchemaError(BatchserveError):
     """A Parquet file's schema does not fit the features or the other files."""
+    http_status = 400
 
 
 class DataError(BatchserveError):
     """Values that cannot be scored safely: a corrupt file, a lossy cast, nulls in ints."""
+    http_status = 400
 
 
 class ModelError(BatchserveError):
@@ -183,6 +189,18 @@ class DriftError(BatchserveError):
     def __init__(self, message: str, *, result: Any = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.result = result
+
+
+class RequestError(BatchserveError):
+    """A request ``batchserve serve`` refuses: its status says why (400 malformed, 401 unauthenticated,
+    404 unknown model or version, 413 too large, 503 queue full); the body is ``{"error": str(exc)}``."""
+
+    def __init__(self, message: str, *, status: int = 400, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.http_status = status
+
+    def _state(self) -> dict[str, Any]:
+        return {**super()._state(), "status": self.http_status}
 
 
 def closest(name: str, candidates: Sequence[str], quote: bool = False) -> str:

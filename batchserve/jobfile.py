@@ -74,8 +74,10 @@ def substitute(value: Any, variables: Mapping[str, str], env: Mapping[str, str],
     return value
 
 
-def load_job_file(path: str, known: Collection[str]) -> dict[str, Any]:
-    """Read the ``[score]`` table of a TOML job file (top-level keys also accepted), placeholders unfilled."""
+def load_job_file(path: str, known: Collection[str], command: str = "score") -> dict[str, Any]:
+    """Read the ``[score]`` (or ``[serve]``) table of a TOML job file, placeholders unfilled; ``score``
+    also accepts top-level keys (the older form). One file may hold both tables: the nightly job and
+    the server that answers with the same model."""
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -89,18 +91,25 @@ def load_job_file(path: str, known: Collection[str]) -> dict[str, Any]:
         raise ConfigError(f"job file is not valid TOML: {exc}", path=path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the job file: {exc.strerror or exc}", path=path) from None
-    if "score" in data:  # then everything belongs in it: a stray [scoring] or a key above [score] is a mistake
+    tables = ("score", "serve")
+    if any(t in data for t in tables):  # then everything belongs in them: a stray [scoring] is a mistake
         for key, value in data.items():
-            if key == "score":
+            if key in tables:
                 continue
             if isinstance(value, dict):
-                hint = " (did you mean [score]?)" if closest(key, ["score"]) else ""
-                raise ConfigError(f"job file has an unknown table [{key}]{hint}; settings go in the [score] table",
+                hint = next((f" (did you mean [{t}]?)" for t in tables if closest(key, [t])), "")
+                raise ConfigError(f"job file has an unknown table [{key}]{hint}; settings go in the [{command}] table",
                                   path=path)
-            raise ConfigError(f"job file key {key!r} is outside the [score] table; put it under [score]", path=path)
-    table = data.get("score", data)
+            raise ConfigError(f"job file key {key!r} is outside the [{command}] table; put it under [{command}]",
+                              path=path)
+    if command == "serve":  # top-level keys are score's (the older form); serving settings need their table
+        if "serve" not in data:
+            raise ConfigError("job file has no [serve] table; serving settings go in a [serve] table", path=path)
+        table = data["serve"]
+    else:
+        table = data.get("score", {} if "serve" in data else data)
     if not isinstance(table, dict):
-        raise ConfigError("job file [score] must be a table", path=path)
+        raise ConfigError(f"job file [{command}] must be a table", path=path)
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise ConfigError(f"job file has an unknown key {unknown[0]!r}{closest(unknown[0], sorted(known))}"

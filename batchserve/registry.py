@@ -34,7 +34,7 @@ from batchserve.config import utc_now
 from batchserve.errors import ModelError
 
 __all__ = ["ModelRef", "Resolved", "VersionInfo", "Event", "parse_ref", "resolve", "versions", "events", "aliases",
-           "register", "promote", "rollback"]
+           "register", "promote", "rollback", "alias_target"]
 
 log = logging.getLogger("batchserve")
 MODEL_FILE = "model.onnx"
@@ -196,6 +196,15 @@ def _last_move(root: str, alias: str, numbers: list[int], storage: Mapping[str, 
         if e.alias == alias and e.action in ("promote", "rollback"):
             return e
     return None
+
+
+def alias_target(text: str, storage: Mapping[str, Any]) -> Event | None:
+    """The event that last moved the alias ``text`` names (``root@alias``), without reading any model:
+    what a server following the alias checks every few seconds. None for a reference with no alias."""
+    ref = parse_ref(text)
+    if ref.alias is None:
+        return None
+    return _last_move(ref.uri, ref.alias, _event_numbers(ref.uri, storage), storage)
 
 
 # --- resolving a reference --------------------------------------------------------------------------

@@ -44,6 +44,7 @@ __all__ = [
     "is_numeric_type",
     "flat_prediction_columns",
     "float_values",
+    "sample_feeds",
 ]
 
 
@@ -432,3 +433,19 @@ def output_schema(input_schema: pa.Schema, keep: Sequence[str], prediction_schem
     """The schema of a scored file: kept columns (input types), then predictions."""
     fields = [input_schema.field(c) for c in keep] + list(prediction_schema)
     return pa.schema(fields)
+
+
+def sample_feeds(plan: FeaturePlan, rows: int = 2, random: bool = False) -> dict[str, np.ndarray]:
+    """Rows of the model's input types: zeros to warm a session up (a worker's, a server's), standard
+    normals (floats) for the batch-size probe, so tree models branch as they would on data rather
+    than down one path."""
+    feeds = {}
+    rng = np.random.default_rng(0)
+    for b in plan.bindings:
+        shape = (rows,) if b.rank == 1 else (rows, len(b.columns))
+        dtype = np.dtype(b.dtype)
+        if random and dtype.kind == "f":
+            feeds[b.input_name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[b.input_name] = np.zeros(shape, dtype=dtype)
+    return feeds

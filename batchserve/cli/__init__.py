@@ -39,6 +39,7 @@ from batchserve.cli.history import history_commands
 from batchserve.cli.history import run_line as _run_line
 from batchserve.cli.models import models_app
 from batchserve.cli.output import echo_dry_run, echo_result, publish_metrics
+from batchserve.cli.serve import serve_command
 from batchserve.config import DEFAULT_BATCH_SIZE, new_run_id, resolve_config, resolve_score_config
 from batchserve.errors import EXIT_OK, EXIT_USAGE, BatchserveError, DriftError, Interrupted, exit_code_of
 from batchserve.preflight import check_local_paths
@@ -371,6 +372,7 @@ def report_cmd(
 
 app.registered_commands[-1].name = "report"
 history_commands(app)
+serve_command(app)
 app.add_typer(models_app, name="models")
 
 

@@ -23,12 +23,15 @@ from batchserve.config.clock import TIMESTAMP_FORMAT, current_actor, new_run_id,
 from batchserve.config.environment import EXTRA_ENV
 from batchserve.config.resolve import Command, ScoreSettings, resolve_config, resolve_score_config
 from batchserve.config.secrets import redact
+from batchserve.config.serving import ServeConfig, resolve_serve_config
 from batchserve.config.settings import DEFAULT_BATCH_SIZE, ScoreConfig
 from batchserve.config.values import parse_storage_options, storage_dict
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "ScoreConfig",
+    "ServeConfig",
+    "resolve_serve_config",
     "ScoreSettings",
     "Command",
     "resolve_config",

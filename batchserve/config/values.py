@@ -9,7 +9,7 @@ from typing import Any
 
 from batchserve.errors import ConfigError
 
-__all__ = ["CONVERTERS", "Table", "storage_dict", "parse_storage_options"]
+__all__ = ["CONVERTERS", "SERVE_CONVERTERS", "Table", "storage_dict", "parse_storage_options"]
 
 
 class Table(tuple):  # type: ignore[type-arg]
@@ -175,4 +175,32 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "push_timeout": _to_float,
     "metrics_job": _to_str,
     "pushgateway": _to_str,
+}
+
+
+#: The settings of ``batchserve serve``: its own list (a ``[serve]`` table, the same ``BATCHSERVE_*``
+#: names), sharing the converters and the meaning of the names it has in common with ``score``.
+SERVE_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "model": _to_str,
+    "name": _to_str,
+    "host": _to_str,
+    "port": _to_int,
+    "features": _split_columns,
+    "features_override": _to_bool,
+    "device": _to_str,
+    "nan": _to_str,
+    "storage_options": _to_options,
+    "workers": _to_int,
+    "max_batch_size": _to_int,
+    "max_queue_delay_us": _to_int,
+    "max_queue_rows": _to_int,
+    "max_body": _to_int,
+    "max_rows": _to_int,
+    "poll_seconds": _to_float,
+    "token_file": _to_str,
+    "allow_unauthenticated": _to_bool,
+    "tls_cert": _to_str,
+    "tls_key": _to_str,
+    "drain_seconds": _to_float,
+    "access_log": _to_bool,
 }

@@ -14,7 +14,6 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from batchserve import io, model, scoring, tuning
@@ -57,21 +56,6 @@ class ModelSpec:
         return io.storage_of(self.storage_options)
 
 
-def _warmup_feeds(plan: scoring.FeaturePlan, rows: int = 2, random: bool = False) -> dict[str, np.ndarray]:
-    """Rows of the model's input types: zeros to warm up, standard normals (floats) for the probe, so
-    tree models branch as they would on data rather than down one path."""
-    feeds = {}
-    rng = np.random.default_rng(0)
-    for b in plan.bindings:
-        shape = (rows,) if b.rank == 1 else (rows, len(b.columns))
-        dtype = np.dtype(b.dtype)
-        if random and dtype.kind == "f":
-            feeds[b.input_name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[b.input_name] = np.zeros(shape, dtype=dtype)
-    return feeds
-
-
 class WorkerModel:
     """Builds and holds this worker's session; Dask runs ``setup`` on every (new) worker."""
 
@@ -106,14 +90,14 @@ class WorkerModel:
         loaded = model.build_session(data, device=spec.device, intra_op_threads=threads, gpu_id=gpu,
                                      precision=spec.precision, trt_cache=spec.trt_cache)
         try:
-            outputs = loaded.run(_warmup_feeds(spec.plan))
+            outputs = loaded.run(scoring.sample_feeds(spec.plan))
         except BaseException:
             loaded.close()
             raise
         cols = scoring.outputs_to_columns(outputs, 2, spec.prefix)
         if spec.probe_up_to:
             loaded.infer_rows, self.probe = tuning.probe_batch(
-                loaded, lambda n: _warmup_feeds(spec.plan, n, random=True), spec.probe_up_to)
+                loaded, lambda n: scoring.sample_feeds(spec.plan, n, random=True), spec.probe_up_to)
         self.prediction_schema = pa.schema([pa.field(k, v.type) for k, v in cols.items()])
         self.model = loaded
         self.setup_seconds = time.perf_counter() - start

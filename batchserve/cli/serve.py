@@ -1,0 +1,82 @@
+"""``batchserve serve``: the same model repository, answering online over the Open Inference Protocol."""
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from batchserve.cli.common import choices, guard, helptext, settings_guard, setup_logging, storage_flag
+
+if TYPE_CHECKING:
+    from batchserve.online import server
+else:
+    from batchserve.cli.common import lazy
+
+    server = lazy("batchserve.online.server")
+
+__all__ = ["serve_command"]
+
+H = helptext
+
+
+def serve_command(app: typer.Typer) -> None:
+    """Register ``serve`` on the main app."""
+
+    @app.command(epilog=(
+        "Examples: batchserve serve --model models/fraud@champion --name fraud;  "
+        "curl -s localhost:8080/v2/models/fraud/infer -d '{\"inputs\": [{\"name\": \"amount\", \"datatype\": "
+        "\"FP32\", \"shape\": [1], \"data\": [12.5]}, ...]}'"))
+    def serve(
+        model: Annotated[str | None, typer.Option("--model", "-m", help=H("ONNX file or model repository (root, root@alias, root@N); any fsspec URL. With root@alias the server follows the alias.", setting="model"))] = None,
+        name: Annotated[str | None, typer.Option(help=H("The model's name in URLs (/v2/models/NAME).", default="the repository folder's name", setting="name"))] = None,
+        host: Annotated[str | None, typer.Option(help=H("Address to bind; anything but loopback needs a token or --allow-unauthenticated.", default="127.0.0.1", setting="host"))] = None,
+        port: Annotated[int | None, typer.Option(help=H("Port (0: any free port, printed).", default=8080, setting="port"))] = None,
+        features: Annotated[str | None, typer.Option(help=H("Feature names in model input order, comma-separated.", default="the model's feature_names metadata", setting="features"))] = None,
+        features_override: Annotated[bool | None, typer.Option("--features-override/--no-features-override", help=H("Accept --features that contradict the model's feature_names metadata.", default="no-features-override", setting="features_override"))] = None,
+        device: Annotated[str | None, typer.Option(autocompletion=choices("auto", "cpu", "cuda", "cuda:0"), help=H("auto | cpu | cuda | cuda:N.", default="auto", setting="device"))] = None,
+        nan: Annotated[str | None, typer.Option(autocompletion=choices("pass", "fail"), help=H("pass: NaN/inf/null features reach the model as NaN; fail: such a request is a 400.", default="pass", setting="nan"))] = None,
+        storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help=H("fsspec option key=value (repeatable).", setting="storage_options"))] = None,
+        workers: Annotated[int | None, typer.Option(help=H("Server processes sharing the port, each with its own session and share of the cores.", default=1, setting="workers"))] = None,
+        max_batch_size: Annotated[int | None, typer.Option(help=H("Dynamic batching: most rows merged into one inference call.", default=256, setting="max_batch_size"))] = None,
+        max_queue_delay_us: Annotated[int | None, typer.Option(help=H("Microseconds an idle model waits for more requests before running a batch.", default=0, setting="max_queue_delay_us"))] = None,
+        max_queue_rows: Annotated[int | None, typer.Option(help=H("Rows waiting for the model at most; past it a request is a 503 with Retry-After.", default=262144, setting="max_queue_rows"))] = None,
+        max_body: Annotated[int | None, typer.Option(help=H("Largest request body in bytes (413 beyond, refused before it is read).", default=64 << 20, setting="max_body"))] = None,
+        max_rows: Annotated[int | None, typer.Option(help=H("Most rows in one request (413 beyond).", default=65536, setting="max_rows"))] = None,
+        poll_seconds: Annotated[float | None, typer.Option(help=H("With root@alias: seconds between checks of the alias (SIGHUP checks at once).", default=10, setting="poll_seconds"))] = None,
+        token_file: Annotated[str | None, typer.Option(help=H("File holding the bearer token every endpoint but the health checks then needs (or set BATCHSERVE_TOKEN).", setting="token_file"))] = None,
+        allow_unauthenticated: Annotated[bool | None, typer.Option("--allow-unauthenticated/--no-allow-unauthenticated", help=H("Allow a non-loopback --host without a token (a proxy in front authenticates).", default="no-allow-unauthenticated", setting="allow_unauthenticated"))] = None,
+        tls_cert: Annotated[str | None, typer.Option(help=H("TLS certificate (PEM); with --tls-key, serve HTTPS.", setting="tls_cert"))] = None,
+        tls_key: Annotated[str | None, typer.Option(help=H("TLS private key (PEM).", setting="tls_key"))] = None,
+        drain_seconds: Annotated[float | None, typer.Option(help=H("On SIGTERM/SIGINT: seconds requests in flight get to finish.", default=30, setting="drain_seconds"))] = None,
+        access_log: Annotated[bool | None, typer.Option("--access-log/--no-access-log", help=H("One log line per request (request id, status, version).", default="access-log", setting="access_log"))] = None,
+        job: Annotated[str | None, typer.Option(help="TOML job file ([serve] table); flags and BATCHSERVE_* variables override it.")] = None,
+        var: Annotated[list[str] | None, typer.Option("--var", help="Fill ${NAME} in the job file: NAME=VALUE (repeatable).")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors (no access log lines).")] = False,
+        log_format: Annotated[str, typer.Option(autocompletion=choices("plain", "json"), show_default=False, envvar="BATCHSERVE_LOG_FORMAT", show_envvar=False, help=H("plain (UTC timestamps) or json (one object per line).", default="plain", setting="log_format"))] = "plain",
+        log_file: Annotated[str | None, typer.Option(envvar="BATCHSERVE_LOG_FILE", show_envvar=False, help=H("Also append every log line to this file.", setting="log_file"))] = None,
+        debug: Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")] = False,
+    ) -> None:
+        """Serve the model online: Open Inference Protocol v2 (JSON and binary tensors), SageMaker's /ping
+        and /invocations, Prometheus /metrics; hot swap when the alias moves.
+
+        Exit codes: 0 stopped by SIGTERM/SIGINT after draining, 1 could not start (one `error:` line),
+        2 usage error (bad or missing option).
+        """
+        setup_logging(debug, quiet, log_format, log_file)
+
+        def resolve() -> Any:
+            from batchserve.config import resolve_serve_config
+
+            flags: dict[str, Any] = {
+                "model": model, "name": name, "host": host, "port": port, "features": features,
+                "features_override": features_override, "device": device, "nan": nan,
+                "storage_options": storage_flag(storage_option), "workers": workers,
+                "max_batch_size": max_batch_size, "max_queue_delay_us": max_queue_delay_us,
+                "max_queue_rows": max_queue_rows, "max_body": max_body, "max_rows": max_rows,
+                "poll_seconds": poll_seconds, "token_file": token_file,
+                "allow_unauthenticated": allow_unauthenticated, "tls_cert": tls_cert, "tls_key": tls_key,
+                "drain_seconds": drain_seconds, "access_log": access_log, "job": job, "vars": var,
+            }
+            return resolve_serve_config(flags)
+
+        cfg = settings_guard(debug, resolve)
+        guard(debug, lambda: server.run(cfg))

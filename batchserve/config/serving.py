@@ -1,0 +1,190 @@
+"""The frozen settings of ``batchserve serve`` (:class:`ServeConfig`), resolved through the same
+cascade as ``score``: explicit settings > ``BATCHSERVE_*`` > the job file's ``[serve]`` table > defaults.
+
+Safe by default is decided here, before anything listens: loopback unless told, a bearer token from a
+file or ``BATCHSERVE_TOKEN`` (never a flag's value, never a job-file key: both end up in shell history
+or version control), and a non-loopback address without a token refused unless the caller says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from batchserve.config.environment import from_env
+from batchserve.config.secrets import redact, redact_text
+from batchserve.config.values import SERVE_CONVERTERS, storage_dict
+from batchserve.errors import ConfigError, UsageError, closest
+from batchserve.jobfile import load_job_file, parse_vars, substitute
+
+__all__ = ["ServeConfig", "resolve_serve_config", "is_loopback"]
+
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (``localhost``, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """Everything that decides what the server does; immutable once resolved."""
+
+    model: str
+    #: The model's name in URLs (``/v2/models/{name}``); default: the repository folder's name.
+    name: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    features: tuple[str, ...] | None = None
+    features_override: bool = False
+    device: str = "auto"
+    nan: str = "pass"
+    storage_options: tuple[tuple[str, Any], ...] = ()
+    #: Server processes sharing the port, each with its own session and its share of the cores.
+    workers: int = 1
+    #: Dynamic batching: at most this many rows in one inference call (requests are never split).
+    max_batch_size: int = 256
+    #: How long a forming batch waits for more requests while the model is idle (0: never waits;
+    #: requests that arrive while a batch runs are merged into the next one anyway).
+    max_queue_delay_us: int = 0
+    #: Rows waiting for the model, across requests: beyond this a request is a 503 with Retry-After.
+    max_queue_rows: int = 262_144
+    #: Bytes in a request body (refused with 413 before it is read, when Content-Length says so).
+    max_body: int = 64 << 20
+    #: Rows in one request (413 beyond).
+    max_rows: int = 65_536
+    #: Seconds between checks of the alias the server follows (``root@alias``); SIGHUP checks at once.
+    poll_seconds: float = 10.0
+    token_file: str | None = None
+    allow_unauthenticated: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: On SIGTERM/SIGINT: stop accepting, and give requests in flight this long to finish.
+    drain_seconds: float = 30.0
+    access_log: bool = True
+    #: The bearer token every endpoint but the health checks needs (from ``token_file`` or
+    #: ``BATCHSERVE_TOKEN``); never printed.
+    token: str | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("--model is empty; name an ONNX file or a model repository")
+        kind, _, index = self.device.partition(":")
+        if kind not in _DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.nan not in ("fail", "pass"):
+            raise ConfigError(f"--nan must be fail or pass, got {self.nan!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
+        if not self.host or any(c.isspace() for c in self.host):
+            raise ConfigError(f"--host must be an address or a host name, got {self.host!r}")
+        bounds = {"workers": (1, 256), "max_batch_size": (1, 1 << 20), "max_queue_delay_us": (0, 1_000_000),
+                  "max_queue_rows": (1, 1 << 30), "max_body": (1024, 1 << 34), "max_rows": (1, 1 << 26)}
+        for name, (lo, hi) in bounds.items():
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise ConfigError(f"--{name.replace('_', '-')} must be between {lo:,} and {hi:,}, got {value:,}")
+        if self.max_queue_rows < self.max_rows:
+            raise ConfigError(f"--max-queue-rows ({self.max_queue_rows:,}) must hold at least one request of "
+                              f"--max-rows ({self.max_rows:,})")
+        for name in ("poll_seconds", "drain_seconds"):
+            value = getattr(self, name)
+            if not 0 < value <= 86_400:
+                raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 86400 seconds, got {value}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: name the certificate and its key")
+        if self.features is not None and len(set(self.features)) != len(self.features):
+            raise ConfigError(f"--features lists a column twice: {', '.join(sorted(set(self.features)))}")
+        if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
+            raise ConfigError("the token is empty or holds white space (check --token-file or BATCHSERVE_TOKEN)")
+        if not is_loopback(self.host) and self.token is None and not self.allow_unauthenticated:
+            raise ConfigError(
+                f"--host {self.host} is reachable from other machines and no token is set: pass --token-file "
+                "(or set BATCHSERVE_TOKEN), or --allow-unauthenticated if a proxy in front authenticates")
+
+    @property
+    def storage(self) -> dict[str, Any]:
+        return storage_dict(self.storage_options)
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    def to_settings(self) -> dict[str, Any]:
+        """The settings that make this config again (no token: :func:`resolve_serve_config` reads it from
+        ``token_file`` or the environment), for a server's worker processes."""
+        data = dataclasses.asdict(self)
+        data.pop("token")
+        data["storage_options"] = dict(storage_dict(self.storage_options))
+        return {k: v for k, v in data.items() if v is not None}
+
+    def redacted(self) -> dict[str, Any]:
+        """For logs and the metadata endpoint: storage secrets and URL passwords masked, no token."""
+        data = dataclasses.asdict(self)
+        data.pop("token")
+        data["features"] = list(self.features) if self.features is not None else None
+        data["storage_options"] = redact(storage_dict(self.storage_options))
+        data["model"] = redact_text(self.model)
+        data["authenticated"] = self.token is not None
+        return data
+
+
+def _read_token(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except FileNotFoundError:
+        raise ConfigError("--token-file not found", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read --token-file: {getattr(exc, 'strerror', None) or exc}", path=path) from None
+
+
+def resolve_serve_config(
+    settings: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
+) -> ServeConfig:
+    """``batchserve serve``'s settings: explicit > ``BATCHSERVE_*`` > the job file's ``[serve]`` table
+    (``job``; ``vars`` fill its placeholders) > defaults.
+
+    >>> resolve_serve_config({"model": "models/fraud@champion"}, env={}).port
+    8080
+    """
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in settings.items() if k not in ("job", "vars") and v is not None}
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    job = settings.get("job")
+    given = parse_vars(settings.get("vars"))
+    if job is not None:
+        if not isinstance(job, str):
+            raise ConfigError(f"job must be the path of a TOML job file, got {job!r}")
+        table = load_job_file(job, SERVE_CONVERTERS, command="serve")
+        used: set[str] = set()
+        layers.append((f"job file {job}", {
+            k: substitute(v, given, env, f"job file {job}, key {k!r}", used) for k, v in table.items()}))
+    elif given:
+        raise ConfigError(f"--var {next(iter(given))} needs --job: variables fill a job file's ${{name}} placeholders")
+    layers.append(("environment", from_env(env, SERVE_CONVERTERS)))
+    layers.append(("arguments", flags))
+    merged: dict[str, Any] = {}
+    for source, layer in layers:
+        for name, value in layer.items():
+            if name not in SERVE_CONVERTERS:
+                raise ConfigError(f"unknown setting {name!r} from {source}{closest(name, sorted(SERVE_CONVERTERS))}")
+            try:
+                merged[name] = SERVE_CONVERTERS[name](value)
+            except ConfigError as exc:
+                raise ConfigError(f"setting {name!r} from {source}: {exc.message}") from None
+    if "model" not in merged:
+        raise UsageError("missing required setting: model; pass --model or set it in the job file's [serve] table")
+    token = env.get("BATCHSERVE_TOKEN") or None
+    if merged.get("token_file"):
+        token = _read_token(merged["token_file"])
+    return ServeConfig(**merged, token=token)

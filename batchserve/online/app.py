@@ -1,0 +1,391 @@
+"""The ASGI application: routes, auth, limits, errors -> statuses. No model code (slots.py) and no
+protocol code (protocol.py) here.
+
+Routes (Open Inference Protocol v2, SageMaker's container contract, Prometheus)::
+
+    GET  /v2/health/live  /v2/health/ready  /ping             open (probes carry no token)
+    GET  /v2                                                   server metadata
+    GET  /v2/models/{name}[/versions/{v}][/ready]              model metadata / readiness
+    POST /v2/models/{name}[/versions/{v}]/infer                inference (JSON or binary tensors)
+    POST /invocations                                          SageMaker: CSV rows or JSON instances
+    GET  /metrics                                              Prometheus text format
+
+Nothing here loads, registers or promotes a model, or opens a path or URL a request names: what is
+served changes through the CLI and its audit trail only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hmac
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from batchserve import scoring, tuning
+from batchserve.config import ServeConfig
+from batchserve.errors import BatchserveError, RequestError, closest
+from batchserve.online import protocol
+from batchserve.online.inputs import to_feeds
+from batchserve.online.slots import Served, Slots
+from batchserve.online.telemetry import Telemetry, log_request
+from batchserve.version import version
+
+__all__ = ["ServeApp", "create_app"]
+
+log = logging.getLogger("batchserve.serve")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+#: status, JSON-able body or raw bytes, extra headers, the version that answered, rows scored.
+Answer = tuple[int, Any, list[tuple[bytes, bytes]], str | None, int]
+
+_OPEN = frozenset({"/v2/health/live", "/v2/health/ready", "/ping"})
+_JSON = (b"content-type", b"application/json")
+
+
+class _Gone(Exception):
+    """The client disconnected before its body arrived."""
+
+
+def _request_id(headers: dict[bytes, bytes]) -> str:
+    given = headers.get(b"x-request-id", b"")[:128].decode("latin-1")
+    return given if given and given.isprintable() and " " not in given else uuid.uuid4().hex
+
+
+class ServeApp:
+    """One model, served; an ASGI 3 application (uvicorn, hypercorn, granian, gunicorn's uvicorn worker)."""
+
+    def __init__(self, cfg: ServeConfig, *, preloaded: Served | None = None, worker_index: int = 0,
+                 threads: int | None = None) -> None:
+        self.cfg = cfg
+        self.telemetry = Telemetry()
+        # One batch in flight per model: a batch uses the session's intra-op threads (the cores), and
+        # requests that arrive meanwhile form the next batch (README, "Choosing the defaults").
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batchserve-infer")
+        threads = threads or max(1, tuning.available_cores() // cfg.workers)
+        self.slots = Slots(cfg, self.telemetry, self.executor, threads, worker_index)
+        self._preloaded = preloaded
+        self._token = cfg.token.encode() if cfg.token else None
+        self._follow: asyncio.Task[None] | None = None
+        self.draining = False
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Load, check and warm up the model (unless given loaded), then follow its alias."""
+        if not self.slots.ready:
+            await asyncio.get_running_loop().run_in_executor(None, self.slots.start, self._preloaded)
+            self._preloaded = None
+        if self.slots.alias is not None and self._follow is None:
+            self._follow = asyncio.get_running_loop().create_task(self.slots.follow())
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hup)
+
+    def _hup(self) -> None:
+        log.info("SIGHUP: checking the alias %s@%s now", self.slots.name, self.slots.alias)
+        if self.slots.hup is not None:
+            self.slots.hup.set()
+
+    async def shutdown(self) -> None:
+        self.draining = True
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
+        self.executor.shutdown(wait=True)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except BatchserveError as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # --- requests ------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        headers = dict(scope["headers"])
+        rid = _request_id(headers)
+        path, method = scope["path"], scope["method"]
+        endpoint, version, rows = "other", None, 0
+        extra: list[tuple[bytes, bytes]] = []
+        try:
+            endpoint, handler = self._route(method, path)
+            if self._token is not None and path not in _OPEN:
+                self._authenticate(headers)
+            status, body, extra, version, rows = await handler(scope, receive, headers)
+        except _Gone:
+            self.telemetry.requests.labels(endpoint, "499").inc()
+            return
+        except BatchserveError as exc:
+            status, body = exc.http_status, {"error": str(exc)}
+            if status == 401:
+                extra = [(b"www-authenticate", b"Bearer")]
+            elif status == 503:
+                extra = [(b"retry-after", b"1")]
+        except Exception as exc:
+            status, body = 500, {"error": f"internal error (a bug in batchserve); request id {rid}"}
+            log.error("internal error on %s %s, request id %s: %s: %s", method, path, rid, type(exc).__name__,
+                      " ".join(str(exc).split())[:300], exc_info=log.isEnabledFor(logging.DEBUG))
+        if isinstance(body, bytes):
+            payload = body
+            kind = next((v for k, v in extra if k == b"content-type"), None)
+            if kind is None:
+                extra = [_JSON, *extra]
+        else:
+            payload = protocol.dumps(body)
+            extra = [_JSON, *extra]
+        response_headers = [(b"content-length", str(len(payload)).encode()), (b"x-request-id", rid.encode()), *extra]
+        if version is not None:
+            response_headers.append((b"x-model-version", version.encode()))
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.start", "status": status, "headers": response_headers})
+            await send({"type": "http.response.body", "body": payload})
+        seconds = time.perf_counter() - start
+        self.telemetry.requests.labels(endpoint, str(status)).inc()
+        self.telemetry.latency.labels(endpoint).observe(seconds)
+        if self.cfg.access_log:
+            log_request({"method": method, "path": path, "status": status, "ms": round(seconds * 1000, 3),
+                         "rows": rows, "version": version, "request_id": rid, "model": self.slots.name})
+
+    def _authenticate(self, headers: dict[bytes, bytes]) -> None:
+        given = headers.get(b"authorization", b"")
+        scheme, _, token = given.partition(b" ")
+        assert self._token is not None
+        # Compared in constant time, whatever the scheme said: timing tells nothing about the token.
+        ok = hmac.compare_digest(token.strip(), self._token)
+        if not ok or scheme.lower() != b"bearer":
+            raise RequestError("missing or wrong bearer token (Authorization: Bearer <token>)", status=401)
+
+    def _route(self, method: str, path: str) -> tuple[str, Callable[..., Awaitable[Answer]]]:
+        parts = path.strip("/").split("/")
+        want = "GET"
+        handler: Callable[..., Awaitable[Answer]]
+        if path == "/v2/health/live":
+            endpoint, handler = "live", self._live
+        elif path == "/v2/health/ready" or path == "/ping":
+            endpoint, handler = "ready", self._ready
+        elif path.rstrip("/") == "/v2":
+            endpoint, handler = "server", self._server
+        elif path == "/metrics":
+            endpoint, handler = "metrics", self._metrics
+        elif path == "/invocations":
+            endpoint, handler, want = "invocations", self._invocations, "POST"
+        elif len(parts) >= 3 and parts[:2] == ["v2", "models"]:
+            endpoint, handler, want = self._model_route(parts[2:])
+        else:
+            raise RequestError(f"no such endpoint: {path[:200]}", status=404)
+        if method != want and not (method == "HEAD" and want == "GET"):
+            raise RequestError(f"{method} is not allowed on {path[:200]}; use {want}", status=405)
+        return endpoint, handler
+
+    def _model_route(self, rest: list[str]) -> tuple[str, Callable[..., Awaitable[Answer]], str]:
+        name, rest = rest[0], rest[1:]
+        pinned = None
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            pinned, rest = rest[1], rest[2:]
+        if not rest:
+            return "metadata", lambda *_: self._metadata(name, pinned), "GET"
+        if rest == ["ready"]:
+            return "model_ready", lambda *_: self._model_ready(name, pinned), "GET"
+        if rest == ["infer"]:
+            return "infer", lambda s, r, h: self._infer(name, pinned, r, h), "POST"
+        raise RequestError(f"no such endpoint under /v2/models/{name[:100]}", status=404)
+
+    def _served(self, name: str, pinned: str | None) -> Served:
+        if name != self.slots.name:
+            raise RequestError(f"unknown model {name[:100]!r}{closest(name, [self.slots.name], quote=True)}; "
+                               f"this server serves {self.slots.name!r}", status=404)
+        if not self.slots.ready:
+            raise RequestError("the model is still loading", status=503)
+        served = self.slots.current
+        if pinned is not None and pinned != served.version:
+            raise RequestError(f"version {pinned[:40]!r} of {name!r} is not being served (serving version "
+                               f"{served.version})", status=404)
+        return served
+
+    async def _body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
+        limit = self.cfg.max_body
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestError(f"request body of {int(declared):,} bytes is over --max-body {limit:,}", status=413)
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Gone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(f"request body is over --max-body {limit:,} bytes", status=413)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # --- handlers ------------------------------------------------------------------------------------
+
+    async def _live(self, *_: Any) -> Answer:
+        return 200, {"live": True}, [], None, 0
+
+    async def _ready(self, *_: Any) -> Answer:
+        if not self.slots.ready or self.draining:
+            raise RequestError("not ready: " + ("shutting down" if self.draining else "the model is loading"),
+                               status=503)
+        return 200, {"ready": True}, [], None, 0
+
+    async def _server(self, *_: Any) -> Answer:
+        return 200, {"name": "batchserve", "version": version(), "extensions": ["binary_tensor_data"]}, [], None, 0
+
+    async def _metrics(self, *_: Any) -> Answer:
+        self.telemetry.queue_rows.set(sum(b.queued_rows for b in [self.slots.current.batcher] if b is not None)
+                                      if self.slots.ready else 0)
+        return 200, self.telemetry.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], None, 0
+
+    async def _metadata(self, name: str, pinned: str | None) -> Answer:
+        served = self._served(name, pinned)
+        return 200, self.slots.metadata(served), [], served.version, 0
+
+    async def _model_ready(self, name: str, pinned: str | None) -> Answer:
+        served = self._served(name, pinned)
+        return 200, {"name": name, "ready": not self.draining}, [], served.version, 0
+
+    async def _predict(self, served: Served, tensors: Any) -> tuple[dict[str, Any], int]:
+        feeds, n = to_feeds(tensors, served.plan, self.cfg.max_rows)
+        assert served.batcher is not None
+        return dict(await served.batcher.submit(feeds, n)), n
+
+    async def _infer(self, name: str, pinned: str | None, receive: Receive, headers: dict[bytes, bytes]) -> Answer:
+        body = await self._body(receive, headers)
+        raw = headers.get(protocol.HEADER_LENGTH.encode())
+        length = None
+        if raw is not None:
+            if not raw.strip().isdigit():
+                raise RequestError(f"Inference-Header-Content-Length must be a number of bytes, got {raw[:40]!r}")
+            length = int(raw)
+        request = protocol.parse_infer(body, length)
+        served = self._served(name, pinned)  # picked and queued with no await between: the version answers
+        columns, n = await self._predict(served, request.inputs)
+        if request.outputs is None:
+            wanted = [(k, request.binary_output) for k in columns]
+        else:
+            for k, _ in request.outputs:
+                if k not in columns:
+                    raise RequestError(f"unknown output {k!r}{closest(k, list(columns), quote=True)}; "
+                                       f"outputs: {', '.join(columns)}")
+            wanted = list(request.outputs)
+        tensors = [protocol.column_tensor(k, columns[k]) for k, _ in wanted]
+        head: dict[str, Any] = {"model_name": self.slots.name, "model_version": served.version}
+        if request.id is not None:
+            head["id"] = request.id
+        payload, header_length = protocol.encode_infer(head, tensors, [b for _, b in wanted])
+        extra = [] if header_length is None else [
+            (b"content-type", b"application/octet-stream"),
+            (protocol.HEADER_LENGTH.encode(), str(header_length).encode())]
+        if header_length is None:
+            extra = [_JSON]
+        return 200, payload, extra, served.version, n
+
+    async def _invocations(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]) -> Answer:
+        body = await self._body(receive, headers)
+        kind = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        served = self._served(self.slots.name, None)
+        if kind == b"text/csv":
+            tensors = _csv_tensors(body, served.plan.features)
+        elif kind == b"application/json":
+            doc = protocol._load_json(body)
+            if isinstance(doc, dict) and "inputs" in doc:
+                tensors = list(protocol.parse_infer(body).inputs)
+            else:
+                tensors = _instance_tensors(doc, served.plan.features)
+        else:
+            raise RequestError(f"Content-Type {kind.decode('latin-1')[:60]!r} is not supported; send text/csv or "
+                               "application/json", status=415)
+        columns, n = await self._predict(served, tensors)
+        flat = [pair for k, v in columns.items() for pair in scoring.flat_prediction_columns(k, v)]
+        values = [(k, a.to_pylist()) for k, a in flat]
+        predictions = [{k: v[i] for k, v in values} for i in range(n)]
+        return 200, {"predictions": predictions, "model_version": served.version}, [], served.version, n
+
+
+def _feature_tensors(matrix: np.ndarray, features: tuple[str, ...]) -> list[protocol.Tensor]:
+    n = matrix.shape[0]
+    return [protocol.Tensor(f, "FP64", (n,), np.ascontiguousarray(matrix[:, j])) for j, f in enumerate(features)]
+
+
+def _csv_tensors(body: bytes, features: tuple[str, ...]) -> list[protocol.Tensor]:
+    """SageMaker's CSV: one row per line, the features in order, no header; an empty field is missing."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError("CSV body is not UTF-8 text") from None
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        cells = line.split(",")
+        if len(cells) != len(features):
+            raise RequestError(f"CSV line {i} has {len(cells)} fields; the model takes {len(features)} "
+                               f"({', '.join(features)})")
+        try:
+            rows.append([float(c) if c.strip() else np.nan for c in cells])
+        except ValueError:
+            raise RequestError(f"CSV line {i} holds a value that is not a number") from None
+    if not rows:
+        raise RequestError("CSV body has no rows")
+    return _feature_tensors(np.asarray(rows, dtype=np.float64), features)
+
+
+def _instance_tensors(doc: Any, features: tuple[str, ...]) -> list[protocol.Tensor]:
+    """SageMaker's JSON: ``{"instances": [[...], ...]}`` in feature order, or ``[{feature: value}, ...]``."""
+    rows = doc.get("instances") if isinstance(doc, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise RequestError('JSON body must be {"instances": [...]} (rows) or a V2 request with inputs')
+    if all(isinstance(r, dict) for r in rows):
+        for r in rows:
+            unknown = [k for k in r if k not in features]
+            if unknown:
+                raise RequestError(f"unknown feature {unknown[0]!r}{closest(unknown[0], list(features), quote=True)}")
+        rows = [[r.get(f) for f in features] for r in rows]
+    try:
+        matrix = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RequestError("instances must be rows of numbers (null for missing)") from None
+    if matrix.ndim != 2 or matrix.shape[1] != len(features):
+        raise RequestError(f"each instance needs {len(features)} values ({', '.join(features)})")
+    return _feature_tensors(matrix, features)
+
+
+def create_app(cfg: ServeConfig | None = None, **settings: Any) -> ServeApp:
+    """An ASGI app serving one model, for any ASGI server: ``uvicorn --factory
+    'batchserve.online:app_from_environment'``, or mount ``create_app(model="models/fraud@champion")``
+    in your own. The model loads in the server's lifespan startup; readiness follows."""
+    if cfg is None:
+        from batchserve.config import resolve_serve_config
+
+        cfg = resolve_serve_config(settings)
+    return ServeApp(cfg)

@@ -1,0 +1,130 @@
+"""Dynamic batching: concurrent requests merged into one inference call and the answers split back.
+
+Requests queue (bounded, in rows: past ``max_queue_rows`` a request is refused with 503 at once,
+never held in unbounded memory). While the model is idle the first request runs at once, after
+``max_queue_delay_us`` if that is set; requests that arrive while a batch runs are merged into the
+next call, up to ``max_batch_rows`` rows (a request is never split). So one client alone pays no
+wait, and under load the batch grows with the load: Triton's dynamic batcher with a zero delay.
+Each request gets its own rows of the batch's prediction columns (Arrow slices, no copy).
+
+The batch runs on a worker thread: ONNX Runtime releases the GIL, so the event loop keeps reading
+and answering requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from batchserve.errors import RequestError
+
+__all__ = ["Batcher", "BatchStats"]
+
+#: Runs the model on ``feeds`` of ``n`` rows and returns the prediction columns.
+RunFn = Callable[[Mapping[str, np.ndarray], int], Mapping[str, pa.Array]]
+
+
+@dataclasses.dataclass
+class _Pending:
+    feeds: Mapping[str, np.ndarray]
+    rows: int
+    future: asyncio.Future[Mapping[str, pa.Array]]
+
+
+class BatchStats:
+    """What a batch did, for metrics: rows, requests and seconds of inference."""
+
+    def observe(self, rows: int, requests: int, seconds: float) -> None:  # pragma: no cover - interface
+        """Called once per batch, on the event loop."""
+
+
+class Batcher:
+    """The bounded queue in front of one loaded model."""
+
+    def __init__(self, run: RunFn, executor: concurrent.futures.Executor, *, max_batch_rows: int,
+                 max_queue_rows: int, max_delay_us: int = 0, stats: BatchStats | None = None) -> None:
+        self._run = run
+        self._executor = executor
+        self.max_batch_rows = max_batch_rows
+        self.max_queue_rows = max_queue_rows
+        self._delay = max_delay_us / 1e6
+        self._stats = stats or BatchStats()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self.queued_rows = 0
+        self._running: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def submit(self, feeds: Mapping[str, np.ndarray], rows: int) -> Mapping[str, pa.Array]:
+        """This request's prediction columns, computed in a batch with whatever else is waiting."""
+        if self.queued_rows + rows > self.max_queue_rows:
+            raise RequestError(f"the queue is full ({self.queued_rows:,} rows waiting); retry shortly", status=503)
+        future: asyncio.Future[Mapping[str, pa.Array]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(feeds, rows, future))
+        self.queued_rows += rows
+        if self._running is None:
+            self._idle.clear()
+            self._running = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def drained(self) -> None:
+        """Returns once every queued request has its answer (a swapped-out model's last batch ran)."""
+        await self._idle.wait()
+
+    def _take(self) -> list[_Pending]:
+        batch = [self._queue.popleft()]
+        rows = batch[0].rows
+        while self._queue and rows + self._queue[0].rows <= self.max_batch_rows:
+            item = self._queue.popleft()
+            rows += item.rows
+            batch.append(item)
+        self.queued_rows -= rows
+        return batch
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                if self._delay and self.queued_rows < self.max_batch_rows:
+                    await asyncio.sleep(self._delay)
+                batch = self._take()
+                feeds, rows = _merge(batch)
+                start = time.perf_counter()
+                try:
+                    columns = await loop.run_in_executor(self._executor, self._run, feeds, rows)
+                except BaseException as exc:
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                self._stats.observe(rows, len(batch), time.perf_counter() - start)
+                _split(batch, columns)
+        finally:
+            self._running = None
+            self._idle.set()
+
+
+def _merge(batch: list[_Pending]) -> tuple[Mapping[str, np.ndarray], int]:
+    rows = sum(p.rows for p in batch)
+    if len(batch) == 1:
+        return batch[0].feeds, rows
+    names = batch[0].feeds.keys()
+    return {k: np.concatenate([p.feeds[k] for p in batch]) for k in names}, rows
+
+
+def _split(batch: list[_Pending], columns: Mapping[str, pa.Array]) -> None:
+    offset = 0
+    for p in batch:
+        if not p.future.done():  # a request whose client went away has a cancelled future
+            p.future.set_result(columns if len(batch) == 1 else
+                                {k: v.slice(offset, p.rows) for k, v in columns.items()})
+        offset += p.rows

@@ -1,0 +1,118 @@
+"""Running the app: the one module that imports the ASGI server (uvicorn, with uvloop and httptools).
+
+The socket is bound here, before the model loads, so a port in use is one line naming it; the model
+is loaded, checked and warmed up before the first connection is accepted. With ``--workers N`` the
+parent binds and N processes share the socket (uvicorn's supervisor), each with its own session and
+its share of the cores; SIGHUP to the parent replaces them one by one, each loading what the alias
+names then. SIGTERM and SIGINT stop accepting, let requests in flight finish (``--drain-seconds``)
+and exit 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+from batchserve import tuning
+from batchserve.config import ServeConfig, resolve_serve_config
+from batchserve.errors import BatchserveError
+from batchserve.online.app import ServeApp
+from batchserve.online.slots import load_model
+
+__all__ = ["run", "app_from_environment", "bind"]
+
+log = logging.getLogger("batchserve.serve")
+_CONFIG_ENV = "_BATCHSERVE_SERVE_CONFIG"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, or one line saying why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except OSError as exc:
+        raise BatchserveError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn_config(cfg: ServeConfig, app: Any, **extra: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=cfg.host, port=cfg.port, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+        log_config=None, log_level="warning", timeout_graceful_shutdown=int(max(1, cfg.drain_seconds)),
+        ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key, server_header=False, date_header=False,
+        timeout_keep_alive=30, **extra)
+
+
+def _quiet_signals() -> None:
+    # uvicorn re-raises the signal that stopped it once it has drained; with these no-op handlers that
+    # is the clean exit 0 the drain promised, not a death by signal (or our launcher's "interrupted").
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+
+
+def run(cfg: ServeConfig) -> None:
+    """Serve until SIGTERM/SIGINT; raises :class:`BatchserveError` (one line) if it cannot start."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    sock = bind(cfg.host, cfg.port)
+    port = sock.getsockname()[1]
+    threads = max(1, tuning.available_cores() // cfg.workers)
+    first = load_model(cfg, threads)  # fails here, as one line, before anything is accepted
+    scheme = "https" if cfg.tls_cert else "http"
+    if cfg.workers == 1:
+        app = ServeApp(cfg, preloaded=first, threads=threads)
+        server = uvicorn.Server(_uvicorn_config(cfg, app))
+        _quiet_signals()
+        log.info("listening on %s://%s:%d (model %s, version %s)", scheme, cfg.host, port, app.slots.name,
+                 first.version or "-", extra={"fields": {"event": "listening", "port": port}})
+        server.run(sockets=[sock])
+        if not server.started:
+            raise BatchserveError(f"the server on {cfg.host}:{port} did not start (see the lines above)")
+        log.info("stopped", extra={"fields": {"event": "stopped"}})
+        return
+    first.loaded.close()
+    del first
+    os.environ[_CONFIG_ENV] = json.dumps(cfg.to_settings())
+    config = _uvicorn_config(cfg, "batchserve.online.server:app_from_environment", factory=True,
+                             workers=cfg.workers)
+    log.info("listening on %s://%s:%d with %d worker processes", scheme, cfg.host, port, cfg.workers,
+             extra={"fields": {"event": "listening", "port": port}})
+    Multiprocess(config, sockets=[sock]).run()
+    log.info("stopped", extra={"fields": {"event": "stopped"}})
+
+
+def app_from_environment() -> ServeApp:
+    """The app of one worker process (``uvicorn --factory``): settings from the parent, or from
+    ``BATCHSERVE_*`` alone when a team's own ASGI server starts it."""
+    raw = os.environ.get(_CONFIG_ENV)
+    settings = json.loads(raw) if raw else {}
+    cfg = resolve_serve_config(settings)
+    if raw:
+        _setup_child_logging()
+    return ServeApp(cfg, worker_index=os.getpid() % 1024 if cfg.workers > 1 else 0)
+
+
+def _setup_child_logging() -> None:
+    parent = logging.getLogger("batchserve")
+    if not parent.handlers:  # spawned workers start bare: the same plain lines as the parent
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        parent.addHandler(handler)
+        parent.setLevel(logging.INFO)
+        parent.propagate = False
+
+
+def replace_port(cfg: ServeConfig, port: int) -> ServeConfig:
+    return dataclasses.replace(cfg, port=port)
