@@ -74,10 +74,11 @@ class Server:
         status, _, raw = self.request(method, path, body, {"Content-Type": "application/json", **(headers or {})})
         return status, json.loads(raw) if raw else {}
 
-    def wait_for(self, pattern: str, timeout: float = 60) -> str:
+    def wait_for(self, pattern: str, timeout: float = 60, since: int = 0) -> str:
+        """The first log line from line ``since`` on that matches (``since=len(server.lines)`` before an action)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in list(self.lines):
+            for line in list(self.lines)[since:]:
                 if re.search(pattern, line):
                     return line
             time.sleep(0.05)

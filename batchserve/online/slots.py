@@ -174,8 +174,8 @@ class Slots:
             new = await loop.run_in_executor(None, self._load)
             if not new.accepts_requests_of(old):
                 new.loaded.close()
-                raise ModelError(f"its inputs differ (features {', '.join(new.plan.features)}; served: "
-                                 f"{', '.join(old.plan.features)}), so requests the served version accepts would fail")
+                raise ModelError(f"its inputs differ ({_inputs(new)}; served: {_inputs(old)}), so requests the "
+                                 "served version accepts would fail")
         except BatchserveError as exc:
             self._refused = event.seq
             self.telemetry.reload_failures.inc()
@@ -206,6 +206,11 @@ class Slots:
             "parameters": {"features": list(served.plan.features), "alias": self.alias, "sha256": served.sha256,
                            "alias_event": e.as_dict() if e else None, "nan": served.plan.nan},
         }
+
+
+def _inputs(served: Served) -> str:
+    native = ", ".join(f"{b.input_name} {b.dtype}[{len(b.columns)}]" for b in served.plan.bindings)
+    return f"inputs {native}, features {', '.join(served.plan.features)}"
 
 
 def _moved(served: Served) -> str:

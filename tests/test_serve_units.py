@@ -1,0 +1,137 @@
+"""The server's pure parts, without a server: the V2 codec (round trips, binary and JSON), the feature
+mapping, and dynamic batching on a real onnxruntime session."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import struct
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from batchserve import model, registry, scoring
+from batchserve.errors import RequestError
+from batchserve.online import protocol
+from batchserve.online.batcher import Batcher, BatchStats
+from tests.conftest import SAMPLE_MODEL
+
+_NUMERIC = ["BOOL", "UINT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
+
+
+def _as_request(body: bytes, header: int | None) -> tuple[bytes, int | None]:
+    """A response turned into a request: the same tensor encoding, under "inputs"."""
+    head = body if header is None else body[:header]
+    doc = orjson.loads(head)
+    doc["inputs"] = doc.pop("outputs")
+    new_head = orjson.dumps(doc)
+    return (new_head if header is None else new_head + body[header:]), (None if header is None else len(new_head))
+
+
+@given(st.sampled_from(_NUMERIC).flatmap(lambda dt: hnp.arrays(
+    protocol.DATATYPES[dt], hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
+    elements={"allow_nan": False, "allow_infinity": False} if dt.startswith("FP") else None)), st.booleans())
+def test_tensors_round_trip_through_binary_and_json(values: np.ndarray, binary: bool) -> None:
+    t = protocol.Tensor("t", protocol.datatype_of(values.dtype), values.shape, values)
+    body, header = protocol.encode_infer({"model_name": "m"}, [t], [binary])
+    body, header = _as_request(body, header)
+    got = protocol.parse_infer(body, header).inputs[0]
+    assert got.datatype == t.datatype and got.shape == values.shape
+    np.testing.assert_array_equal(got.data, values)
+
+
+def test_bytes_tensors_use_length_prefixes() -> None:
+    t = protocol.Tensor("s", "BYTES", (3,), np.array([b"a", b"", "\u00e9t\u00e9".encode()], dtype=object))
+    body, header = protocol.encode_infer({}, [t], [True])
+    assert header is not None and body[header:] == struct.pack("<I", 1) + b"a" + struct.pack("<I", 0) + \
+        struct.pack("<I", 5) + "\u00e9t\u00e9".encode()
+    body, header = _as_request(body, header)
+    assert list(protocol.parse_infer(body, header).inputs[0].data) == [b"a", b"", "\u00e9t\u00e9".encode()]
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ({"datatype": "INT64", "shape": [2], "data": [1, 1.5]}, "non-integral"),
+    ({"datatype": "INT8", "shape": [1], "data": [300]}, "overflow INT8"),
+    ({"datatype": "FP32", "shape": [2], "data": [[1], [2, 3]]}, "ragged"),
+    ({"datatype": "FP32", "shape": [-1], "data": [1]}, "non-negative integers"),
+    ({"datatype": "BOOL", "shape": [1], "data": [2]}, "true/false"),
+    ({"datatype": "FP32", "shape": [1]}, "neither data nor"),
+])
+def test_malformed_tensors_are_one_400_naming_the_input(spec: dict, says: str) -> None:
+    with pytest.raises(RequestError) as info:
+        protocol.parse_infer(orjson.dumps({"inputs": [{"name": "amount", **spec}]}))
+    assert info.value.http_status == 400 and says in str(info.value) and "'amount'" in str(info.value)
+
+
+def test_json_nulls_are_missing_values_and_stray_binary_bytes_are_refused() -> None:
+    req = protocol.parse_infer(b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [2], "data": [1, null]}]}')
+    assert np.isnan(req.inputs[0].data[1])
+    head = b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}]}'
+    with pytest.raises(RequestError, match="no input's binary_data_size claims"):
+        protocol.parse_infer(head + b"\x00\x00\x80?" + b"x", len(head))
+    assert protocol.parse_infer(head + b"\x00\x00\x80?", len(head)).inputs[0].data.tolist() == [1.0]
+
+
+class _Counting(BatchStats):
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []
+
+    def observe(self, rows: int, requests: int, seconds: float) -> None:
+        self.batches.append((rows, requests))
+
+
+def test_concurrent_requests_are_merged_and_each_answer_equals_running_alone() -> None:
+    resolved = registry.resolve(str(SAMPLE_MODEL), {})
+    info = model.describe(resolved.data)
+    plan = scoring.plan_features(info, None, [])
+    loaded = model.build_session(resolved.data, device="cpu", intra_op_threads=1, gpu_id=None)
+
+    def run(feeds: dict, n: int) -> dict:
+        return scoring.outputs_to_columns(loaded.run(feeds), n)
+
+    rng = np.random.default_rng(0)
+    requests = [{"input": rng.standard_normal((int(rng.integers(1, 30)), 8)).astype(np.float32)} for _ in range(60)]
+    alone = [run(r, len(r["input"])) for r in requests]
+    stats = _Counting()
+
+    async def main() -> list:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run, pool, max_batch_rows=200, max_queue_rows=10_000, stats=stats)
+            return await asyncio.gather(*(batcher.submit(r, len(r["input"])) for r in requests))
+
+    answers = asyncio.run(main())
+    assert max(n for _, n in stats.batches) > 1, stats.batches  # merged
+    assert all(rows <= 200 for rows, _ in stats.batches)
+    assert sum(n for _, n in stats.batches) == len(requests)
+    for got, want in zip(answers, alone, strict=True):
+        assert got["label"].equals(want["label"])
+        np.testing.assert_allclose(protocol.column_tensor("p", got["probabilities"]).data,
+                                   protocol.column_tensor("p", want["probabilities"]).data, rtol=1e-6, atol=1e-7)
+
+
+def test_a_full_queue_is_a_503_at_once() -> None:
+    async def main() -> None:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            gate = concurrent.futures.Future()
+
+            def slow(feeds: dict, n: int) -> dict:
+                gate.result(30)
+                return {}
+
+            batcher = Batcher(slow, pool, max_batch_rows=10, max_queue_rows=15)
+            first = asyncio.ensure_future(batcher.submit({"x": np.zeros(10)}, 10))
+            while batcher.queued_rows:  # the first batch was taken (it waits on the gate): its rows left the queue
+                await asyncio.sleep(0.001)
+            second = asyncio.ensure_future(batcher.submit({"x": np.zeros(10)}, 10))
+            await asyncio.sleep(0)
+            with pytest.raises(RequestError) as info:
+                await batcher.submit({"x": np.zeros(6)}, 6)
+            assert info.value.http_status == 503
+            gate.set_result(None)
+            await asyncio.gather(first, second)
+
+    asyncio.run(main())
