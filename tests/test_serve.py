@@ -81,7 +81,7 @@ def test_tritonclient_binary_and_json_equal_the_models_own_library(server: Serve
         assert probs.shape == (37, 2)
         np.testing.assert_allclose(probs, want, atol=TOL)
         np.testing.assert_array_equal(result.as_numpy("output_label"), direct_label)
-        labels = [o for o in response["outputs"] if o["name"] == "output_probability"][0]["parameters"]["labels"]
+        labels = next(o for o in response["outputs"] if o["name"] == "output_probability")["parameters"]["labels"]
         assert labels == ["0", "1"]
 
 
@@ -164,7 +164,7 @@ def _x(**over: object) -> dict:
 ])
 def test_bad_requests_get_a_4xx_naming_the_input_and_the_server_goes_on(
         server: Server, body: bytes, status: int, says: str) -> None:
-    got, headers, raw = server.request("POST", "/v2/models/fraud/infer", body, AUTH)
+    got, _headers, raw = server.request("POST", "/v2/models/fraud/infer", body, AUTH)
     assert got == status, raw
     error = json.loads(raw)
     assert list(error) == ["error"] and says in error["error"], error

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import struct
+import threading
 
 import numpy as np
 import orjson
@@ -86,8 +87,6 @@ class _Counting(BatchStats):
 
 def test_concurrent_requests_are_merged_and_each_answer_equals_running_alone() -> None:
     resolved = registry.resolve(str(SAMPLE_MODEL), {})
-    info = model.describe(resolved.data)
-    plan = scoring.plan_features(info, None, [])
     loaded = model.build_session(resolved.data, device="cpu", intra_op_threads=1, gpu_id=None)
 
     def run(feeds: dict, n: int) -> dict:
@@ -116,16 +115,18 @@ def test_concurrent_requests_are_merged_and_each_answer_equals_running_alone() -
 def test_a_full_queue_is_a_503_at_once() -> None:
     async def main() -> None:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            gate = concurrent.futures.Future()
+            gate: concurrent.futures.Future[None] = concurrent.futures.Future()
+            entered = threading.Event()
 
             def slow(feeds: dict, n: int) -> dict:
+                entered.set()
                 gate.result(30)
                 return {}
 
             batcher = Batcher(slow, pool, max_batch_rows=10, max_queue_rows=15)
             first = asyncio.ensure_future(batcher.submit({"x": np.zeros(10)}, 10))
-            while batcher.queued_rows:  # the first batch was taken (it waits on the gate): its rows left the queue
-                await asyncio.sleep(0.001)
+            # The first batch runs (and waits on the gate): its rows have left the queue.
+            await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
             second = asyncio.ensure_future(batcher.submit({"x": np.zeros(10)}, 10))
             await asyncio.sleep(0)
             with pytest.raises(RequestError) as info:
