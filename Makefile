@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_ROWS ?= 2000000
 
-.PHONY: install demo test test-heavy test-fast test-airflow system-deps lint bench sample clean
+.PHONY: install demo test test-heavy test-fast test-airflow system-deps lint bench bench-serve sample clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,13 +39,15 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -n $(TEST_PROCS)
 
 # Real system parts the suite runs: headless Chromium renders the reports, a real Pushgateway
-# receives metrics, and tmux is the terminal Ctrl-C is tested in (Debian's packages), installed here
+# receives metrics, tmux is the terminal Ctrl-C is tested in, and wrk loads the server in make bench-serve
+# (Debian's packages), installed here
 # when missing and we are root.
 system-deps:
 	@missing=""; \
 	  { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } || missing="chromium"; \
 	  command -v prometheus-pushgateway >/dev/null 2>&1 || missing="$$missing prometheus-pushgateway"; \
 	  command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
+	  command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	  [ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
 	  echo "missing and cannot be installed here (not root): $$missing -- the report test fails, the Pushgateway and terminal tests skip"
@@ -74,6 +76,11 @@ lint: install
 $(VENV)/.bench-stamp: pyproject.toml $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $@
+
+# The server under a real load generator (wrk, loopback) against a hand-written Starlette endpoint,
+# measured in the same run; e.g. make bench-serve BENCH_SERVE_ARGS="--models mlp --seconds 10".
+bench-serve: install $(VENV)/.bench-stamp system-deps
+	$(BIN)/python tests/bench_serve.py $(BENCH_SERVE_ARGS)
 
 # Extra flags go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--models mlp --repeat 3".
 bench: install $(VENV)/.bench-stamp

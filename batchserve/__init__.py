@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         LockedError,
         ModelError,
         OutputError,
+        RequestError,
         SchemaError,
         StorageError,
         UsageError,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from batchserve.history import diff_runs as diff
     from batchserve.history import files, runs
     from batchserve.manifest import Manifest
+    from batchserve.online import create_app, serve
     from batchserve.pipeline import (
         DryRun,
         ProgressEvent,
@@ -82,6 +84,9 @@ _WHERE = {
     "StorageError": "errors",
     "ClusterError": "errors",
     "WorkerStateError": "errors",
+    "serve": "online",
+    "create_app": "online",
+    "RequestError": "errors",
 }
 
 __all__ = [
@@ -116,6 +121,9 @@ __all__ = [
     "StorageError",
     "ClusterError",
     "WorkerStateError",
+    "serve",
+    "create_app",
+    "RequestError",
 ]
 
 

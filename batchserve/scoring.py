@@ -45,6 +45,9 @@ __all__ = [
     "flat_prediction_columns",
     "float_values",
     "sample_feeds",
+    "Prediction",
+    "predictions",
+    "prediction_to_arrow",
 ]
 
 
@@ -323,7 +326,21 @@ def numeric_array(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
-def _tensor_to_arrow(value: np.ndarray, name: str, n: int) -> pa.Array:
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One model output as ``score`` stores it, before it becomes Arrow: ``values`` has the batch on the
+    first axis (``[N, 1]`` already ``[N]``); class probabilities (ZipMap) are ``float32 [N, K]`` with
+    their class ``labels`` (the struct fields of the scored column). ``serve`` answers from these, so
+    both sides apply the same rules."""
+
+    values: np.ndarray
+    labels: tuple[str, ...] | None = None
+
+    def rows(self, start: int, count: int) -> Prediction:
+        return Prediction(self.values[start:start + count], self.labels)
+
+
+def _tensor_prediction(value: np.ndarray, name: str, n: int) -> Prediction:
     if value.ndim == 0 or value.shape[0] != n:
         raise ModelError(
             f"model output {name!r} has shape {list(value.shape)} for a batch of {n} rows; "
@@ -331,6 +348,56 @@ def _tensor_to_arrow(value: np.ndarray, name: str, n: int) -> pa.Array:
         )
     if value.ndim == 2 and value.shape[1] == 1:
         value = value.reshape(n)
+    return Prediction(value)
+
+
+def _zipmap_prediction(value: Sequence[Mapping[Any, float]], name: str, n: int) -> Prediction:
+    if len(value) != n:
+        raise ModelError(f"model output {name!r} has {len(value)} rows for a batch of {n}")
+    labels = list(value[0].keys()) if n else []
+    values = np.empty((n, len(labels)), dtype=np.float32)
+    for k, label in enumerate(labels):
+        values[:, k] = np.fromiter((row[label] for row in value), dtype=np.float32, count=n)
+    return Prediction(values, tuple(str(label) for label in labels))
+
+
+def _labeled_prediction(value: LabeledProbabilities, name: str, n: int) -> Prediction:
+    values = value.values
+    if values.ndim != 2 or values.shape != (n, len(value.labels)):
+        raise ModelError(
+            f"model output {name!r} has shape {list(values.shape)}; expected [{n}, {len(value.labels)}] "
+            "(one probability per class label)"
+        )
+    return Prediction(np.asarray(values, dtype=np.float32), tuple(str(label) for label in value.labels))
+
+
+def predictions(outputs: Mapping[str, Any], n: int, prefix: str = "") -> dict[str, Prediction]:
+    """Model outputs checked and shaped as the scored columns will be (see :class:`Prediction`)."""
+    out: dict[str, Prediction] = {}
+    for name, value in outputs.items():
+        if isinstance(value, LabeledProbabilities):
+            out[prefix + name] = _labeled_prediction(value, name, n)
+        elif isinstance(value, np.ndarray):
+            out[prefix + name] = _tensor_prediction(value, name, n)
+        elif isinstance(value, list) and (not value or isinstance(value[0], dict)):
+            out[prefix + name] = _zipmap_prediction(value, name, n)
+        else:
+            raise ModelError(
+                f"model output {name!r} is a {type(value).__name__}, which batchserve cannot store "
+                "(supported: tensors and ZipMap sequences of maps)"
+            )
+    return out
+
+
+def prediction_to_arrow(p: Prediction) -> pa.Array:
+    """``[N]`` a plain column, ``[N, K...]`` nested ``fixed_size_list``s, class probabilities a struct
+    with one float32 field per label (named by it)."""
+    value = p.values
+    if p.labels is not None:
+        if not p.labels:
+            return pa.array([], type=pa.struct([]))
+        arrays = [numeric_array(np.ascontiguousarray(value[:, k])) for k in range(len(p.labels))]
+        return pa.StructArray.from_arrays(arrays, fields=[pa.field(label, pa.float32()) for label in p.labels])
     if value.ndim == 1:
         if value.dtype.kind in "OUS":
             return pa.array(value.tolist(), type=pa.string())
@@ -342,32 +409,6 @@ def _tensor_to_arrow(value: np.ndarray, name: str, n: int) -> pa.Array:
     return arr
 
 
-def _zipmap_to_arrow(value: Sequence[Mapping[Any, float]], name: str, n: int) -> pa.Array:
-    if len(value) != n:
-        raise ModelError(f"model output {name!r} has {len(value)} rows for a batch of {n}")
-    if n == 0:
-        return pa.array([], type=pa.struct([]))
-    labels = list(value[0].keys())
-    fields = []
-    arrays = []
-    for label in labels:
-        arrays.append(numeric_array(np.fromiter((row[label] for row in value), dtype=np.float32, count=n)))
-        fields.append(pa.field(str(label), pa.float32()))
-    return pa.StructArray.from_arrays(arrays, fields=fields)
-
-
-def _labeled_to_arrow(value: LabeledProbabilities, name: str, n: int) -> pa.Array:
-    values = value.values
-    if values.ndim != 2 or values.shape != (n, len(value.labels)):
-        raise ModelError(
-            f"model output {name!r} has shape {list(values.shape)}; expected [{n}, {len(value.labels)}] "
-            "(one probability per class label)"
-        )
-    arrays = [numeric_array(np.ascontiguousarray(values[:, k], dtype=np.float32)) for k in range(values.shape[1])]
-    fields = [pa.field(str(label), pa.float32()) for label in value.labels]
-    return pa.StructArray.from_arrays(arrays, fields=fields)
-
-
 def outputs_to_columns(outputs: Mapping[str, Any], n: int, prefix: str = "") -> dict[str, pa.Array]:
     """Model outputs as Arrow columns named after the ONNX outputs (plus ``prefix``).
 
@@ -376,20 +417,7 @@ def outputs_to_columns(outputs: Mapping[str, Any], n: int, prefix: str = "") -> 
     :class:`LabeledProbabilities` a session returns instead) a struct with one
     float32 field per class, named by the label.
     """
-    cols: dict[str, pa.Array] = {}
-    for name, value in outputs.items():
-        if isinstance(value, LabeledProbabilities):
-            cols[prefix + name] = _labeled_to_arrow(value, name, n)
-        elif isinstance(value, np.ndarray):
-            cols[prefix + name] = _tensor_to_arrow(value, name, n)
-        elif isinstance(value, list) and (not value or isinstance(value[0], dict)):
-            cols[prefix + name] = _zipmap_to_arrow(value, name, n)
-        else:
-            raise ModelError(
-                f"model output {name!r} is a {type(value).__name__}, which batchserve cannot store "
-                "(supported: tensors and ZipMap sequences of maps)"
-            )
-    return cols
+    return {name: prediction_to_arrow(p) for name, p in predictions(outputs, n, prefix).items()}
 
 
 def flat_prediction_columns(name: str, arr: pa.Array) -> list[tuple[str, pa.Array]]:

@@ -16,7 +16,7 @@ def test_public_api_is_pinned() -> None:
         "RunResult", "RunPlan", "ProgressEvent", "Manifest", "BatchserveError", "ConfigError", "InputError",
         "SchemaError", "DataError", "ModelError", "DeviceError", "OutputError", "StorageError", "ClusterError",
         "WorkerStateError", "Interrupted", "LockedError", "DriftError", "UsageError", "dry_run", "DryRun", "runs",
-        "files", "diff",
+        "files", "diff", "serve", "create_app", "RequestError",
     ])
     import importlib.metadata
 

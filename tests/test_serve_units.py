@@ -90,7 +90,7 @@ def test_concurrent_requests_are_merged_and_each_answer_equals_running_alone() -
     loaded = model.build_session(resolved.data, device="cpu", intra_op_threads=1, gpu_id=None)
 
     def run(feeds: dict, n: int) -> dict:
-        return scoring.outputs_to_columns(loaded.run(feeds), n)
+        return scoring.predictions(loaded.run(feeds), n)
 
     rng = np.random.default_rng(0)
     requests = [{"input": rng.standard_normal((int(rng.integers(1, 30)), 8)).astype(np.float32)} for _ in range(60)]
@@ -107,9 +107,9 @@ def test_concurrent_requests_are_merged_and_each_answer_equals_running_alone() -
     assert all(rows <= 200 for rows, _ in stats.batches)
     assert sum(n for _, n in stats.batches) == len(requests)
     for got, want in zip(answers, alone, strict=True):
-        assert got["label"].equals(want["label"])
-        np.testing.assert_allclose(protocol.column_tensor("p", got["probabilities"]).data,
-                                   protocol.column_tensor("p", want["probabilities"]).data, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(got["label"].values, want["label"].values)
+        assert got["probabilities"].labels == want["probabilities"].labels == ("0", "1")
+        np.testing.assert_allclose(got["probabilities"].values, want["probabilities"].values, rtol=1e-6, atol=1e-7)
 
 
 def test_a_full_queue_is_a_503_at_once() -> None:

@@ -56,6 +56,9 @@ class ServeConfig:
     #: How long a forming batch waits for more requests while the model is idle (0: never waits;
     #: requests that arrive while a batch runs are merged into the next one anyway).
     max_queue_delay_us: int = 0
+    #: Batches of at most this many rows run on the event loop's thread (no hand-off); larger ones on
+    #: a worker thread, while the loop reads the next requests.
+    inline_rows: int = 64
     #: Rows waiting for the model, across requests: beyond this a request is a 503 with Retry-After.
     max_queue_rows: int = 262_144
     #: Bytes in a request body (refused with 413 before it is read, when Content-Length says so).
@@ -88,6 +91,7 @@ class ServeConfig:
         if not self.host or any(c.isspace() for c in self.host):
             raise ConfigError(f"--host must be an address or a host name, got {self.host!r}")
         bounds = {"workers": (1, 256), "max_batch_size": (1, 1 << 20), "max_queue_delay_us": (0, 1_000_000),
+                  "inline_rows": (0, 1 << 20),
                   "max_queue_rows": (1, 1 << 30), "max_body": (1024, 1 << 34), "max_rows": (1, 1 << 26)}
         for name, (lo, hi) in bounds.items():
             value = getattr(self, name)

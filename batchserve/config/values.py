@@ -193,6 +193,7 @@ SERVE_CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "workers": _to_int,
     "max_batch_size": _to_int,
     "max_queue_delay_us": _to_int,
+    "inline_rows": _to_int,
     "max_queue_rows": _to_int,
     "max_body": _to_int,
     "max_rows": _to_int,

@@ -21,9 +21,9 @@ import concurrent.futures
 import contextlib
 import hmac
 import logging
+import os
 import signal
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -58,7 +58,7 @@ class _Gone(Exception):
 
 def _request_id(headers: dict[bytes, bytes]) -> str:
     given = headers.get(b"x-request-id", b"")[:128].decode("latin-1")
-    return given if given and given.isprintable() and " " not in given else uuid.uuid4().hex
+    return given if given and given.isprintable() and " " not in given else os.urandom(12).hex()
 
 
 class ServeApp:
@@ -298,7 +298,7 @@ class ServeApp:
                     raise RequestError(f"unknown output {k!r}{closest(k, list(columns), quote=True)}; "
                                        f"outputs: {', '.join(columns)}")
             wanted = list(request.outputs)
-        tensors = [protocol.column_tensor(k, columns[k]) for k, _ in wanted]
+        tensors = [protocol.prediction_tensor(k, columns[k]) for k, _ in wanted]
         head: dict[str, Any] = {"model_name": self.slots.name, "model_version": served.version}
         if request.id is not None:
             head["id"] = request.id
@@ -326,10 +326,19 @@ class ServeApp:
             raise RequestError(f"Content-Type {kind.decode('latin-1')[:60]!r} is not supported; send text/csv or "
                                "application/json", status=415)
         columns, n = await self._predict(served, tensors)
-        flat = [pair for k, v in columns.items() for pair in scoring.flat_prediction_columns(k, v)]
-        values = [(k, a.to_pylist()) for k, a in flat]
+        values = [pair for k, p in columns.items() for pair in _flat(k, p)]
         predictions = [{k: v[i] for k, v in values} for i in range(n)]
         return 200, {"predictions": predictions, "model_version": served.version}, [], served.version, n
+
+
+def _flat(name: str, p: scoring.Prediction) -> list[tuple[str, list[Any]]]:
+    """One JSON field per value of a row: ``probabilities.<label>``, ``score[i]``, or the name itself."""
+    v = p.values
+    if p.labels is not None:
+        return [(f"{name}.{label}", v[:, k].tolist()) for k, label in enumerate(p.labels)]
+    if v.ndim == 2:
+        return [(f"{name}[{i}]", v[:, i].tolist()) for i in range(v.shape[1])]
+    return [(name, v.tolist())]
 
 
 def _feature_tensors(matrix: np.ndarray, features: tuple[str, ...]) -> list[protocol.Tensor]:

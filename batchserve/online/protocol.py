@@ -18,17 +18,18 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
-import pyarrow as pa
 
 from batchserve.errors import RequestError, closest
+from batchserve.scoring import Prediction
 
-__all__ = ["DATATYPES", "Tensor", "InferRequest", "parse_infer", "column_tensor", "encode_infer", "datatype_of",
+__all__ = ["DATATYPES", "Tensor", "InferRequest", "parse_infer", "prediction_tensor", "encode_infer", "datatype_of",
            "HEADER_LENGTH", "dumps"]
 
 #: The request header that says where the JSON ends and the binary tensors begin.
@@ -155,7 +156,7 @@ def _tensor(spec: Any, binary: memoryview, pos: int) -> tuple[Tensor, int]:
                     + closest(str(datatype), list(DATATYPES)) + f"; one of {', '.join(DATATYPES)}")
     dtype = DATATYPES[datatype]
     shape = _shape(spec, name)
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     params = spec.get("parameters") or {}
     if not isinstance(params, dict):
         raise _fail(f"input {name!r}: parameters must be an object")
@@ -234,27 +235,15 @@ def parse_infer(body: bytes | memoryview, header_length: int | None = None) -> I
                         binary_output, params)
 
 
-def column_tensor(name: str, arr: pa.Array) -> Tensor:
-    """A prediction column as ``score`` writes it, as a V2 output tensor: a plain column is ``[n]``, a
-    ``fixed_size_list<K>`` is ``[n, K]``, and class probabilities (a struct, one field per label) are
-    ``FP32 [n, K]`` with the labels in ``parameters.labels``, in field order."""
-    n = len(arr)
-    if pa.types.is_struct(arr.type):
-        labels = [arr.type.field(i).name for i in range(arr.type.num_fields)]
-        values = np.empty((n, len(labels)), dtype=np.float32)
-        for i in range(len(labels)):
-            values[:, i] = arr.field(i).to_numpy(zero_copy_only=False)
-        return Tensor(name, "FP32", (n, len(labels)), values, {"labels": labels})
-    dims = [n]
-    flat: pa.Array = arr
-    while pa.types.is_fixed_size_list(flat.type):
-        dims.append(flat.type.list_size)
-        flat = flat.flatten()
-    if pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type):
-        values = np.asarray(flat.to_pylist(), dtype=object)
-        return Tensor(name, "BYTES", tuple(dims), values.reshape(dims))
-    values = flat.to_numpy(zero_copy_only=False)
-    return Tensor(name, datatype_of(values.dtype), tuple(dims), values.reshape(dims))
+def prediction_tensor(name: str, p: Prediction) -> Tensor:
+    """A prediction, as ``score`` writes its column, as a V2 output tensor: a plain column is ``[n]``,
+    a ``fixed_size_list<K>`` column ``[n, K]``, and class probabilities (a struct, one field per
+    label) ``FP32 [n, K]`` with the labels in ``parameters.labels``, in field order."""
+    values = p.values
+    if values.dtype.kind in "OUS":
+        return Tensor(name, "BYTES", values.shape, values.astype(object))
+    params = {"labels": list(p.labels)} if p.labels is not None else {}
+    return Tensor(name, datatype_of(values.dtype), values.shape, values, params)
 
 
 def _binary(t: Tensor) -> bytes:

@@ -19,14 +19,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from batchserve import model, registry, scoring
 from batchserve.config import ServeConfig
 from batchserve.errors import BatchserveError, ModelError, located
 from batchserve.online.batcher import Batcher
 from batchserve.online.inputs import input_metadata
-from batchserve.online.protocol import column_tensor
+from batchserve.online.protocol import prediction_tensor
 from batchserve.online.telemetry import Telemetry
 
 __all__ = ["Served", "Slots", "load_model", "model_name"]
@@ -56,9 +55,9 @@ class Served:
     outputs: dict[str, dict[str, Any]]
     batcher: Batcher | None = None
 
-    def run(self, feeds: Mapping[str, np.ndarray], rows: int) -> dict[str, pa.Array]:
-        """The prediction columns ``score`` would write for these rows (called on the inference thread)."""
-        return scoring.outputs_to_columns(self.loaded.run(feeds), rows)
+    def run(self, feeds: Mapping[str, np.ndarray], rows: int) -> dict[str, scoring.Prediction]:
+        """The predictions ``score`` would write for these rows, before they become Arrow."""
+        return scoring.predictions(self.loaded.run(feeds), rows)
 
     def accepts_requests_of(self, other: Served) -> bool:
         """Whether every request ``other`` accepted is still valid here (same features, inputs, types)."""
@@ -76,7 +75,9 @@ def load_model(cfg: ServeConfig, threads: int, worker_index: int = 0) -> Served:
                                  gpu_id=model.pick_gpu(cfg.device, worker_index))
     try:
         with located(resolved.url):
-            columns = scoring.outputs_to_columns(loaded.run(scoring.sample_feeds(plan)), 2)
+            columns = scoring.predictions(loaded.run(scoring.sample_feeds(plan)), 2)
+            for p in columns.values():  # what score could not store is refused here too
+                scoring.prediction_to_arrow(p)
             # A second, larger run on varied rows: tree models take other branches, the MLP's GEMM
             # other kernels; the first real request pays none of that.
             loaded.run(scoring.sample_feeds(plan, 64, random=True))
@@ -85,7 +86,7 @@ def load_model(cfg: ServeConfig, threads: int, worker_index: int = 0) -> Served:
         raise
     outputs = {}
     for name, arr in columns.items():
-        t = column_tensor(name, arr)
+        t = prediction_tensor(name, arr)
         meta: dict[str, Any] = {"name": name, "datatype": t.datatype, "shape": [-1, *t.shape[1:]]}
         if t.parameters:
             meta["parameters"] = dict(t.parameters)
@@ -124,7 +125,7 @@ class Slots:
     def _attach(self, served: Served) -> Served:
         served.batcher = Batcher(served.run, self._executor, max_batch_rows=self.cfg.max_batch_size,
                                  max_queue_rows=self.cfg.max_queue_rows, max_delay_us=self.cfg.max_queue_delay_us,
-                                 stats=self.telemetry)
+                                 inline_rows=self.cfg.inline_rows, stats=self.telemetry)
         return served
 
     def _load(self) -> Served:

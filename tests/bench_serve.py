@@ -1,0 +1,181 @@
+"""make bench-serve: a real load generator (wrk) on loopback against ``batchserve serve`` and, in the
+same run, against the hand-written Starlette + onnxruntime endpoint (tests/bench_baseline.py), on the
+sample model, an MLP 32-512-512-1 and a 200-tree LightGBM model. Prints ratios, so noise cancels.
+
+    python tests/bench_serve.py [--seconds 5] [--models sample,mlp,gbdt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests import models
+from tests.serving import REPO, Server
+
+N = 32
+
+
+def build(work: Path) -> dict[str, tuple[Path, str, int]]:
+    """name -> (model path, input name, features)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20_000, N)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] * x[:, 2] + rng.normal(size=len(x)) > 0).astype(np.int64)
+    names = [f"x{j}" for j in range(N)]
+    data, _ = models.mlp(N, (512, 512))
+    (work / "mlp.onnx").write_bytes(models.set_feature_names(data, names))
+    data, _ = models.lightgbm(x, y, n_estimators=200, names=names)
+    (work / "gbdt.onnx").write_bytes(data)
+    return {"sample": (REPO / "sample_data/model/1/model.onnx", "input", 8), "mlp": (work / "mlp.onnx", "X", N),
+            "gbdt": (work / "gbdt.onnx", "input", N)}
+
+
+def bodies(work: Path, name: str, inp: str, k: int) -> dict[str, Path]:
+    rng = np.random.default_rng(1)
+    out = {}
+    for rows in (1, 1000):
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        doc = {"inputs": [{"name": inp, "datatype": "FP32", "shape": [rows, k], "data": x.ravel().tolist()}]}
+        path = work / f"{name}-{rows}.json"
+        path.write_bytes(json.dumps(doc).encode())
+        out[f"json{rows}"] = path
+        head = json.dumps({"inputs": [{"name": inp, "datatype": "FP32", "shape": [rows, k],
+                                       "parameters": {"binary_data_size": x.nbytes}}],
+                           "parameters": {"binary_data_output": True}}).encode()
+        path = work / f"{name}-{rows}.bin"
+        path.write_bytes(head + x.tobytes())
+        out[f"bin{rows}"] = path
+        (work / f"{name}-{rows}.len").write_text(str(len(head)))
+    return out
+
+
+def lua(work: Path, body: Path, header_length: int | None) -> Path:
+    script = work / (body.name + ".lua")
+    extra = f'wrk.headers["Inference-Header-Content-Length"] = "{header_length}"\n' if header_length else ""
+    script.write_text(f'wrk.method = "POST"\nlocal f = io.open("{body}", "rb")\nwrk.body = f:read("*all")\n'
+                      f'f:close()\nwrk.headers["Content-Type"] = "application/json"\n{extra}')
+    return script
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
+    if m is None:
+        raise SystemExit(f"cannot read a latency from wrk: {text!r}")
+    value, unit = m.groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def wrk(url: str, script: Path, conns: int, seconds: int) -> dict[str, float]:
+    threads = min(2, conns)
+    done = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                          capture_output=True, text=True, timeout=seconds + 60)
+    text = done.stdout
+    if "Requests/sec" not in text:
+        raise SystemExit(f"wrk failed against {url}:\n{text}\n{done.stderr}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if errors:
+        raise SystemExit(f"non-2xx answers under load:\n{text}")
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),  # type: ignore[union-attr]
+            "p50": _ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1)),  # type: ignore[union-attr]
+            "p99": _ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))}  # type: ignore[union-attr]
+
+
+class Baseline:
+    def __init__(self, model: Path, port: int) -> None:
+        env = {**os.environ, "BASELINE_MODEL": str(model), "PYTHONPATH": str(REPO / "tests")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench_baseline:app", "--port", str(port),
+                                      "--log-level", "warning", "--no-access-log"], env=env, cwd=REPO)
+        self.url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(self.url + "/", timeout=1)
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("baseline did not start")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--models", default="sample,mlp,gbdt")
+    ap.add_argument("--extra", default="", help="extra batchserve serve flags, e.g. '--max-batch-size 64'")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install wrk, or make system-deps)")
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    built = build(work)
+    report = {}
+    print("| model | case | hand-written Starlette | batchserve serve | ratio |\n|---|---|---|---|---|")
+    for name in args.models.split(","):
+        path, inp, k = built[name]
+        files = bodies(work, name, inp, k)
+        scripts = {key: lua(work, p, int((work / p.name.replace(p.suffix, ".len")).read_text())
+                            if p.suffix == ".bin" else None) for key, p in files.items()}
+        path_url = f"/v2/models/{name}/infer"
+        results: dict[str, dict[str, dict[str, float]]] = {}
+        base = Baseline(path, free_port())
+        try:
+            wrk(base.url + path_url, scripts["json1"], 1, 1)  # warm-up
+            results["base"] = {"c1": wrk(base.url + path_url, scripts["json1"], 1, args.seconds),
+                               "c32": wrk(base.url + path_url, scripts["json1"], 32, args.seconds),
+                               "json1000": wrk(base.url + path_url, scripts["json1000"], 2, args.seconds)}
+        finally:
+            base.stop()
+        server = Server(["--model", str(path), "--name", name, "--no-access-log", *args.extra.split()])
+        try:
+            url = server.url + path_url
+            wrk(url, scripts["json1"], 1, 1)
+            results["ours"] = {"c1": wrk(url, scripts["json1"], 1, args.seconds),
+                               "c32": wrk(url, scripts["json1"], 32, args.seconds),
+                               "json1000": wrk(url, scripts["json1000"], 2, args.seconds),
+                               "bin1000": wrk(url, scripts["bin1000"], 2, args.seconds)}
+        finally:
+            server.stop()
+        b, o = results["base"], results["ours"]
+        rows = [("1 row, c=1, p50 ms", b["c1"]["p50"], o["c1"]["p50"], b["c1"]["p50"] / o["c1"]["p50"]),
+                ("1 row, c=1, p99 ms", b["c1"]["p99"], o["c1"]["p99"], b["c1"]["p99"] / o["c1"]["p99"]),
+                ("1 row, c=32, requests/s", b["c32"]["rps"], o["c32"]["rps"], o["c32"]["rps"] / b["c32"]["rps"]),
+                ("1,000 rows JSON, c=2, requests/s", b["json1000"]["rps"], o["json1000"]["rps"],
+                 o["json1000"]["rps"] / b["json1000"]["rps"]),
+                ("1,000 rows binary, c=2, requests/s", None, o["bin1000"]["rps"],
+                 o["bin1000"]["rps"] / o["json1000"]["rps"])]
+        for case, bv, ov, ratio in rows:
+            shown = "-" if bv is None else f"{bv:,.2f}"
+            note = " (vs our JSON)" if bv is None else ""
+            print(f"| {name} | {case} | {shown} | {ov:,.2f} | {ratio:.2f}x{note} |")
+        report[name] = results
+    out = REPO / "bench_out"
+    out.mkdir(exist_ok=True)
+    (out / "serve.json").write_text(json.dumps(report, indent=1))
+    print("speed-ups: >1 is batchserve faster (latency: baseline/ours; throughput: ours/baseline)")
+
+
+if __name__ == "__main__":
+    main()
