@@ -9,7 +9,7 @@ from typing import Any, Literal, TypedDict
 
 from batchserve.config.environment import from_env
 from batchserve.config.settings import ScoreConfig
-from batchserve.config.values import CONVERTERS
+from batchserve.config.values import CONVERTERS, merge_layers
 from batchserve.errors import ConfigError, UsageError, closest
 from batchserve.jobfile import load_job_file, parse_vars, substitute
 
@@ -120,15 +120,7 @@ def resolve_score_config(
         raise ConfigError(f"--var {next(iter(given))} needs --job: variables fill a job file's ${{name}} placeholders")
     layers.append(("environment", from_env(env)))
     layers.append(("arguments", {k: v for k, v in flags.items() if v is not None}))
-    merged: dict[str, Any] = {}
-    for source, layer in layers:
-        for name, value in layer.items():
-            if name not in CONVERTERS:
-                raise ConfigError(f"unknown setting {name!r} from {source}{closest(name, sorted(CONVERTERS))}")
-            try:
-                merged[name] = CONVERTERS[name](value)
-            except ConfigError as exc:
-                raise ConfigError(f"setting {name!r} from {source}: {exc.message}") from None
+    merged = merge_layers(layers, CONVERTERS)
     missing = [n for n in required if n not in merged]
     if missing:
         raise UsageError(

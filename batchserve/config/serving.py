@@ -16,8 +16,8 @@ from typing import Any
 
 from batchserve.config.environment import from_env
 from batchserve.config.secrets import redact, redact_text
-from batchserve.config.values import SERVE_CONVERTERS, storage_dict
-from batchserve.errors import ConfigError, UsageError, closest
+from batchserve.config.values import SERVE_CONVERTERS, merge_layers, storage_dict
+from batchserve.errors import ConfigError, UsageError
 from batchserve.jobfile import load_job_file, parse_vars, substitute
 
 __all__ = ["ServeConfig", "resolve_serve_config", "is_loopback"]
@@ -177,15 +177,7 @@ def resolve_serve_config(
         raise ConfigError(f"--var {next(iter(given))} needs --job: variables fill a job file's ${{name}} placeholders")
     layers.append(("environment", from_env(env, SERVE_CONVERTERS)))
     layers.append(("arguments", flags))
-    merged: dict[str, Any] = {}
-    for source, layer in layers:
-        for name, value in layer.items():
-            if name not in SERVE_CONVERTERS:
-                raise ConfigError(f"unknown setting {name!r} from {source}{closest(name, sorted(SERVE_CONVERTERS))}")
-            try:
-                merged[name] = SERVE_CONVERTERS[name](value)
-            except ConfigError as exc:
-                raise ConfigError(f"setting {name!r} from {source}: {exc.message}") from None
+    merged = merge_layers(layers, SERVE_CONVERTERS)
     if "model" not in merged:
         raise UsageError("missing required setting: model; pass --model or set it in the job file's [serve] table")
     token = env.get("BATCHSERVE_TOKEN") or None

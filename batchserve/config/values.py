@@ -4,12 +4,12 @@ into the one type :class:`ScoreConfig` holds, or a :class:`ConfigError` naming w
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from batchserve.errors import ConfigError
+from batchserve.errors import ConfigError, closest
 
-__all__ = ["CONVERTERS", "SERVE_CONVERTERS", "Table", "storage_dict", "parse_storage_options"]
+__all__ = ["CONVERTERS", "SERVE_CONVERTERS", "merge_layers", "Table", "storage_dict", "parse_storage_options"]
 
 
 class Table(tuple):  # type: ignore[type-arg]
@@ -205,3 +205,19 @@ SERVE_CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "drain_seconds": _to_float,
     "access_log": _to_bool,
 }
+
+
+def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]],
+                 converters: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    """Later layers win; every value is converted, and a bad or unknown one names the layer it came
+    from (``setting 'port' from environment: expected a whole number``). One merge for every command."""
+    merged: dict[str, Any] = {}
+    for source, layer in layers:
+        for name, value in layer.items():
+            if name not in converters:
+                raise ConfigError(f"unknown setting {name!r} from {source}{closest(name, sorted(converters))}")
+            try:
+                merged[name] = converters[name](value)
+            except ConfigError as exc:
+                raise ConfigError(f"setting {name!r} from {source}: {exc.message}") from None
+    return merged
