@@ -130,9 +130,10 @@ def test_an_incompatible_version_is_refused_and_the_old_one_keeps_serving(server
     time.sleep(1)  # several polls later it has not retried the refused version
     assert _metric(server, "batchserve_serve_reload_failures_total") == 1
     # The next move of the alias is picked up as usual.
+    other = "2" if before == "1" else "1"  # whichever compatible version is not being served
     mark = len(server.lines)
-    registry.promote(repo["root"], 1, "champion", {}, actor="test", message="fixed")
-    server.wait_for(r'"event": "swapped".*"to": "1"', timeout=120, since=mark)
+    registry.promote(repo["root"], int(other), "champion", {}, actor="test", message="fixed")
+    server.wait_for(rf'"event": "swapped".*"to": "{other}"', timeout=120, since=mark)
 
 
 def test_sigterm_under_load_answers_what_is_in_flight_and_exits_0(repo: dict) -> None:
@@ -161,3 +162,32 @@ def test_sigterm_under_load_answers_what_is_in_flight_and_exits_0(repo: dict) ->
     assert code == 0
     assert results and set(results) == {200}
     assert any('"event": "stopped"' in line for line in server.lines)
+
+
+def test_sighup_checks_the_alias_at_once_and_tls_serves_https(repo: dict, tmp_path) -> None:
+    """No poll for an hour: SIGHUP alone makes the server see the promotion. Over HTTPS, with a
+    self-signed certificate made by openssl."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    registry.promote(repo["root"], 1, "champion", {}, actor="test", message=None)
+    server = Server(["--model", f"{repo['root']}@champion", "--name", "fraud", "--poll-seconds", "3600",
+                     "--tls-cert", str(cert), "--tls-key", str(key), "--no-access-log"])
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        url = f"https://127.0.0.1:{server.port}/v2/models/fraud"
+        assert json.loads(urllib.request.urlopen(url, context=context, timeout=30).read())["versions"] == ["1"]
+        mark = len(server.lines)
+        registry.promote(repo["root"], 2, "champion", {}, actor="hup", message=None)
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for(r'"event": "swapped".*"to": "2"', timeout=120, since=mark)
+        assert json.loads(urllib.request.urlopen(url, context=context, timeout=30).read())["versions"] == ["2"]
+    finally:
+        assert server.stop() == 0
