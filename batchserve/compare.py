@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchserve import drift
-from batchserve.scoring import flat_prediction_columns
+from batchserve.predictions import flat_prediction_columns
 
 __all__ = ["Comparison", "ColumnComparison", "ChallengerSection", "compare_batch", "merge_comparisons",
            "section_columns"]

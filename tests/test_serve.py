@@ -184,8 +184,14 @@ def test_unknown_model_method_and_body_limits(server: Server) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
         sock.sendall(b"POST /v2/models/fraud/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
                      + b"\r\nContent-Length: 2000000\r\n\r\n")
-        reply = sock.recv(65536).decode()
-    assert reply.startswith("HTTP/1.1 413") and "--max-body" in reply
+        reply = b""
+        while b"\r\n\r\n" not in reply:  # the response may arrive in pieces: read it whole
+            reply += sock.recv(65536)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        length = int(next(ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")))
+        while len(body) < length:
+            body += sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 413") and "--max-body" in json.loads(body)["error"]
     # The binary extension with a header length that does not fit the body.
     status, _, raw = server.request("POST", "/v2/models/fraud/infer", json.dumps(GOOD).encode(),
                                     {**AUTH, "Inference-Header-Content-Length": "99999"})
@@ -278,3 +284,19 @@ def test_score_does_not_import_the_server() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_worker_processes_answer_and_log_as_their_parent(repo: dict) -> None:
+    """--workers 2: two processes on one port, each loading the model; their lines are JSON like the parent's."""
+    server = Server(["--model", f"{repo['root']}@1", "--name", "fraud", "--workers", "2", "--access-log"])
+    try:
+        _, x = rows(4, seed=15)
+        doc = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [4, 6], "data": x.ravel().tolist()}]}
+        for _ in range(10):
+            status, answer = server.json("POST", "/v2/models/fraud/infer", doc)
+            assert status == 200 and answer["model_version"] == "1"
+        served = server.wait_for(r'"event": "serving"')
+        assert json.loads(served)["version"] == "1"  # a worker's line, in the parent's JSON format
+        assert len({r["message"] for r in server.records() if r.get("event") == "serving"}) >= 1
+    finally:
+        assert server.stop() == 0

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from batchserve import model, registry, scoring
+from batchserve import model, predictions, registry
 from batchserve.errors import RequestError
 from batchserve.online import protocol
 from batchserve.online.batcher import Batcher, BatchStats
@@ -90,7 +90,7 @@ def test_concurrent_requests_are_merged_and_each_answer_equals_running_alone() -
     loaded = model.build_session(resolved.data, device="cpu", intra_op_threads=1, gpu_id=None)
 
     def run(feeds: dict, n: int) -> dict:
-        return scoring.predictions(loaded.run(feeds), n)
+        return predictions.predictions(loaded.run(feeds), n)
 
     rng = np.random.default_rng(0)
     requests = [{"input": rng.standard_normal((int(rng.integers(1, 30)), 8)).astype(np.float32)} for _ in range(60)]

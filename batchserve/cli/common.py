@@ -10,7 +10,6 @@ import importlib
 import json
 import logging
 import os
-import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -19,8 +18,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import typer
 
 from batchserve.config import parse_storage_options
-from batchserve.config.secrets import redact_text, redact_value
+from batchserve.config.secrets import redact_text
 from batchserve.errors import EXIT_USAGE, BatchserveError, ConfigError, Interrupted, exit_code_of
+from batchserve.logformat import formatter, one_line, utc_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -90,64 +90,10 @@ def helptext(text: str, *, default: Any = None, setting: str | None = None) -> s
     return text + (" [" + "; ".join(extra) + "]" if extra else "")
 
 
-def _utc(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 class _RunId(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.run_id = state["run_id"]
         return True
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def one_line(text: str) -> str:
-    """Control characters escaped (a newline as ``\\n``): a file named ``a\\nERROR batchserve forged.parquet``
-    must not print a second, forged log line. JSON lines are escaped by the encoder already."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
-
-class PlainFormatter(logging.Formatter):
-    """``2026-11-22T03:00:01.123Z INFO batchserve [run] message``: UTC, with its zone (Z); one record, one
-    line (control characters in any value escaped; a traceback with ``--debug`` follows on its own lines)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        run = getattr(record, "run_id", None)
-        text = f"{_utc(record.created)} {record.levelname} {record.name}{f' [{run}]' if run else ''} " \
-               f"{one_line(redact_text(record.getMessage()))}"
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
-class _OneLine(logging.Formatter):
-    """The terminal's message, one line whatever the values in it hold (rich draws the time and level)."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return one_line(redact_text(super().formatMessage(record)))
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``time`` (UTC, Z), ``level``, ``run_id``, ``event`` (a short name such as
-    ``committed`` where the call gives one in ``extra={"fields": {"event": ...}}``, else the message),
-    ``logger``, the human ``message``, and the record's other structured fields merged in."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = redact_text(record.getMessage())
-        fields = getattr(record, "fields", None)
-        fields = redact_value(dict(fields)) if isinstance(fields, dict) else {}
-        data: dict[str, Any] = {
-            "time": _utc(record.created), "level": record.levelname.lower(),
-            "run_id": getattr(record, "run_id", None), "event": fields.pop("event", message), "logger": record.name,
-        }
-        if data["event"] != message:
-            data["message"] = message
-        data.update({k: v for k, v in fields.items() if k not in data})
-        if record.exc_info:
-            data["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
 
 
 def _passing_interrupts(handler: logging.Handler) -> logging.Handler:
@@ -165,8 +111,11 @@ def _passing_interrupts(handler: logging.Handler) -> logging.Handler:
     return handler
 
 
-def _formatter(fmt: str) -> logging.Formatter:
-    return JsonFormatter() if fmt == "json" else PlainFormatter()
+class _OneLine(logging.Formatter):
+    """The terminal's message, one line whatever the values in it hold (rich draws the time and level)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(redact_text(super().formatMessage(record)))
 
 
 def setup_logging(debug: bool, quiet: bool, log_format: str = "plain", log_file: str | None = None) -> None:
@@ -190,7 +139,7 @@ def setup_logging(debug: bool, quiet: bool, log_format: str = "plain", log_file:
         handler.setFormatter(_OneLine("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_formatter(log_format))
+        handler.setFormatter(formatter(log_format))
     handler.setLevel(level)
     handlers: list[logging.Handler] = [handler]
     if log_file:
@@ -198,7 +147,7 @@ def setup_logging(debug: bool, quiet: bool, log_format: str = "plain", log_file:
             file_handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
         except OSError as exc:
             fail(f"cannot open --log-file {log_file}: {exc.strerror or exc}", 2)
-        file_handler.setFormatter(_formatter(log_format))
+        file_handler.setFormatter(formatter(log_format))
         file_handler.setLevel(logging.DEBUG if debug else logging.INFO)
         handlers.append(file_handler)
         state["file_handler"] = file_handler
@@ -219,7 +168,7 @@ def error_line(message: str, code: int) -> str:
     if state["format"] == "json":
         import time
 
-        return json.dumps({"time": _utc(time.time()), "level": "error", "run_id": run, "event": event_of(code),
+        return json.dumps({"time": utc_text(time.time()), "level": "error", "run_id": run, "event": event_of(code),
                            "error": message, "exit_code": code})
     return f"error: {one_line(message)}" + (f" (run {run})" if run and f"run {run}" not in message else "")
 

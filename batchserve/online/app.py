@@ -29,13 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from batchserve import scoring, tuning
+from batchserve import tuning
 from batchserve.config import ServeConfig
 from batchserve.errors import BatchserveError, RequestError, closest
 from batchserve.online import protocol
 from batchserve.online.inputs import to_feeds
 from batchserve.online.slots import Served, Slots
 from batchserve.online.telemetry import Telemetry, log_request
+from batchserve.predictions import Prediction
 from batchserve.version import version
 
 __all__ = ["ServeApp", "create_app"]
@@ -69,7 +70,7 @@ class ServeApp:
         self.cfg = cfg
         self.telemetry = Telemetry()
         # One batch in flight per model: a batch uses the session's intra-op threads (the cores), and
-        # requests that arrive meanwhile form the next batch (README, "Choosing the defaults").
+        # requests that arrive meanwhile form the next batch (README, "Speed: dynamic batching").
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batchserve-infer")
         threads = threads or max(1, tuning.available_cores() // cfg.workers)
         self.slots = Slots(cfg, self.telemetry, self.executor, threads, worker_index)
@@ -262,8 +263,8 @@ class ServeApp:
         return 200, {"name": "batchserve", "version": version(), "extensions": ["binary_tensor_data"]}, [], None, 0
 
     async def _metrics(self, *_: Any) -> Answer:
-        self.telemetry.queue_rows.set(sum(b.queued_rows for b in [self.slots.current.batcher] if b is not None)
-                                      if self.slots.ready else 0)
+        batcher = self.slots.current.batcher if self.slots.ready else None
+        self.telemetry.queue_rows.set(batcher.queued_rows if batcher is not None else 0)
         return 200, self.telemetry.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], None, 0
 
     async def _metadata(self, name: str, pinned: str | None) -> Answer:
@@ -306,8 +307,6 @@ class ServeApp:
         extra = [] if header_length is None else [
             (b"content-type", b"application/octet-stream"),
             (protocol.HEADER_LENGTH.encode(), str(header_length).encode())]
-        if header_length is None:
-            extra = [_JSON]
         return 200, payload, extra, served.version, n
 
     async def _invocations(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]) -> Answer:
@@ -317,7 +316,7 @@ class ServeApp:
         if kind == b"text/csv":
             tensors = _csv_tensors(body, served.plan.features)
         elif kind == b"application/json":
-            doc = protocol._load_json(body)
+            doc = protocol.load_json(body)
             if isinstance(doc, dict) and "inputs" in doc:
                 tensors = list(protocol.parse_infer(body).inputs)
             else:
@@ -331,7 +330,7 @@ class ServeApp:
         return 200, {"predictions": predictions, "model_version": served.version}, [], served.version, n
 
 
-def _flat(name: str, p: scoring.Prediction) -> list[tuple[str, list[Any]]]:
+def _flat(name: str, p: Prediction) -> list[tuple[str, list[Any]]]:
     """One JSON field per value of a row: ``probabilities.<label>``, ``score[i]``, or the name itself."""
     v = p.values
     if p.labels is not None:

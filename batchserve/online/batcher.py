@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from batchserve.errors import RequestError
-from batchserve.scoring import Prediction
+from batchserve.predictions import Prediction
 
 __all__ = ["Batcher", "BatchStats"]
 

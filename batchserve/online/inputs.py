@@ -16,6 +16,7 @@ import pyarrow as pa
 from batchserve import scoring
 from batchserve.errors import RequestError, closest
 from batchserve.online.protocol import Tensor, datatype_of
+from batchserve.predictions import numeric_array
 
 __all__ = ["to_feeds", "input_metadata", "describe_inputs"]
 
@@ -68,7 +69,7 @@ def _column(t: Tensor, n: int) -> pa.Array:
     if t.datatype == "BYTES":
         raise RequestError(f"input {t.name!r} is BYTES; features are numeric (bool, int or float)")
     values = t.data.reshape(n)
-    return pa.array(values) if values.dtype.kind == "b" else scoring.numeric_array(values)
+    return pa.array(values) if values.dtype.kind == "b" else numeric_array(values)
 
 
 def to_feeds(tensors: Sequence[Tensor], plan: scoring.FeaturePlan, max_rows: int) -> tuple[dict[str, np.ndarray], int]:

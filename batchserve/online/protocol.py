@@ -27,10 +27,10 @@ import numpy as np
 import orjson
 
 from batchserve.errors import RequestError, closest
-from batchserve.scoring import Prediction
+from batchserve.predictions import Prediction
 
 __all__ = ["DATATYPES", "Tensor", "InferRequest", "parse_infer", "prediction_tensor", "encode_infer", "datatype_of",
-           "HEADER_LENGTH", "dumps"]
+           "HEADER_LENGTH", "dumps", "load_json"]
 
 #: The request header that says where the JSON ends and the binary tensors begin.
 HEADER_LENGTH = "inference-header-content-length"
@@ -82,7 +82,7 @@ def _fail(message: str, status: int = 400) -> RequestError:
     return RequestError(message, status=status)
 
 
-def _load_json(body: bytes | memoryview) -> Any:
+def load_json(body: bytes | memoryview) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -210,7 +210,7 @@ def parse_infer(body: bytes | memoryview, header_length: int | None = None) -> I
         head, binary = view[:header_length], view[header_length:]
     else:
         head, binary = view, memoryview(b"")
-    doc = _load_json(head)
+    doc = load_json(head)
     if not isinstance(doc, dict):
         raise _fail("request body must be a JSON object with inputs")
     inputs = doc.get("inputs")

@@ -10,7 +10,6 @@ and exit 0.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import Any
 from batchserve import tuning
 from batchserve.config import ServeConfig, resolve_serve_config
 from batchserve.errors import BatchserveError
+from batchserve.logformat import JsonFormatter, formatter
 from batchserve.online.app import ServeApp
 from batchserve.online.slots import load_model
 
@@ -28,6 +28,7 @@ __all__ = ["run", "app_from_environment", "bind"]
 
 log = logging.getLogger("batchserve.serve")
 _CONFIG_ENV = "_BATCHSERVE_SERVE_CONFIG"
+_LOG_ENV = "_BATCHSERVE_SERVE_LOG_FORMAT"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -85,6 +86,9 @@ def run(cfg: ServeConfig) -> None:
     first.loaded.close()
     del first
     os.environ[_CONFIG_ENV] = json.dumps(cfg.to_settings())
+    parent = logging.getLogger("batchserve")
+    as_json = any(isinstance(h.formatter, JsonFormatter) for h in parent.handlers)
+    os.environ[_LOG_ENV] = "json" if as_json else "plain"
     config = _uvicorn_config(cfg, "batchserve.online.server:app_from_environment", factory=True,
                              workers=cfg.workers)
     log.info("listening on %s://%s:%d with %d worker processes", scheme, cfg.host, port, cfg.workers,
@@ -106,13 +110,9 @@ def app_from_environment() -> ServeApp:
 
 def _setup_child_logging() -> None:
     parent = logging.getLogger("batchserve")
-    if not parent.handlers:  # spawned workers start bare: the same plain lines as the parent
+    if not parent.handlers:  # spawned workers start bare: the lines their parent writes, plain or JSON
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(formatter(os.environ.get(_LOG_ENV, "plain")))
         parent.addHandler(handler)
         parent.setLevel(logging.INFO)
         parent.propagate = False
-
-
-def replace_port(cfg: ServeConfig, port: int) -> ServeConfig:
-    return dataclasses.replace(cfg, port=port)

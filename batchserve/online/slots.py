@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from batchserve import model, registry, scoring
+from batchserve import model, predictions, registry, scoring
 from batchserve.config import ServeConfig
 from batchserve.errors import BatchserveError, ModelError, located
 from batchserve.online.batcher import Batcher
@@ -55,9 +55,9 @@ class Served:
     outputs: dict[str, dict[str, Any]]
     batcher: Batcher | None = None
 
-    def run(self, feeds: Mapping[str, np.ndarray], rows: int) -> dict[str, scoring.Prediction]:
+    def run(self, feeds: Mapping[str, np.ndarray], rows: int) -> dict[str, predictions.Prediction]:
         """The predictions ``score`` would write for these rows, before they become Arrow."""
-        return scoring.predictions(self.loaded.run(feeds), rows)
+        return predictions.predictions(self.loaded.run(feeds), rows)
 
     def accepts_requests_of(self, other: Served) -> bool:
         """Whether every request ``other`` accepted is still valid here (same features, inputs, types)."""
@@ -75,9 +75,9 @@ def load_model(cfg: ServeConfig, threads: int, worker_index: int = 0) -> Served:
                                  gpu_id=model.pick_gpu(cfg.device, worker_index))
     try:
         with located(resolved.url):
-            columns = scoring.predictions(loaded.run(scoring.sample_feeds(plan)), 2)
+            columns = predictions.predictions(loaded.run(scoring.sample_feeds(plan)), 2)
             for p in columns.values():  # what score could not store is refused here too
-                scoring.prediction_to_arrow(p)
+                predictions.prediction_to_arrow(p)
             # A second, larger run on varied rows: tree models take other branches, the MLP's GEMM
             # other kernels; the first real request pays none of that.
             loaded.run(scoring.sample_feeds(plan, 64, random=True))

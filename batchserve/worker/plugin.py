@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from batchserve import io, model, scoring, tuning
+from batchserve import io, model, predictions, scoring, tuning
 from batchserve.errors import WorkerStateError
 from batchserve.worker.context import host_of
 
@@ -94,7 +94,7 @@ class WorkerModel:
         except BaseException:
             loaded.close()
             raise
-        cols = scoring.outputs_to_columns(outputs, 2, spec.prefix)
+        cols = predictions.outputs_to_columns(outputs, 2, spec.prefix)
         if spec.probe_up_to:
             loaded.infer_rows, self.probe = tuning.probe_batch(
                 loaded, lambda n: scoring.sample_feeds(spec.plan, n, random=True), spec.probe_up_to)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
-from batchserve import compare, io, scoring
+from batchserve import compare, io, predictions, scoring
 from batchserve.errors import BatchserveError, located
 from batchserve.worker.commit import commit_fence
 from batchserve.worker.plugin import WorkerModel
@@ -69,7 +69,7 @@ class Shadow:
             with located(input_url, "challenger: "):
                 mine = feeds if self.spec.same_features else scoring.batch_to_feeds(batch, self.spec.plan)
                 assert self.plugin.model is not None
-                preds = scoring.outputs_to_columns(self.plugin.model.run(mine), batch.num_rows, prefix)
+                preds = predictions.outputs_to_columns(self.plugin.model.run(mine), batch.num_rows, prefix)
         except BatchserveError as exc:
             self.fail(exc)
             return

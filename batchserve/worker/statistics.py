@@ -19,7 +19,7 @@ from typing import TypeAlias
 import numpy as np
 import pyarrow as pa
 
-from batchserve import drift, scoring
+from batchserve import drift, predictions, scoring
 
 __all__ = ["BatchStatistics", "feature_statistics", "feature_nulls", "feature_kinds", "summarize_features",
            "column_statistics", "prediction_statistics"]
@@ -137,6 +137,6 @@ def column_statistics(name: str, arr: pa.Array) -> drift.ColumnSummary:
 def prediction_statistics(preds: Mapping[str, pa.Array]) -> dict[str, drift.ColumnSummary]:
     out: dict[str, drift.ColumnSummary] = {}
     for name, arr in preds.items():
-        for flat_name, flat in scoring.flat_prediction_columns(name, arr):
+        for flat_name, flat in predictions.flat_prediction_columns(name, arr):
             out[flat_name] = column_statistics(flat_name, flat)
     return out
