@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from batchserve import drift, scoring
-from batchserve.worker.statistics import BatchStatistics, feature_statistics, prediction_statistics
+from batchserve.statistics import feature_statistics, prediction_statistics
+from batchserve.worker.statistics import BatchStatistics
 from tests.conftest import make_table
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4", "f5"]

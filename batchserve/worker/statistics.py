@@ -7,22 +7,21 @@ are waiting, then summarised in one call; a bundle of small files hands each com
 batches to one bundle-wide buffer. A 65,536-row batch of a large file is summarised at once, as
 before. Summaries are mergeable, so the order of folding changes nothing but the sketch's sampling.
 
-The summaries of one scored batch (its features from the arrays fed to the model, its predictions
-from the Arrow columns written) are here too, beside their one user: pure functions of arrays.
+The summaries of one scored batch are :mod:`batchserve.statistics`: the server summarises its live
+traffic with the same functions, so live drift and batch drift agree by construction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import TypeAlias
 
 import numpy as np
 import pyarrow as pa
 
-from batchserve import drift, predictions, scoring
+from batchserve import drift, scoring
+from batchserve.statistics import feature_kinds, feature_nulls, prediction_statistics, summarize_features
 
-__all__ = ["BatchStatistics", "feature_statistics", "feature_nulls", "feature_kinds", "summarize_features",
-           "column_statistics", "prediction_statistics"]
+__all__ = ["BatchStatistics"]
 
 _Raw: TypeAlias = tuple[int, dict[str, np.ndarray], dict[str, int], tuple[bool, ...], dict[str, pa.Array]]
 
@@ -82,61 +81,3 @@ class BatchStatistics:
 
 def _types(preds: dict[str, pa.Array]) -> tuple[pa.DataType, ...]:
     return tuple(a.type for a in preds.values())
-
-
-# Summaries of scored batches (pure: Arrow batches and arrays in, drift summaries out).
-
-
-def feature_statistics(
-    batch: pa.RecordBatch, plan: scoring.FeaturePlan, feeds: Mapping[str, np.ndarray]
-) -> dict[str, drift.ColumnSummary]:
-    """Drift summaries of the features, from the arrays already built for the model."""
-    return summarize_features(plan, feeds, feature_nulls(batch, plan), feature_kinds(batch.schema, plan))
-
-
-def feature_nulls(batch: pa.RecordBatch, plan: scoring.FeaturePlan) -> dict[str, int]:
-    """Each feature column's null count. One ``select`` finds every column: a ``batch.column(name)``
-    per feature looked each name up in Python, per batch (for 500-row files, per file)."""
-    names = [c for b in plan.bindings for c in b.columns]
-    return dict(zip(names, (a.null_count for a in batch.select(names).columns), strict=True))
-
-
-def feature_kinds(schema: pa.Schema, plan: scoring.FeaturePlan) -> tuple[bool, ...]:
-    """Per feature column (in binding order), whether it is summarised as categories too (not a float)."""
-    return tuple(not pa.types.is_floating(schema.field(c).type) for b in plan.bindings for c in b.columns)
-
-
-def summarize_features(
-    plan: scoring.FeaturePlan, feeds: Mapping[str, np.ndarray], nulls: Mapping[str, int], kinds: Sequence[bool]
-) -> dict[str, drift.ColumnSummary]:
-    """Drift summaries of the feature arrays fed to the model, given each column's nulls and kind."""
-    out: dict[str, drift.ColumnSummary] = {}
-    k = 0
-    for b in plan.bindings:
-        x = feeds[b.input_name]
-        x2 = x.reshape(len(x), -1)
-        cats = list(kinds[k : k + len(b.columns)])
-        k += len(b.columns)
-        summaries = drift.summarize_matrix(x2, [nulls[c] for c in b.columns], categorical=cats)
-        for name, summary in zip(b.columns, summaries, strict=True):
-            out[name] = summary
-    return out
-
-
-def column_statistics(name: str, arr: pa.Array) -> drift.ColumnSummary:
-    """Summary of one Arrow column: numeric sketch, plus categories for ints/bools/strings."""
-    t = arr.type
-    if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t):
-        values = scoring.float_values(arr.cast(pa.int8()) if pa.types.is_boolean(t) else arr)
-        return drift.summarize_numeric(
-            values.astype(np.float64, copy=False), arr.null_count, categorical=not pa.types.is_floating(t)
-        )
-    return drift.summarize_categorical(arr.to_pylist(), arr.null_count)
-
-
-def prediction_statistics(preds: Mapping[str, pa.Array]) -> dict[str, drift.ColumnSummary]:
-    out: dict[str, drift.ColumnSummary] = {}
-    for name, arr in preds.items():
-        for flat_name, flat in predictions.flat_prediction_columns(name, arr):
-            out[flat_name] = column_statistics(flat_name, flat)
-    return out
