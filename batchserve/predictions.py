@@ -25,7 +25,8 @@ import pyarrow as pa
 from batchserve.errors import ModelError
 from batchserve.signature import LabeledProbabilities
 
-__all__ = ["Prediction", "predictions", "prediction_to_arrow", "outputs_to_columns", "flat_prediction_columns",
+__all__ = ["Prediction", "predictions", "prediction_to_arrow", "arrow_to_prediction", "outputs_to_columns",
+           "flat_prediction_columns",
            "numeric_array"]
 
 
@@ -147,3 +148,22 @@ def flat_prediction_columns(name: str, arr: pa.Array) -> list[tuple[str, pa.Arra
     if pa.types.is_nested(arr.type):
         return []  # wide or nested outputs (embeddings) are not profiled
     return [(name, arr)]
+
+
+def arrow_to_prediction(arr: pa.Array) -> Prediction:
+    """A stored prediction column back as a :class:`Prediction` (the inverse of
+    :func:`prediction_to_arrow`): how the server answers from a nightly run's output."""
+    if pa.types.is_struct(arr.type):
+        labels = tuple(arr.type.field(i).name for i in range(arr.type.num_fields))
+        values = np.empty((len(arr), len(labels)), dtype=np.float32)
+        for k in range(len(labels)):
+            values[:, k] = arr.field(k).to_numpy(zero_copy_only=False)
+        return Prediction(values, labels)
+    dims = [len(arr)]
+    flat = arr
+    while pa.types.is_fixed_size_list(flat.type):
+        dims.append(flat.type.list_size)
+        flat = flat.flatten()
+    if pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type):
+        return Prediction(np.asarray(flat.to_pylist(), dtype=object).reshape(dims))
+    return Prediction(flat.to_numpy(zero_copy_only=False).reshape(dims))

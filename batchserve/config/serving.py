@@ -74,6 +74,26 @@ class ServeConfig:
     #: On SIGTERM/SIGINT: stop accepting, and give requests in flight this long to finish.
     drain_seconds: float = 30.0
     access_log: bool = True
+    #: Hybrid serving. Request logs: a Parquet dataset (date=/hour= folders, a file per flush).
+    log_requests: str | None = None
+    log_flush_rows: int = 50_000
+    log_flush_seconds: float = 60.0
+    #: Rows answered but not yet written; past it the oldest unwritten rows are dropped (and counted).
+    log_buffer_rows: int = 500_000
+    #: Share of requests logged (each request in or out whole), recorded in every file's metadata.
+    log_sample: float = 1.0
+    #: Live drift against this profile (or a succeeded run's manifest), over ``drift_window``
+    #: (rows, e.g. ``100000``, or minutes, e.g. ``15m``).
+    reference: str | None = None
+    drift_window: str = "100000"
+    drift_metric: tuple[str, ...] = ()
+    drift_threshold: tuple[str, ...] = ()
+    #: A second model scored on the same rows after the answer (online shadow).
+    challenger: str | None = None
+    #: Nightly scores served: the last committed run in this output, looked up by ``key``.
+    precomputed: str | None = None
+    key: str | None = None
+    precomputed_only: bool = False
     #: The bearer token every endpoint but the health checks needs (from ``token_file`` or
     #: ``BATCHSERVE_TOKEN``); never printed.
     token: str | None = dataclasses.field(default=None, repr=False)
@@ -110,6 +130,23 @@ class ServeConfig:
             raise ConfigError(f"--features lists a column twice: {', '.join(sorted(set(self.features)))}")
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
             raise ConfigError("the token is empty or holds white space (check --token-file or BATCHSERVE_TOKEN)")
+        if not 1 <= self.log_flush_rows <= self.log_buffer_rows:
+            raise ConfigError(f"--log-flush-rows must be between 1 and --log-buffer-rows ({self.log_buffer_rows:,}), "
+                              f"got {self.log_flush_rows:,}")
+        if not 0 < self.log_flush_seconds <= 86_400:
+            raise ConfigError(f"--log-flush-seconds must be between 0 and 86400, got {self.log_flush_seconds}")
+        if not 0 < self.log_sample <= 1:
+            raise ConfigError(f"--log-sample must be a share above 0 and at most 1, got {self.log_sample}")
+        window_rows, window_seconds = self.window
+        if (window_rows is not None and window_rows < 1) or (window_seconds is not None and window_seconds <= 0):
+            raise ConfigError("--drift-window must be a number of rows, or minutes such as 15m, got "
+                              f"{self.drift_window!r}")
+        if (self.drift_metric or self.drift_threshold) and not self.reference:
+            raise ConfigError("--drift-metric and --drift-threshold need --reference")
+        if (self.precomputed is None) != (self.key is None):
+            raise ConfigError("--precomputed and --key go together: name the scored output and its key column")
+        if self.precomputed_only and self.precomputed is None:
+            raise ConfigError("--precomputed-only needs --precomputed")
         if not is_loopback(self.host) and self.token is None and not self.allow_unauthenticated:
             raise ConfigError(
                 f"--host {self.host} is reachable from other machines and no token is set: pass --token-file "
@@ -118,6 +155,17 @@ class ServeConfig:
     @property
     def storage(self) -> dict[str, Any]:
         return storage_dict(self.storage_options)
+
+    @property
+    def window(self) -> tuple[int | None, float | None]:
+        """``--drift-window`` as (rows, None) or (None, seconds); (-1, None) when unreadable."""
+        text = self.drift_window.strip().lower()
+        try:
+            if text.endswith("m"):
+                return None, float(text[:-1]) * 60
+            return int(text.replace("_", "")), None
+        except ValueError:
+            return -1, None
 
     @property
     def loopback(self) -> bool:
@@ -136,8 +184,12 @@ class ServeConfig:
         data = dataclasses.asdict(self)
         data.pop("token")
         data["features"] = list(self.features) if self.features is not None else None
+        for name in ("drift_metric", "drift_threshold"):
+            data[name] = list(getattr(self, name))
         data["storage_options"] = redact(storage_dict(self.storage_options))
-        data["model"] = redact_text(self.model)
+        for name in ("model", "log_requests", "reference", "challenger", "precomputed"):
+            if isinstance(data.get(name), str):
+                data[name] = redact_text(data[name])
         data["authenticated"] = self.token is not None
         return data
 

@@ -204,6 +204,19 @@ SERVE_CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "tls_key": _to_str,
     "drain_seconds": _to_float,
     "access_log": _to_bool,
+    "log_requests": _to_str,
+    "log_flush_rows": _to_int,
+    "log_flush_seconds": _to_float,
+    "log_buffer_rows": _to_int,
+    "log_sample": _to_float,
+    "reference": _to_str,
+    "drift_window": _to_str,
+    "drift_metric": _to_items,
+    "drift_threshold": _to_items,
+    "challenger": _to_str,
+    "precomputed": _to_str,
+    "key": _to_str,
+    "precomputed_only": _to_bool,
 }
 
 

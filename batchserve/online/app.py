@@ -28,15 +28,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from batchserve import tuning
 from batchserve.config import ServeConfig
 from batchserve.errors import BatchserveError, RequestError, closest
 from batchserve.online import protocol
+from batchserve.online.hybrid import hybrid_parts
 from batchserve.online.inputs import to_feeds
+from batchserve.online.live_drift import LiveDrift
+from batchserve.online.precomputed import Precomputed
+from batchserve.online.shadow import OnlineShadow
 from batchserve.online.slots import Served, Slots
+from batchserve.online.tap import Tap
 from batchserve.online.telemetry import Telemetry, log_request
-from batchserve.predictions import Prediction
+from batchserve.predictions import Prediction, arrow_to_prediction
 from batchserve.version import version
 
 __all__ = ["ServeApp", "create_app"]
@@ -72,37 +78,81 @@ class ServeApp:
         # One batch in flight per model: a batch uses the session's intra-op threads (the cores), and
         # requests that arrive meanwhile form the next batch (README, "Speed: dynamic batching").
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batchserve-infer")
-        threads = threads or max(1, tuning.available_cores() // cfg.workers)
-        self.slots = Slots(cfg, self.telemetry, self.executor, threads, worker_index)
+        self._threads = threads or max(1, tuning.available_cores() // cfg.workers)
+        self.slots = Slots(cfg, self.telemetry, self.executor, self._threads, worker_index)
         self._preloaded = preloaded
         self._token = cfg.token.encode() if cfg.token else None
-        self._follow: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._prepared = False
         self.draining = False
+        self.tap: Tap | None = None
+        self.live: LiveDrift | None = None
+        self.shadow: OnlineShadow | None = None
+        self.challenger: Slots | None = None
+        self.precomputed: Precomputed | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Load, check and warm up the model (unless given loaded), and what serves beside it: the
+        challenger, the live drift reference, the request log, the nightly scores. Blocking; a failure
+        is one :class:`BatchserveError`."""
+        if self._prepared:
+            return
+        served = self._preloaded or self.slots.load()
+        self._preloaded = None
+        hybrid = hybrid_parts(self.cfg, self.telemetry, self.executor, self._threads, self.slots.name, served)
+        if hybrid.tap is not None:
+            self.slots.on_answer = hybrid.hook
+        self.slots.start(served)
+        self.challenger, self.precomputed = hybrid.challenger, hybrid.precomputed
+        self.live, self.shadow, self.tap = hybrid.live, hybrid.shadow, hybrid.tap
+        if self.live is not None or self.shadow is not None:
+            self.telemetry.watch(self.sections)
+        self._prepared = True
+
     async def startup(self) -> None:
-        """Load, check and warm up the model (unless given loaded), then follow its alias."""
-        if not self.slots.ready:
-            await asyncio.get_running_loop().run_in_executor(None, self.slots.start, self._preloaded)
-            self._preloaded = None
-        if self.slots.alias is not None and self._follow is None:
-            self._follow = asyncio.get_running_loop().create_task(self.slots.follow())
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hup)
+        """Prepare (in a thread: loading takes seconds), then follow the aliases and the nightly output."""
+        loop = asyncio.get_running_loop()
+        if not self._prepared:
+            await loop.run_in_executor(None, self.prepare)
+        if self._tasks:
+            return
+        for slots in (self.slots, self.challenger):
+            if slots is not None and slots.alias is not None:
+                self._tasks.append(loop.create_task(slots.follow()))
+        if self.precomputed is not None:
+            self._tasks.append(loop.create_task(self.precomputed.follow(self.cfg.poll_seconds, self.slots)))
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(signal.SIGHUP, self._hup)
 
     def _hup(self) -> None:
-        log.info("SIGHUP: checking the alias %s@%s now", self.slots.name, self.slots.alias)
-        if self.slots.hup is not None:
-            self.slots.hup.set()
+        log.info("SIGHUP: checking the aliases and the nightly output now")
+        for slots in (self.slots, self.challenger):
+            if slots is not None and slots.hup is not None:
+                slots.hup.set()
+        if self.precomputed is not None:
+            self.precomputed.hup.set()
 
     async def shutdown(self) -> None:
         self.draining = True
-        if self._follow is not None:
-            self._follow.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._follow
+                await task
         self.executor.shutdown(wait=True)
+        if self.tap is not None:  # what was answered reaches the shadow, the drift and the log
+            await asyncio.get_running_loop().run_in_executor(None, self.tap.close, self.cfg.drain_seconds)
+
+    def sections(self) -> dict[str, Any]:
+        """The drift endpoint's document: live drift and shadow agreement, whichever are on."""
+        doc: dict[str, Any] = {"model_name": self.slots.name,
+                               "model_version": self.slots.current.version if self.slots.ready else None}
+        if self.live is not None:
+            doc["drift"] = self.live.section()
+        if self.shadow is not None:
+            doc["challenger"] = self.shadow.section()
+        return doc
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -131,6 +181,7 @@ class ServeApp:
         start = time.perf_counter()
         headers = dict(scope["headers"])
         rid = _request_id(headers)
+        scope["batchserve.request"] = (rid, time.time_ns())
         path, method = scope["path"], scope["method"]
         endpoint, version, rows = "other", None, 0
         extra: list[tuple[bytes, bytes]] = []
@@ -214,7 +265,9 @@ class ServeApp:
         if rest == ["ready"]:
             return "model_ready", lambda *_: self._model_ready(name, pinned), "GET"
         if rest == ["infer"]:
-            return "infer", lambda s, r, h: self._infer(name, pinned, r, h), "POST"
+            return "infer", lambda s, r, h: self._infer(name, pinned, s, r, h), "POST"
+        if rest == ["drift"] and pinned is None:
+            return "drift", lambda *_: self._drift(name), "GET"
         raise RequestError(f"no such endpoint under /v2/models/{name[:100]}", status=404)
 
     def _served(self, name: str, pinned: str | None) -> Served:
@@ -265,7 +318,9 @@ class ServeApp:
     async def _metrics(self, *_: Any) -> Answer:
         batcher = self.slots.current.batcher if self.slots.ready else None
         self.telemetry.queue_rows.set(batcher.queued_rows if batcher is not None else 0)
-        return 200, self.telemetry.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], None, 0
+        # Live drift is summarised when scraped: off the event loop.
+        text = await asyncio.get_running_loop().run_in_executor(None, self.telemetry.render)
+        return 200, text, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], None, 0
 
     async def _metadata(self, name: str, pinned: str | None) -> Answer:
         served = self._served(name, pinned)
@@ -275,12 +330,23 @@ class ServeApp:
         served = self._served(name, pinned)
         return 200, {"name": name, "ready": not self.draining}, [], served.version, 0
 
-    async def _predict(self, served: Served, tensors: Any) -> tuple[dict[str, Any], int]:
+    async def _drift(self, name: str) -> Answer:
+        served = self._served(name, None)
+        if self.live is None and self.shadow is None:
+            raise RequestError("no live drift or shadow here: start the server with --reference PROFILE or "
+                               "--challenger MODEL", status=404)
+        doc = await asyncio.get_running_loop().run_in_executor(None, self.sections)
+        return 200, doc, [], served.version, 0
+
+    async def _predict(self, served: Served, tensors: Any, scope: Scope) -> tuple[dict[str, Any], int]:
         feeds, n = to_feeds(tensors, served.plan, self.cfg.max_rows)
         assert served.batcher is not None
-        return dict(await served.batcher.submit(feeds, n)), n
+        rid, received = scope["batchserve.request"]
+        tag = (rid, received, n, self.tap.sampled()) if self.tap is not None else None
+        return dict(await served.batcher.submit(feeds, n, tag)), n
 
-    async def _infer(self, name: str, pinned: str | None, receive: Receive, headers: dict[bytes, bytes]) -> Answer:
+    async def _infer(self, name: str, pinned: str | None, scope: Scope, receive: Receive,
+                     headers: dict[bytes, bytes]) -> Answer:
         body = await self._body(receive, headers)
         raw = headers.get(protocol.HEADER_LENGTH.encode())
         length = None
@@ -290,7 +356,14 @@ class ServeApp:
             length = int(raw)
         request = protocol.parse_infer(body, length)
         served = self._served(name, pinned)  # picked and queued with no await between: the version answers
-        columns, n = await self._predict(served, request.inputs)
+        answered = self._nightly(request) if self.precomputed is not None else None
+        params: dict[str, Any] | None
+        if answered is not None:
+            columns, n, version, params = answered
+        else:
+            inputs = [t for t in request.inputs if self.precomputed is None or t.name != self.precomputed.key]
+            columns, n = await self._predict(served, inputs, scope)
+            version, params = served.version, ({"source": "online"} if self.precomputed is not None else None)
         if request.outputs is None:
             wanted = [(k, request.binary_output) for k in columns]
         else:
@@ -300,14 +373,42 @@ class ServeApp:
                                        f"outputs: {', '.join(columns)}")
             wanted = list(request.outputs)
         tensors = [protocol.prediction_tensor(k, columns[k]) for k, _ in wanted]
-        head: dict[str, Any] = {"model_name": self.slots.name, "model_version": served.version}
+        head: dict[str, Any] = {"model_name": self.slots.name, "model_version": version}
         if request.id is not None:
             head["id"] = request.id
+        if params is not None:
+            head["parameters"] = params
         payload, header_length = protocol.encode_infer(head, tensors, [b for _, b in wanted])
         extra = [] if header_length is None else [
             (b"content-type", b"application/octet-stream"),
             (protocol.HEADER_LENGTH.encode(), str(header_length).encode())]
-        return 200, payload, extra, served.version, n
+        return 200, payload, extra, version, n
+
+    def _nightly(self, request: protocol.InferRequest) -> tuple[dict[str, Any], int, str | None, dict[str, Any]] | None:
+        """The answer from the nightly run when the request carries the key and the run scored every key
+        in it; None to score it online (a 404 instead with --precomputed-only)."""
+        assert self.precomputed is not None
+        tensor = next((t for t in request.inputs if t.name == self.precomputed.key), None)
+        nightly = self.precomputed.current
+        if tensor is None or nightly is None:
+            if self.cfg.precomputed_only:
+                raise RequestError(f"request has no {self.precomputed.key!r} input; with --precomputed-only every "
+                                   "request names its keys")
+            return None
+        keys = [v.decode() if isinstance(v, bytes) else v for v in tensor.data.reshape(-1).tolist()]
+        rows = nightly.find(keys)
+        if -1 in rows:
+            missing = keys[rows.index(-1)]
+            if self.cfg.precomputed_only:
+                self.telemetry.precomputed_lookups.labels("missing").inc()
+                raise RequestError(f"key {missing!r} was not scored by run {nightly.run_id}", status=404)
+            self.telemetry.precomputed_lookups.labels("online").inc()
+            return None
+        self.telemetry.precomputed_lookups.labels("batch").inc()
+        index = pa.array(rows, pa.int64())
+        columns = {k: arrow_to_prediction(c.take(index)) for k, c in nightly.columns.items()}
+        params = {"source": "batch", "run_id": nightly.run_id, "model_version": nightly.model_version}
+        return columns, len(rows), nightly.model_version, params
 
     async def _invocations(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]) -> Answer:
         body = await self._body(receive, headers)
@@ -324,7 +425,7 @@ class ServeApp:
         else:
             raise RequestError(f"Content-Type {kind.decode('latin-1')[:60]!r} is not supported; send text/csv or "
                                "application/json", status=415)
-        columns, n = await self._predict(served, tensors)
+        columns, n = await self._predict(served, tensors, scope)
         values = [pair for k, p in columns.items() for pair in _flat(k, p)]
         predictions = [{k: v[i] for k, v in values} for i in range(n)]
         return 200, {"predictions": predictions, "model_version": served.version}, [], served.version, n

@@ -21,6 +21,7 @@ import concurrent.futures
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,12 @@ class _Pending:
     feeds: Mapping[str, np.ndarray]
     rows: int
     future: asyncio.Future[Mapping[str, Prediction]]
+    tag: Any = None
+
+
+#: Told about every answered batch (the requests' tags, the feeds, the predictions), on the event loop,
+#: after the answers are set: it must only hand them on (see :mod:`batchserve.online.tap`).
+AnswerHook = Callable[[list[Any], Mapping[str, np.ndarray], Mapping[str, Prediction]], None]
 
 
 class BatchStats:
@@ -52,7 +59,7 @@ class Batcher:
 
     def __init__(self, run: RunFn, executor: concurrent.futures.Executor, *, max_batch_rows: int,
                  max_queue_rows: int, max_delay_us: int = 0, inline_rows: int = 0,
-                 stats: BatchStats | None = None) -> None:
+                 stats: BatchStats | None = None, on_answer: AnswerHook | None = None) -> None:
         self._run = run
         self._executor = executor
         self.max_batch_rows = max_batch_rows
@@ -60,18 +67,19 @@ class Batcher:
         self._delay = max_delay_us / 1e6
         self.inline_rows = inline_rows
         self._stats = stats or BatchStats()
+        self._on_answer = on_answer
         self._queue: collections.deque[_Pending] = collections.deque()
         self.queued_rows = 0
         self._running: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def submit(self, feeds: Mapping[str, np.ndarray], rows: int) -> Mapping[str, Prediction]:
+    async def submit(self, feeds: Mapping[str, np.ndarray], rows: int, tag: Any = None) -> Mapping[str, Prediction]:
         """This request's prediction columns, computed in a batch with whatever else is waiting."""
         if self.queued_rows + rows > self.max_queue_rows:
             raise RequestError(f"the queue is full ({self.queued_rows:,} rows waiting); retry shortly", status=503)
         future: asyncio.Future[Mapping[str, Prediction]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(feeds, rows, future))
+        self._queue.append(_Pending(feeds, rows, future, tag))
         self.queued_rows += rows
         if self._running is None:
             self._idle.clear()
@@ -115,6 +123,8 @@ class Batcher:
                     continue
                 self._stats.observe(rows, len(batch), time.perf_counter() - start)
                 _split(batch, columns)
+                if self._on_answer is not None:
+                    self._on_answer([p.tag for p in batch], feeds, columns)
         finally:
             self._running = None
             self._idle.set()

@@ -15,15 +15,16 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from batchserve import model, predictions, registry, scoring
 from batchserve.config import ServeConfig
 from batchserve.errors import BatchserveError, ModelError, located
-from batchserve.online.batcher import Batcher
+from batchserve.online.batcher import AnswerHook, Batcher
 from batchserve.online.inputs import input_metadata
 from batchserve.online.protocol import prediction_tensor
 from batchserve.online.telemetry import Telemetry
@@ -53,6 +54,8 @@ class Served:
     alias_event: registry.Event | None
     #: Output name -> its V2 metadata (datatype, shape, labels), from the warm-up run.
     outputs: dict[str, dict[str, Any]]
+    #: The prediction columns as ``score`` writes them (names and Arrow types), from the warm-up run.
+    prediction_schema: pa.Schema
     batcher: Batcher | None = None
 
     def run(self, feeds: Mapping[str, np.ndarray], rows: int) -> dict[str, predictions.Prediction]:
@@ -76,8 +79,7 @@ def load_model(cfg: ServeConfig, threads: int, worker_index: int = 0) -> Served:
     try:
         with located(resolved.url):
             columns = predictions.predictions(loaded.run(scoring.sample_feeds(plan)), 2)
-            for p in columns.values():  # what score could not store is refused here too
-                predictions.prediction_to_arrow(p)
+            arrow = {k: predictions.prediction_to_arrow(p) for k, p in columns.items()}  # what score stores
             # A second, larger run on varied rows: tree models take other branches, the MLP's GEMM
             # other kernels; the first real request pays none of that.
             loaded.run(scoring.sample_feeds(plan, 64, random=True))
@@ -91,16 +93,19 @@ def load_model(cfg: ServeConfig, threads: int, worker_index: int = 0) -> Served:
         if t.parameters:
             meta["parameters"] = dict(t.parameters)
         outputs[name] = meta
+    schema = pa.schema([pa.field(k, a.type) for k, a in arrow.items()])
     return Served(resolved.version, resolved.url, model.sha256_hex(resolved.data), info, plan, loaded,
-                  resolved.alias_event, outputs)
+                  resolved.alias_event, outputs, schema)
 
 
 class Slots:
     """The model (by name) this server answers with, and the swap when its alias moves."""
 
     def __init__(self, cfg: ServeConfig, telemetry: Telemetry, executor: concurrent.futures.Executor,
-                 threads: int, worker_index: int = 0) -> None:
+                 threads: int, worker_index: int = 0, role: str = "model") -> None:
         self.cfg = cfg
+        #: "model", or "challenger" (the online shadow's): said in every log line about it.
+        self.role = role
         self.name = cfg.name or model_name(cfg.model)
         self.alias = registry.parse_ref(cfg.model).alias
         self.telemetry = telemetry
@@ -111,6 +116,8 @@ class Slots:
         self._refused: int | None = None  # the audit event whose version failed: not retried
         self._lock: asyncio.Lock | None = None
         self.hup: asyncio.Event | None = None
+        #: Where answered batches go after the answer (shadow, live drift, request log), if anywhere.
+        self.on_answer: Callable[[Served], AnswerHook] | None = None
 
     @property
     def current(self) -> Served:
@@ -125,21 +132,24 @@ class Slots:
     def _attach(self, served: Served) -> Served:
         served.batcher = Batcher(served.run, self._executor, max_batch_rows=self.cfg.max_batch_size,
                                  max_queue_rows=self.cfg.max_queue_rows, max_delay_us=self.cfg.max_queue_delay_us,
-                                 inline_rows=self.cfg.inline_rows, stats=self.telemetry)
+                                 inline_rows=self.cfg.inline_rows, stats=self.telemetry,
+                                 on_answer=self.on_answer(served) if self.on_answer is not None else None)
         return served
 
-    def _load(self) -> Served:
+    def load(self) -> Served:
+        """Resolve, load, check and warm up what the reference names now (blocking)."""
         return load_model(self.cfg, self._threads, self._worker_index)
 
     def start(self, preloaded: Served | None = None) -> None:
         """Load (or take) the first version; the server reports ready only after this."""
-        served = self._attach(preloaded or self._load())
+        served = self._attach(preloaded or self.load())
         self._current = served
         self.telemetry.loaded.set(1)
         self.telemetry.served(self.name, served.version, self.alias, served.sha256)
-        log.info("serving %s version %s (%s)%s", self.name, served.version or "-", served.url, _moved(served),
-                 extra={"fields": {"event": "serving", "model": self.name, "version": served.version,
-                                   "alias_event": served.alias_event.as_dict() if served.alias_event else None}})
+        log.info("serving %s %s version %s (%s)%s", self.role, self.name, served.version or "-", served.url,
+                 _moved(served), extra={"fields": {
+                     "event": "serving", "role": self.role, "model": self.name, "version": served.version,
+                     "alias_event": served.alias_event.as_dict() if served.alias_event else None}})
 
     async def follow(self) -> None:
         """Check the alias every ``poll_seconds`` and on SIGHUP, until cancelled."""
@@ -172,7 +182,7 @@ class Slots:
         if event is None or str(event.to_version) == old.version or event.seq == self._refused:
             return False
         try:
-            new = await loop.run_in_executor(None, self._load)
+            new = await loop.run_in_executor(None, self.load)
             if not new.accepts_requests_of(old):
                 new.loaded.close()
                 raise ModelError(f"its inputs differ ({_inputs(new)}; served: {_inputs(old)}), so requests the "
@@ -180,16 +190,17 @@ class Slots:
         except BatchserveError as exc:
             self._refused = event.seq
             self.telemetry.reload_failures.inc()
-            log.error("refused version %s of %s (alias %s moved by %s): %s; still serving version %s",
-                      event.to_version, self.name, self.alias, event.actor, exc, old.version,
-                      extra={"fields": {"event": "reload_failed", "version": str(event.to_version)}})
+            log.error("refused version %s of %s %s (alias %s moved by %s): %s; still serving version %s",
+                      event.to_version, self.role, self.name, self.alias, event.actor, exc, old.version,
+                      extra={"fields": {"event": "reload_failed", "role": self.role,
+                                        "version": str(event.to_version)}})
             return False
         self.telemetry.loaded.set(2)
         self._current = self._attach(new)
         self.telemetry.reloads.inc()
         self.telemetry.served(self.name, new.version, self.alias, new.sha256)
-        log.info("swapped %s from version %s to %s%s", self.name, old.version, new.version, _moved(new),
-                 extra={"fields": {"event": "swapped", "from": old.version, "to": new.version,
+        log.info("swapped %s %s from version %s to %s%s", self.role, self.name, old.version, new.version, _moved(new),
+                 extra={"fields": {"event": "swapped", "role": self.role, "from": old.version, "to": new.version,
                                    "alias_event": new.alias_event.as_dict() if new.alias_event else None}})
         assert old.batcher is not None
         await old.batcher.drained()

@@ -1,0 +1,169 @@
+"""Nightly scores served online: the predictions of the last committed run of a scored output,
+looked up by a key column, answered without running the model.
+
+Only a committed run counts (``_SUCCESS`` present; its manifest lists the files). The key column and
+the prediction columns are read, sorted by key once, and kept as Arrow columns: memory is about the
+Arrow size of those columns (the key's sorted values are the lookup index; a numeric key is searched
+with numpy, a string key by bisection). A key that appears twice is refused at load, naming it. When a
+newer run commits (``_SUCCESS`` rewritten), it is loaded in the background and swapped in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchserve import io, manifest
+from batchserve.errors import BatchserveError, InputError, SchemaError
+from batchserve.layout import MANIFEST_NAME, SUCCESS_NAME
+from batchserve.online.telemetry import Telemetry
+
+__all__ = ["Nightly", "Precomputed"]
+
+log = logging.getLogger("batchserve.serve")
+
+
+@dataclasses.dataclass(frozen=True)
+class Nightly:
+    """One committed run's predictions, sorted by key."""
+
+    run_id: str
+    model_version: str | None
+    keys: pa.Array
+    columns: dict[str, pa.Array]
+    marker: tuple[int, str | None]
+
+    @property
+    def rows(self) -> int:
+        return len(self.keys)
+
+    def nbytes(self) -> int:
+        return int(self.keys.nbytes + sum(c.nbytes for c in self.columns.values()))
+
+    def find(self, wanted: Sequence[Any]) -> list[int]:
+        """Row of each key, or -1 where the run did not score it."""
+        if pa.types.is_integer(self.keys.type) and self.keys.null_count == 0:
+            sorted_keys = self.keys.to_numpy()
+            try:
+                q = np.asarray(wanted, dtype=sorted_keys.dtype)
+            except (TypeError, ValueError, OverflowError):
+                return [-1] * len(wanted)
+            pos = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
+            hit = sorted_keys[pos] == q if len(sorted_keys) else np.zeros(len(q), bool)
+            return [int(p) if h else -1 for p, h in zip(pos, hit, strict=True)]
+        return [self._bisect(k) for k in wanted]
+
+    def _bisect(self, key: Any) -> int:
+        lo, hi = 0, len(self.keys)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            value = self.keys[mid].as_py()
+            try:
+                less = value < key
+            except TypeError:
+                return -1
+            if less:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo if lo < len(self.keys) and self.keys[lo].as_py() == key else -1
+
+
+def _marker(output: str, storage: Mapping[str, Any]) -> tuple[int, str | None] | None:
+    success = io.join_url(output, SUCCESS_NAME)
+    return io.input_version(success, storage) if io.exists(success, storage) else None
+
+
+def load_nightly(output: str, key: str, storage: Mapping[str, Any]) -> Nightly:
+    """Read the last committed run of ``output``: its key and prediction columns, sorted by key."""
+    marker = _marker(output, storage)
+    if marker is None:
+        raise InputError(f"no committed run here ({SUCCESS_NAME} missing): --precomputed needs an output "
+                         "`batchserve score` finished", path=output)
+    m = manifest.loads(io.read_text(io.join_url(output, MANIFEST_NAME), storage), source=output)
+    prefix = str(m.run.config.get("prefix") or "")
+    wanted = [prefix + o["name"] for o in m.model.outputs]
+    tables = []
+    for entry in m.outputs:
+        url = entry.path if "://" in entry.path or entry.path.startswith("/") else io.join_url(output, entry.relpath)
+        source = io.ParquetInput(url, storage)
+        names = source.footer.schema.names
+        if key not in names:
+            source.close()
+            raise SchemaError("--key column is not in the scored output", path=url, column=key)
+        cols = [key, *(c for c in wanted if c in names)]
+        tables.append(pa.Table.from_batches(list(source.batches(columns=cols, batch_size=1 << 20)),
+                                            schema=source.footer.schema.select(cols)))
+    table = pa.concat_tables(tables) if tables else pa.table({key: pa.array([], pa.int64())})
+    keys = table.column(key).combine_chunks()
+    if keys.null_count:
+        raise SchemaError(f"--key column has {keys.null_count} null(s): a key must name one row", path=output,
+                          column=key)
+    order = pc.sort_indices(keys)
+    keys = keys.take(order)
+    if len(keys) > 1:
+        same = pc.equal(keys.slice(1), keys.slice(0, len(keys) - 1))
+        if pc.any(same).as_py():
+            first = int(np.flatnonzero(same.to_numpy(zero_copy_only=False))[0])
+            raise SchemaError(f"key {keys[first].as_py()!r} appears more than once in the scored output; a key must "
+                              "name one row", path=output, column=key)
+    columns = {c: table.column(c).combine_chunks().take(order) for c in table.column_names if c != key}
+    return Nightly(m.run.id, m.model.version, keys, columns, marker)
+
+
+class Precomputed:
+    """The nightly scores being served, and the swap when a newer run commits."""
+
+    def __init__(self, output: str, key: str, storage: Mapping[str, Any], telemetry: Telemetry) -> None:
+        self.output = output
+        self.key = key
+        self.storage = dict(storage)
+        self.telemetry = telemetry
+        self.current: Nightly | None = None
+        self.hup = asyncio.Event()
+
+    def load(self) -> None:
+        self.current = load_nightly(self.output, self.key, self.storage)
+        self.telemetry.precomputed_rows.set(self.current.rows)
+        log.info("serving nightly scores of run %s (model version %s, %d keys, %.1f MiB) from %s",
+                 self.current.run_id, self.current.model_version, self.current.rows, self.current.nbytes() / 2**20,
+                 self.output, extra={"fields": {"event": "precomputed", "run_id": self.current.run_id}})
+
+    def check_version(self, served_version: str | None) -> None:
+        """A run scored by another version than the one served online is said, never silent."""
+        nightly = self.current
+        differs = nightly is not None and nightly.model_version != served_version
+        self.telemetry.precomputed_mismatch.set(1 if differs else 0)
+        if differs and nightly is not None:
+            log.warning("nightly scores of run %s were made by model version %s; version %s answers online",
+                        nightly.run_id, nightly.model_version, served_version,
+                        extra={"fields": {"event": "precomputed_version_mismatch"}})
+
+    async def follow(self, poll_seconds: float, slots: Any) -> None:
+        """Check ``_SUCCESS`` every ``poll_seconds`` (and on SIGHUP); load a newer run and swap."""
+        loop = asyncio.get_running_loop()
+        self.check_version(slots.current.version if slots.ready else None)
+        while True:
+            try:
+                await asyncio.wait_for(self.hup.wait(), poll_seconds)
+            except TimeoutError:
+                pass
+            self.hup.clear()
+            try:
+                marker = await loop.run_in_executor(None, _marker, self.output, self.storage)
+                if marker is None or (self.current is not None and marker == self.current.marker):
+                    continue
+                await loop.run_in_executor(None, self.load)
+                self.telemetry.precomputed_reloads.inc()
+            except BatchserveError as exc:
+                log.error("cannot load the newer run of %s (still serving run %s): %s", self.output,
+                          self.current.run_id if self.current else "-", exc)
+                continue
+            self.check_version(slots.current.version if slots.ready else None)

@@ -1,0 +1,163 @@
+"""After the answer: what the server does with the rows it answered, on one thread of its own and
+never on a request's path: the challenger scores them (online shadow), live drift summarises them,
+and the request log buffers them.
+
+The batcher hands each answered batch over with one append to a bounded queue (rows, not batches:
+``capacity_rows``); past it the oldest batches are dropped and counted
+(``batchserve_serve_tap_dropped_rows_total``): a slow challenger or a burst costs the shadow and the
+statistics some rows, never a request its latency.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from batchserve import predictions, scoring
+from batchserve.online.capture import RequestLog
+from batchserve.online.live_drift import LiveDrift
+from batchserve.online.shadow import OnlineShadow
+from batchserve.online.telemetry import Telemetry
+
+__all__ = ["Answered", "Tap"]
+
+log = logging.getLogger("batchserve.serve")
+_WARN_EVERY = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Answered:
+    """One answered batch: who asked (request id, when, rows, whether sampled for the log), what the
+    model saw and what it answered."""
+
+    version: str | None
+    requests: tuple[tuple[str, int, int, bool], ...]
+    feeds: Mapping[str, np.ndarray]
+    preds: Mapping[str, predictions.Prediction]
+
+    @property
+    def rows(self) -> int:
+        return sum(r[2] for r in self.requests)
+
+
+class Tap:
+    """The bounded queue and the thread behind it."""
+
+    def __init__(self, plan: scoring.FeaturePlan, telemetry: Telemetry, *, capacity_rows: int,
+                 log_sample: float = 1.0, request_log: RequestLog | None = None, live: LiveDrift | None = None,
+                 shadow: OnlineShadow | None = None, challenger_schema: pa.Schema | None = None) -> None:
+        self.plan = plan
+        self.telemetry = telemetry
+        self.capacity_rows = capacity_rows
+        self.log_sample = log_sample
+        self.request_log = request_log
+        self.live = live
+        self.shadow = shadow
+        self._challenger_schema = challenger_schema
+        self._queue: collections.deque[Answered] = collections.deque()
+        self._rows = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._warned = 0.0
+        self._rng = random.Random()
+        self._thread = threading.Thread(target=self._run, name="batchserve-after-answer", daemon=True)
+        self._thread.start()
+
+    def sampled(self) -> bool:
+        """Whether the next request goes to the log (decided per request, on the event loop)."""
+        return self.log_sample >= 1 or self._rng.random() < self.log_sample
+
+    def put(self, answered: Answered) -> None:
+        """Called on the event loop: one append, never a wait."""
+        dropped = 0
+        with self._cond:
+            self._queue.append(answered)
+            self._rows += answered.rows
+            while self._rows > self.capacity_rows and len(self._queue) > 1:
+                old = self._queue.popleft()
+                self._rows -= old.rows
+                dropped += old.rows
+            self._cond.notify()
+        if dropped:
+            self.telemetry.tap_dropped.inc(dropped)
+            now = time.monotonic()
+            if now - self._warned >= _WARN_EVERY:
+                self._warned = now
+                log.warning("dropped %d answered row(s) before the challenger, live drift and the request log saw "
+                            "them (they fall behind the traffic)", dropped,
+                            extra={"fields": {"event": "tap_dropped", "rows": dropped}})
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                answered = self._queue.popleft()
+                self._rows -= answered.rows
+            try:
+                self.process(answered)
+            except Exception as exc:
+                log.error("after-answer processing failed: %s: %s", type(exc).__name__,
+                          " ".join(str(exc).split())[:300], exc_info=log.isEnabledFor(logging.DEBUG))
+
+    def process(self, answered: Answered) -> None:
+        rows = answered.rows
+        champion = {k: predictions.prediction_to_arrow(p) for k, p in answered.preds.items()}
+        version, challenger = (self.shadow.score(answered.feeds, rows, champion) if self.shadow is not None
+                               else (None, None))
+        if self.live is not None:
+            self.live.add(answered.feeds, champion, rows)
+        if self.request_log is not None and any(r[3] for r in answered.requests):
+            self.request_log.add(self._log_rows(answered, champion, version, challenger))
+
+    def _log_rows(self, answered: Answered, champion: Mapping[str, pa.Array], version: str | None,
+                  challenger: Mapping[str, pa.Array] | None) -> pa.Table:
+        ids, times, keep = [], [], []
+        for rid, received_ns, n, logged in answered.requests:
+            ids += [rid] * n
+            times += [received_ns // 1000] * n
+            keep += [logged] * n
+        rows = len(ids)
+        columns: dict[str, pa.Array] = {
+            "request_id": pa.array(ids, pa.string()),
+            "received_at": pa.array(times, pa.timestamp("us", tz="UTC")),
+            "model_version": pa.array([answered.version] * rows, pa.string()),
+        }
+        for b in self.plan.bindings:
+            x = answered.feeds[b.input_name].reshape(rows, -1)
+            for j, name in enumerate(b.columns):
+                columns[name] = predictions.numeric_array(np.ascontiguousarray(x[:, j]))
+        columns.update(champion)
+        if self._challenger_schema is not None:
+            columns["challenger_version"] = pa.array([version] * rows, pa.string())
+            for field in self._challenger_schema:
+                got = challenger.get(field.name) if challenger is not None else None
+                columns["challenger_" + field.name] = got if got is not None else pa.nulls(rows, field.type)
+        table = pa.table(columns)
+        return table if all(keep) else table.filter(pa.array(keep))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Process what is queued, then flush the request log."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if self.request_log is not None:
+            self.request_log.close(timeout)
+
+
+def utc_ns() -> int:
+    """Now, in nanoseconds since the epoch (UTC)."""
+    return time.time_ns()
+
+
