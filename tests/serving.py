@@ -85,6 +85,8 @@ class Server:
         raise AssertionError(f"no log line matching {pattern!r}:\n" + "\n".join(self.lines[-20:]))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Signal, wait, and return the exit code; a code other than 0 prints the server's last lines
+        (pytest shows them with the failure)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -93,6 +95,8 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._pump.join(5)
+        if self.proc.returncode != 0:
+            print("\n".join(self.lines[-30:]))
         return self.proc.returncode
 
 

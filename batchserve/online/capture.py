@@ -60,7 +60,7 @@ class RequestLog:
         self._oldest: float | None = None
         self._cond = threading.Condition()
         self._closing = False
-        self._warned = 0.0
+        self._warned: dict[str, float] = {}  # per kind of warning: a drop must not silence a failure
         self._seq = itertools.count()
         self._thread = threading.Thread(target=self._run, name="batchserve-request-log", daemon=True)
         self._thread.start()
@@ -91,11 +91,17 @@ class RequestLog:
 
     def _dropped(self, rows: int, why: str) -> None:
         self._telemetry.log_dropped.inc(rows)
-        now = time.monotonic()
-        if now - self._warned >= _WARN_EVERY:
-            self._warned = now
+        if self._due_warning("log_dropped"):
             log.warning("request log %s: dropped %d unwritten row(s): %s", self.uri, rows, why,
                         extra={"fields": {"event": "log_dropped", "rows": rows}})
+
+    def _due_warning(self, kind: str) -> bool:
+        """At most one warning of each kind a minute: a failing store must not flood the logs."""
+        now = time.monotonic()
+        if now - self._warned.get(kind, -_WARN_EVERY) < _WARN_EVERY:
+            return False
+        self._warned[kind] = now
+        return True
 
     # --- the writer thread ----------------------------------------------------------------------------
 
@@ -148,9 +154,7 @@ class RequestLog:
                 self._oldest = time.monotonic()
                 dropped = self._trim()
             self._telemetry.log_failures.inc()
-            now = time.monotonic()
-            if now - self._warned >= _WARN_EVERY:
-                self._warned = now
+            if self._due_warning("log_failed"):
                 log.warning("request log %s: cannot write (%s); the rows wait for the next flush", self.uri,
                             " ".join(reason.split())[:300], extra={"fields": {"event": "log_failed"}})
             if dropped:

@@ -99,8 +99,8 @@ def load_nightly(output: str, key: str, storage: Mapping[str, Any]) -> Nightly:
             source.close()
             raise SchemaError("--key column is not in the scored output", path=url, column=key)
         cols = [key, *(c for c in wanted if c in names)]
-        tables.append(pa.Table.from_batches(list(source.batches(columns=cols, batch_size=1 << 20)),
-                                            schema=source.footer.schema.select(cols)))
+        schema = pa.schema([source.footer.schema.field(c) for c in cols])
+        tables.append(pa.Table.from_batches(list(source.batches(columns=cols, batch_size=1 << 20)), schema=schema))
     table = pa.concat_tables(tables) if tables else pa.table({key: pa.array([], pa.int64())})
     keys = table.column(key).combine_chunks()
     if keys.null_count:

@@ -74,6 +74,7 @@ def run(cfg: ServeConfig) -> None:
     scheme = "https" if cfg.tls_cert else "http"
     if cfg.workers == 1:
         app = ServeApp(cfg, preloaded=first, threads=threads)
+        app.prepare()  # the challenger, reference, log and nightly scores too: a bad one is one line here
         server = uvicorn.Server(_uvicorn_config(cfg, app))
         _quiet_signals()
         log.info("listening on %s://%s:%d (model %s, version %s)", scheme, cfg.host, port, app.slots.name,
@@ -83,8 +84,12 @@ def run(cfg: ServeConfig) -> None:
             raise BatchserveError(f"the server on {cfg.host}:{port} did not start (see the lines above)")
         log.info("stopped", extra={"fields": {"event": "stopped"}})
         return
+    probe = ServeApp(cfg, preloaded=first, threads=threads)
+    probe.prepare()  # every part checked once here, as one line; each worker then loads its own
+    if probe.tap is not None:
+        probe.tap.close(0)
     first.loaded.close()
-    del first
+    del first, probe
     os.environ[_CONFIG_ENV] = json.dumps(cfg.to_settings())
     parent = logging.getLogger("batchserve")
     as_json = any(isinstance(h.formatter, JsonFormatter) for h in parent.handlers)
