@@ -103,7 +103,7 @@ def _logged(logs: Path, rows: int) -> pa.Table:
     deadline = time.monotonic() + 60
     while True:
         table = ds.dataset(logs, format="parquet", partitioning="hive").to_table() if logs.exists() else None
-        if table is not None and table.num_rows >= rows or time.monotonic() > deadline:
+        if (table is not None and table.num_rows >= rows) or time.monotonic() > deadline:
             assert table is not None
             return table
         time.sleep(0.1)
