@@ -121,11 +121,90 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def hybrid(work: Path, seconds: int) -> dict:
+    """Throughput with the request log on and with a shadow challenger, against the same server without
+    either, measured in this run; and a nightly score looked up by key."""
+    sample = REPO / "sample_data/model"
+    files = bodies(work, "hybrid", "input", 8)
+    script = lua(work, files["json1"], None)
+    url_path = "/v2/models/model/infer"
+    cases = {"off": [], "request log on": ["--log-requests", str(work / "logs")],
+             "shadow on (the same model again)": ["--challenger", str(sample)],
+             "log + drift + shadow": ["--log-requests", str(work / "logs2"), "--challenger", str(sample),
+                                      "--reference", str(REPO / "sample_data/reference.json")]}
+    out: dict[str, float] = {}
+    for case, flags in cases.items():
+        server = Server(["--model", str(sample), "--no-access-log", *flags])
+        try:
+            wrk(server.url + url_path, script, 32, 1)
+            out[case] = wrk(server.url + url_path, script, 32, seconds)["rps"]
+        finally:
+            server.stop()
+    print("\n| 1 row, c=32, sample model | requests/s | vs off |\n|---|---|---|")
+    for case, rps in out.items():
+        print(f"| {case} | {rps:,.0f} | {rps / out['off']:.2f}x |")
+    return out
+
+
+def nightly(work: Path, rows: int, seconds: int) -> dict:
+    """A scored output of ``rows`` keys: memory of the served columns against their Arrow size, and a
+    lookup's latency (wrk, one key a request, --precomputed-only)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = work / "nightly-in"
+    data.mkdir()
+    rng = np.random.default_rng(3)
+    files = 10
+    for i in range(files):
+        n = rows // files
+        cols = {"id": pa.array(np.arange(i * n, (i + 1) * n, dtype=np.int64))}
+        for f in ("amount", "hour", "merchant_category", "distance_km", "card_age_days", "n_tx_24h", "is_online",
+                  "is_foreign"):
+            cols[f] = pa.array(rng.random(n, dtype=np.float32))
+        pq.write_table(pa.table(cols), data / f"part-{i}.parquet")
+    out = work / "nightly-out"
+    subprocess.run([sys.executable, "-m", "batchserve", "score", "-m", str(REPO / "sample_data/model"), "-i",
+                    str(data), "-o", str(out), "--keep", "id", "-q"], check=True, cwd=REPO)
+    probe = ("import resource, sys, json; from batchserve.online.precomputed import load_nightly; "
+             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; import pyarrow; "
+             "n = load_nightly(sys.argv[1], 'id', {}); "
+             "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+             "import psutil; rss = psutil.Process().memory_info().rss; "
+             "print(json.dumps({'arrow': n.nbytes(), 'rss_now': rss, 'peak_kib': after - before, 'rows': n.rows}))")
+    done = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, check=True,
+                          cwd=REPO)
+    mem = json.loads(done.stdout)
+    base = subprocess.run([sys.executable, "-c", "import psutil, pyarrow, numpy, batchserve.online.precomputed; "
+                           "print(psutil.Process().memory_info().rss)"], capture_output=True, text=True,
+                          check=True, cwd=REPO)
+    held = mem["rss_now"] - int(base.stdout)
+    body = work / "key.json"
+    body.write_text(json.dumps({"inputs": [{"name": "id", "datatype": "INT64", "shape": [1], "data": [rows // 2]}]}))
+    server = Server(["--model", str(REPO / "sample_data/model"), "--precomputed", str(out), "--key", "id",
+                     "--precomputed-only", "--no-access-log"])
+    try:
+        script = lua(work, body, None)
+        wrk(server.url + "/v2/models/model/infer", script, 1, 1)
+        lookup = wrk(server.url + "/v2/models/model/infer", script, 1, seconds)
+    finally:
+        server.stop()
+    print(f"\n| nightly scores, {mem['rows']:,} keys | |\n|---|---|")
+    print(f"| Arrow size of key + prediction columns | {mem['arrow'] / 2**20:,.0f} MiB |")
+    print(f"| memory held after loading (RSS over a bare interpreter with the same imports) | "
+          f"{held / 2**20:,.0f} MiB ({held / mem['arrow']:.2f}x the Arrow size) |")
+    print(f"| lookup by key, 1 a request, c=1: p50 / p99 | {lookup['p50']:.2f} / {lookup['p99']:.2f} ms |")
+    return {"rows": mem["rows"], "arrow_bytes": mem["arrow"], "held_bytes": held, "lookup": lookup}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--models", default="sample,mlp,gbdt")
     ap.add_argument("--extra", default="", help="extra batchserve serve flags, e.g. '--max-batch-size 64'")
+    ap.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure logging, shadow and nightly-score lookups")
+    ap.add_argument("--nightly-rows", type=int, default=10_000_000)
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install wrk, or make system-deps)")
@@ -171,6 +250,9 @@ def main() -> None:
             note = " (vs our JSON)" if bv is None else ""
             print(f"| {name} | {case} | {shown} | {ov:,.2f} | {ratio:.2f}x{note} |")
         report[name] = results
+    if args.hybrid:
+        report["hybrid"] = hybrid(work, args.seconds)
+        report["nightly"] = nightly(work, args.nightly_rows, args.seconds)
     out = REPO / "bench_out"
     out.mkdir(exist_ok=True)
     (out / "serve.json").write_text(json.dumps(report, indent=1))
