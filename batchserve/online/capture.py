@@ -82,11 +82,18 @@ class RequestLog:
             self._dropped(dropped, "the buffer is full (the log store is slow or failing)")
 
     def _trim(self) -> int:
+        """Drop the oldest rows beyond ``buffer_rows`` (whole tables, then the head of the next)."""
         dropped = 0
         while self._rows > self.buffer_rows and self._tables:
+            excess = self._rows - self.buffer_rows
             oldest = self._tables.popleft()
-            self._rows -= oldest.num_rows
-            dropped += oldest.num_rows
+            if oldest.num_rows > excess:
+                self._tables.appendleft(oldest.slice(excess))
+                cut = excess
+            else:
+                cut = oldest.num_rows
+            self._rows -= cut
+            dropped += cut
         return dropped
 
     def _dropped(self, rows: int, why: str) -> None:
