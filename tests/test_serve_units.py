@@ -136,3 +136,30 @@ def test_a_full_queue_is_a_503_at_once() -> None:
             await asyncio.gather(first, second)
 
     asyncio.run(main())
+
+
+def _dropped(telemetry) -> float:
+    return telemetry.registry.get_sample_value("batchserve_serve_log_dropped_rows_total") or 0.0
+
+
+def test_the_request_log_keeps_the_newest_rows_within_its_bound(tmp_path) -> None:
+    """A store that refuses every write: the buffer holds the newest --log-buffer-rows rows, drops the
+    oldest (counted), and close() counts what never reached the store."""
+    import pyarrow as pa
+
+    from batchserve.online.capture import RequestLog
+    from batchserve.online.telemetry import Telemetry
+
+    blocked = tmp_path / "logs"
+    blocked.write_text("a file where the folder should be")
+    telemetry = Telemetry()
+    rlog = RequestLog(str(blocked), {}, sample=1.0, flush_rows=10, flush_seconds=3600, buffer_rows=20,
+                      telemetry=telemetry, model="m")
+    rlog.add(pa.table({"received_at": pa.array([0] * 90, pa.timestamp("us", tz="UTC")), "i": list(range(90))}))
+    assert _dropped(telemetry) == 70
+    with rlog._cond:
+        kept = pa.concat_tables(list(rlog._tables)).column("i").to_pylist() if rlog._tables else []
+    # The writer may hold a flush's rows while the store refuses them; between them, the newest 20.
+    rlog.close(timeout=10)
+    assert _dropped(telemetry) == 90
+    assert not kept or kept == list(range(90 - len(kept), 90))

@@ -19,7 +19,6 @@ import collections
 import datetime as dt
 import itertools
 import logging
-import os
 import threading
 import time
 import uuid
@@ -176,7 +175,8 @@ class RequestLog:
         for folder in pc.unique(hours).to_pylist():
             part = table.filter(pc.equal(hours, folder))
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-            name = f"part-{stamp}-{os.getpid()}-{next(self._seq):06d}.parquet"
+            # Unique across replicas and processes writing one dataset: never another's file replaced.
+            name = f"part-{stamp}-{uuid.uuid4().hex[:16]}-{next(self._seq):06d}.parquet"
             final = io.join_url(self.uri, folder, name)
             staging = io.join_url(self.uri, STAGING_DIR, f"{uuid.uuid4().hex}-{name}")
             schema = part.schema.with_metadata(self._meta)
