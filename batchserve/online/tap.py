@@ -186,10 +186,3 @@ class Tap:
         self._thread.join(timeout)
         if self.request_log is not None:
             self.request_log.close(timeout)
-
-
-def utc_ns() -> int:
-    """Now, in nanoseconds since the epoch (UTC)."""
-    return time.time_ns()
-
-
