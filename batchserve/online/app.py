@@ -27,13 +27,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from batchserve import tuning
 from batchserve.config import ServeConfig
 from batchserve.errors import BatchserveError, RequestError, closest
-from batchserve.online import protocol
+from batchserve.online import protocol, sagemaker
 from batchserve.online.hybrid import hybrid_parts
 from batchserve.online.inputs import to_feeds
 from batchserve.online.live_drift import LiveDrift
@@ -42,7 +41,7 @@ from batchserve.online.shadow import OnlineShadow
 from batchserve.online.slots import Served, Slots
 from batchserve.online.tap import Tap
 from batchserve.online.telemetry import Telemetry, log_request
-from batchserve.predictions import Prediction, arrow_to_prediction
+from batchserve.predictions import arrow_to_prediction
 from batchserve.version import version
 
 __all__ = ["ServeApp", "create_app"]
@@ -414,79 +413,10 @@ class ServeApp:
         body = await self._body(receive, headers)
         kind = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
         served = self._served(self.slots.name, None)
-        if kind == b"text/csv":
-            tensors = _csv_tensors(body, served.plan.features)
-        elif kind == b"application/json":
-            doc = protocol.load_json(body)
-            if isinstance(doc, dict) and "inputs" in doc:
-                tensors = list(protocol.parse_infer(body).inputs)
-            else:
-                tensors = _instance_tensors(doc, served.plan.features)
-        else:
-            raise RequestError(f"Content-Type {kind.decode('latin-1')[:60]!r} is not supported; send text/csv or "
-                               "application/json", status=415)
+        tensors = sagemaker.request_tensors(body, kind.decode("latin-1"), served.plan.features)
         columns, n = await self._predict(served, tensors, scope)
-        values = [pair for k, p in columns.items() for pair in _flat(k, p)]
-        predictions = [{k: v[i] for k, v in values} for i in range(n)]
-        return 200, {"predictions": predictions, "model_version": served.version}, [], served.version, n
-
-
-def _flat(name: str, p: Prediction) -> list[tuple[str, list[Any]]]:
-    """One JSON field per value of a row: ``probabilities.<label>``, ``score[i]``, or the name itself."""
-    v = p.values
-    if p.labels is not None:
-        return [(f"{name}.{label}", v[:, k].tolist()) for k, label in enumerate(p.labels)]
-    if v.ndim == 2:
-        return [(f"{name}[{i}]", v[:, i].tolist()) for i in range(v.shape[1])]
-    return [(name, v.tolist())]
-
-
-def _feature_tensors(matrix: np.ndarray, features: tuple[str, ...]) -> list[protocol.Tensor]:
-    n = matrix.shape[0]
-    return [protocol.Tensor(f, "FP64", (n,), np.ascontiguousarray(matrix[:, j])) for j, f in enumerate(features)]
-
-
-def _csv_tensors(body: bytes, features: tuple[str, ...]) -> list[protocol.Tensor]:
-    """SageMaker's CSV: one row per line, the features in order, no header; an empty field is missing."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RequestError("CSV body is not UTF-8 text") from None
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        cells = line.split(",")
-        if len(cells) != len(features):
-            raise RequestError(f"CSV line {i} has {len(cells)} fields; the model takes {len(features)} "
-                               f"({', '.join(features)})")
-        try:
-            rows.append([float(c) if c.strip() else np.nan for c in cells])
-        except ValueError:
-            raise RequestError(f"CSV line {i} holds a value that is not a number") from None
-    if not rows:
-        raise RequestError("CSV body has no rows")
-    return _feature_tensors(np.asarray(rows, dtype=np.float64), features)
-
-
-def _instance_tensors(doc: Any, features: tuple[str, ...]) -> list[protocol.Tensor]:
-    """SageMaker's JSON: ``{"instances": [[...], ...]}`` in feature order, or ``[{feature: value}, ...]``."""
-    rows = doc.get("instances") if isinstance(doc, dict) else None
-    if not isinstance(rows, list) or not rows:
-        raise RequestError('JSON body must be {"instances": [...]} (rows) or a V2 request with inputs')
-    if all(isinstance(r, dict) for r in rows):
-        for r in rows:
-            unknown = [k for k in r if k not in features]
-            if unknown:
-                raise RequestError(f"unknown feature {unknown[0]!r}{closest(unknown[0], list(features), quote=True)}")
-        rows = [[r.get(f) for f in features] for r in rows]
-    try:
-        matrix = np.asarray(rows, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise RequestError("instances must be rows of numbers (null for missing)") from None
-    if matrix.ndim != 2 or matrix.shape[1] != len(features):
-        raise RequestError(f"each instance needs {len(features)} values ({', '.join(features)})")
-    return _feature_tensors(matrix, features)
+        rows = sagemaker.prediction_rows(columns, n)
+        return 200, {"predictions": rows, "model_version": served.version}, [], served.version, n
 
 
 def create_app(cfg: ServeConfig | None = None, **settings: Any) -> ServeApp:
