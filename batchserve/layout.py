@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from batchserve.errors import OutputError
 
 __all__ = ["MANIFEST_NAME", "SUCCESS_NAME", "LOCK_NAME", "STAGING_DIR", "RUNS_DIR", "record_ids", "staging_name",
-           "local_files", "content", "not_empty_error"]
+           "local_files", "content", "nested_outputs", "not_empty_error"]
 
 MANIFEST_NAME = "_manifest.json"
 SUCCESS_NAME = "_SUCCESS"
@@ -77,6 +77,20 @@ def content(relpaths: Iterable[str]) -> list[str]:
     """The files that make an output folder not empty: all but the lock and the staging area (a
     live or killed run's, which the lock and the next run deal with), sorted."""
     return sorted(rel for rel in relpaths if rel != LOCK_NAME and not rel.startswith(STAGING_DIR + "/"))
+
+
+def nested_outputs(relpaths: Iterable[str]) -> list[str]:
+    """The subfolders that are outputs of their own (a manifest, a ``_SUCCESS`` or a lock of a run in them),
+    outermost first: what ``score -o X/sub`` leaves inside ``X``. Staging and run records are not outputs.
+
+        >>> nested_outputs(["a.parquet", "sub/_SUCCESS", "sub/p.parquet", "_runs/x.json"])
+        ['sub']
+    """
+    markers = (MANIFEST_NAME, SUCCESS_NAME, LOCK_NAME)
+    found = {posixpath.dirname(rel) for rel in relpaths if posixpath.basename(rel) in markers}
+    found.discard("")
+    found = {f for f in found if f.split("/")[0] not in (STAGING_DIR, RUNS_DIR)}
+    return sorted(f for f in found if not any(f.startswith(o + "/") for o in found))
 
 
 def not_empty_error(files: int, path: str, scope: str = "") -> OutputError:

@@ -137,3 +137,47 @@ def test_every_run_is_kept_listed_and_diffable_by_id(tmp_path: Path, cluster: st
     unknown = subprocess.run([str(BIN), "diff", "--in", str(out), "1999", first.manifest.run.id],
                              capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1 and "no run with id '1999'" in unknown.stderr
+
+
+def test_overwrite_never_empties_another_output_nested_inside(tmp_path: Path, cluster: str) -> None:
+    """Issue 26, item 1: ``score -o X/sub`` finished, then ``score -o X --overwrite`` removed every file of
+    X/sub ("its input is gone", false) and exited 0, leaving X/sub/_SUCCESS over a manifest of missing files.
+    The outer run is refused, naming the nested output, before anything is touched; a filter that leaves the
+    nested output out of the run's scope still runs and leaves it alone."""
+    outer = tmp_path / "scored"
+    inner = outer / DAY1
+    common = {"model": str(SAMPLE_MODEL), "input": str(SAMPLE_DATA), "scheduler": cluster}
+    batchserve.score(**common, output=str(inner), filter=[DAY1])
+    before = _bytes_under(inner)
+    assert "_SUCCESS" in before and sum(k.endswith(".parquet") for k in before) == 2
+    with pytest.raises(OutputError, match=f"another batchserve output, {DAY1}/") as info:
+        batchserve.score(**common, output=str(outer), overwrite=True)
+    assert "\n" not in str(info.value)
+    assert _bytes_under(inner) == before
+    assert not (outer / "_SUCCESS").exists()
+    with pytest.raises(OutputError, match=f"another batchserve output, {DAY1}/"):
+        batchserve.score(**common, output=str(outer), resume=True)
+    assert _bytes_under(inner) == before
+    # day 2 only: the nested day-1 output lies outside this run's scope
+    done = batchserve.score(**common, output=str(outer), filter=[DAY2], overwrite=True)
+    assert {e.relpath.split("/")[0] for e in done.manifest.outputs} == {DAY2}
+    assert _bytes_under(inner) == before
+
+
+def test_a_live_lock_below_the_output_is_respected(tmp_path: Path) -> None:
+    """Issue 26, item 1: with the inner run still going, both runs exited 0. A live run's lock anywhere below
+    the output refuses the outer run, as a live lock above it already did."""
+    import os
+    import socket
+
+    from batchserve.errors import LockedError
+
+    outer = tmp_path / "scored"
+    (outer / "sub").mkdir(parents=True)
+    (outer / "sub" / "_batchserve.lock").write_text(json.dumps(
+        {"run_id": "r-inner", "host": socket.gethostname(), "pid": os.getpid(), "user": "t",
+         "started_at": "20261207T000000Z"}))
+    with pytest.raises(LockedError, match=r"writing sub/ inside this output \(run r-inner"):
+        batchserve.score(model=str(SAMPLE_MODEL), input=str(SAMPLE_DATA), output=str(outer), overwrite=True,
+                         workers=1)
+    assert sorted(p.name for p in outer.rglob("*")) == ["_batchserve.lock", "sub"]

@@ -13,6 +13,7 @@ import getpass
 import json
 import logging
 import os
+import posixpath
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -123,6 +124,7 @@ def survey_output(cfg: ScoreConfig) -> OutputSurvey:
     scope = run_scope(cfg)
     entries = io.output_files(cfg.output, storage)
     content = [rel for rel in layout.content(entries) if scope.owns(rel)]
+    _refuse_nested_outputs(cfg, content)
     if content and not (cfg.overwrite or cfg.resume):
         raise layout.not_empty_error(len(content), cfg.output, scope=" and ".join(cfg.filter))
     if not content:
@@ -141,6 +143,31 @@ def survey_output(cfg: ScoreConfig) -> OutputSurvey:
             path=cfg.output,
         )
     return OutputSurvey(previous, frozenset(listed | set(stamped)), scope, stamped)
+
+
+def _refuse_nested_outputs(cfg: ScoreConfig, content: list[str]) -> None:
+    """Another output inside this run's scope (its markers in a subfolder) is never ours to count, replace or
+    remove: its manifest owns its files. A live run writing there is a :class:`LockedError` (as a live lock
+    above this output already is); a finished or dead one is refused, naming it, before anything is touched."""
+    nested = layout.nested_outputs(content)
+    if not nested:
+        return
+    for rel in content:
+        if posixpath.basename(rel) != LOCK_NAME or "/" not in rel:
+            continue
+        try:
+            other = json.loads(io.read_text(io.join_url(cfg.output, rel), cfg.storage))
+        except (ValueError, BatchserveError):
+            other = {}
+        if isinstance(other, dict) and lock_is_live(other):
+            raise LockedError(
+                f"another batchserve run is writing {posixpath.dirname(rel)}/ inside this output (run "
+                f"{other.get('run_id')}, pid {other.get('pid')} on {other.get('host')}); wait for it, or write "
+                "this output elsewhere", path=cfg.output)
+    raise OutputError(
+        f"output holds another batchserve output, {nested[0]}/ (its own {MANIFEST_NAME} or {SUCCESS_NAME}), inside "
+        "this run's scope; its manifest owns those files, so no run may replace or remove them: write to a folder "
+        "beside it, or move it out first", path=cfg.output)
 
 
 def _previous_manifest(cfg: ScoreConfig, present: bool) -> manifest.Manifest | None:
