@@ -358,3 +358,49 @@ def test_precomputed_only_and_duplicate_keys(setup: dict, nightly: dict, tmp_pat
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "key 'b' appears more than once" in done.stderr
+
+
+def test_logs_of_a_model_with_an_hour_feature_read_back_in_every_hive_reader(tmp_path: Path) -> None:
+    """Issue 26, item 2: the log's ``hour=HH/`` folders collided with the sample model's ``hour`` feature:
+    pyarrow refused the dataset and polars read every logged hour as the hour it was logged. The folders'
+    keys are the log's own (``log_date``/``log_hour``); what was sent reads back, in both readers."""
+    import polars as pl
+
+    from tests.conftest import SAMPLE_MODEL
+
+    features = ["amount", "hour", "merchant_category", "distance_km", "card_age_days", "n_tx_24h", "is_online",
+                "is_foreign"]
+    rng = np.random.default_rng(7)
+    x = np.column_stack([rng.gamma(2, 30, 50), rng.integers(0, 24, 50), rng.integers(0, 10, 50),
+                         rng.gamma(1, 5, 50), rng.integers(1, 3000, 50), rng.integers(0, 20, 50),
+                         rng.integers(0, 2, 50), rng.integers(0, 2, 50)]).astype(np.float32)
+    logs = tmp_path / "logs"
+    server = Server(["--model", str(SAMPLE_MODEL), "--name", "fraud", "--log-requests", str(logs),
+                     "--log-flush-seconds", "3600", "--no-access-log"])
+    doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    assert server.json("POST", "/v2/models/fraud/infer", doc)[0] == 200
+    assert server.stop() == 0
+    files = list(logs.rglob("*.parquet"))
+    assert files and all(f.parent.name.startswith("log_hour=") and f.parent.parent.name.startswith("log_date=")
+                         for f in files)
+    by_pyarrow = ds.dataset(logs, format="parquet", partitioning="hive").to_table()
+    by_polars = pl.read_parquet(logs / "**/*.parquet", hive_partitioning=True)
+    for name in ("hour", "amount"):
+        sent = x[:, features.index(name)].astype(np.float64)
+        np.testing.assert_array_equal(by_pyarrow.column(name).to_numpy(), sent)
+        np.testing.assert_array_equal(by_polars[name].to_numpy(), sent)
+    assert by_polars["log_hour"].n_unique() >= 1 and "log_date" in by_pyarrow.column_names
+
+
+def test_a_logged_column_named_as_a_partition_key_is_refused_at_startup(tmp_path: Path) -> None:
+    """A feature called ``log_hour`` would be read as the folder's key again: one line, before listening."""
+    x = frame(200, seed=3)
+    names = ["f0", "f1", "f2", "f3", "f4", "log_hour"]
+    data, _ = models.logreg(x, (x[:, 0] > 0).astype(np.int64), zipmap=False, names=names)
+    (tmp_path / "m.onnx").write_bytes(data)
+    done = subprocess.run([sys.executable, "-m", "batchserve", "serve", "--model", str(tmp_path / "m.onnx"),
+                           "--port", "0", "--log-requests", str(tmp_path / "logs")], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert "'log_hour'" in errors[0] and "partition" in errors[0] and "listening" not in done.stderr

@@ -3,7 +3,7 @@
 One row per scored row: ``request_id``, ``received_at`` (UTC), ``model_version``, the features as the
 feature plan names them (the values the model saw), the predictions as ``score`` writes them, and with
 a challenger ``challenger_version`` and its predictions (``challenger_`` before each name). Files land
-in ``date=YYYY-MM-DD/hour=HH/`` folders, one per flush, written under ``_temporary/`` and then moved
+in ``log_date=YYYY-MM-DD/log_hour=HH/`` folders, one per flush, written under ``_temporary/`` and then moved
 into place (io's staged writer, as ``score`` commits), so a reader never sees half a file.
 
 Logging never slows or fails a request: rows wait in a bounded buffer; a writer thread flushes every
@@ -29,16 +29,38 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchserve import io
-from batchserve.errors import BatchserveError
+from batchserve.errors import BatchserveError, ConfigError
 from batchserve.layout import STAGING_DIR
 from batchserve.online.telemetry import Telemetry
 
-__all__ = ["RequestLog", "SAMPLE_KEY"]
+__all__ = ["RequestLog", "SAMPLE_KEY", "PARTITION_KEYS", "check_log_columns"]
 
 log = logging.getLogger("batchserve.serve")
 #: Parquet footer key recording the share of requests the file's rows were sampled from.
 SAMPLE_KEY = b"batchserve.log_sample"
 _WARN_EVERY = 60.0
+#: The hive keys of the log's folders. Not ``date``/``hour``: hive readers put a folder's key in place of a
+#: column of the same name (polars read every logged ``hour`` feature as the hour it was logged; pyarrow
+#: refused the dataset), and a feature called ``hour`` is common. A column with one of these names is
+#: refused at start-up (:func:`check_log_columns`).
+PARTITION_KEYS = ("log_date", "log_hour")
+_FOLDER_FORMAT = f"{PARTITION_KEYS[0]}=%Y-%m-%d/{PARTITION_KEYS[1]}=%H"
+
+
+def check_log_columns(names: list[str]) -> None:
+    """The columns a log row will have: each named once, none named as a partition key, or one line."""
+    for name in names:
+        if name in PARTITION_KEYS:
+            raise ConfigError(f"--log-requests: the logged column {name!r} has the name of the log's partition "
+                              f"folders ({'=, '.join(PARTITION_KEYS)}=), which hive readers would read in its place; "
+                              "rename the feature or output (--features) to log this model")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"--log-requests: two logged columns are named {name!r} (a feature, an output or "
+                              "one of request_id, received_at, model_version, challenger_*); one would hide the "
+                              "other in the log: rename one (--features) to log this model")
+        seen.add(name)
 
 
 class RequestLog:
@@ -171,7 +193,7 @@ class RequestLog:
 
     def write(self, table: pa.Table) -> None:
         """One file per (date, hour) of ``received_at`` in ``table``, each staged then moved into place."""
-        hours = pc.strftime(table.column("received_at"), format="date=%Y-%m-%d/hour=%H")
+        hours = pc.strftime(table.column("received_at"), format=_FOLDER_FORMAT)
         for folder in pc.unique(hours).to_pylist():
             part = table.filter(pc.equal(hours, folder))
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")

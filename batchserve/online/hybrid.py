@@ -12,12 +12,12 @@ from batchserve import drift, io, manifest, model, reference
 from batchserve.config import ServeConfig
 from batchserve.errors import InputError
 from batchserve.online.batcher import AnswerHook
-from batchserve.online.capture import RequestLog
+from batchserve.online.capture import RequestLog, check_log_columns
 from batchserve.online.live_drift import LiveDrift
 from batchserve.online.precomputed import Precomputed
 from batchserve.online.shadow import OnlineShadow
 from batchserve.online.slots import Served, Slots, model_name
-from batchserve.online.tap import Answered, Tap
+from batchserve.online.tap import Answered, Tap, log_columns
 from batchserve.online.telemetry import Telemetry
 
 __all__ = ["Hybrid", "hybrid_parts", "load_reference"]
@@ -75,6 +75,8 @@ def hybrid_parts(cfg: ServeConfig, telemetry: Telemetry, executor: concurrent.fu
                                output_order=[o.name for o in served.info.outputs])
     request_log = None
     if cfg.log_requests:
+        challenger_schema = parts.challenger.current.prediction_schema if parts.challenger else None
+        check_log_columns(log_columns(served.plan, served.prediction_schema.names, challenger_schema))
         request_log = RequestLog(cfg.log_requests, cfg.storage, sample=cfg.log_sample, flush_rows=cfg.log_flush_rows,
                                  flush_seconds=cfg.log_flush_seconds, buffer_rows=cfg.log_buffer_rows,
                                  telemetry=telemetry, model=name)

@@ -27,7 +27,7 @@ from batchserve.online.live_drift import LiveDrift
 from batchserve.online.shadow import OnlineShadow
 from batchserve.online.telemetry import Telemetry
 
-__all__ = ["Answered", "Tap"]
+__all__ = ["Answered", "Tap", "log_columns"]
 
 log = logging.getLogger("batchserve.serve")
 _WARN_EVERY = 60.0
@@ -61,6 +61,16 @@ def _merged(items: list[Answered]) -> Answered:
     preds = {k: predictions.Prediction(np.concatenate([a.preds[k].values for a in items]), p.labels)
              for k, p in first.preds.items()}
     return Answered(first.version, tuple(r for a in items for r in a.requests), feeds, preds)
+
+
+def log_columns(plan: scoring.FeaturePlan, prediction_names: list[str], challenger_schema: pa.Schema | None,
+                ) -> list[str]:
+    """The names of a request log row's columns, in order (:meth:`Tap._log_rows` makes them)."""
+    names = ["request_id", "received_at", "model_version", *(c for b in plan.bindings for c in b.columns),
+             *prediction_names]
+    if challenger_schema is not None:
+        names += ["challenger_version", *("challenger_" + f.name for f in challenger_schema)]
+    return names
 
 
 class Tap:
