@@ -140,13 +140,29 @@ def _info(root: str, v: int, record: dict[str, Any] | None, registered: bool,
     return VersionInfo(v, True, None, record or {})
 
 
-def versions(root: str, storage: Mapping[str, Any]) -> list[VersionInfo]:
+def _verified(root: str, info: VersionInfo, storage: Mapping[str, Any]) -> VersionInfo:
+    """``info``, incomplete when its ``model.onnx`` no longer has the sha256 it was registered with (changed in
+    place after registering, same size or not): what ``resolve`` would refuse, said before an alias points at it."""
+    sha = info.record.get("sha256")
+    if not info.complete or not sha:
+        return info
+    data = io.read_bytes(io.join_url(root, str(info.version), MODEL_FILE), storage)
+    if model.sha256_hex(data) == sha:
+        return info
+    return dataclasses.replace(info, complete=False, problem=(
+        f"model.onnx does not match the sha256 in its version.json ({str(sha)[:12]}; the file has "
+        f"{model.sha256_hex(data)[:12]}): changed after registering"))
+
+
+def versions(root: str, storage: Mapping[str, Any], *, verify: bool = False) -> list[VersionInfo]:
     """Every integer version folder, oldest first, each complete or not (and why not): for
-    ``models show``; resolving a model reads only the versions it needs."""
+    ``models show``; resolving a model reads only the versions it needs. ``verify`` reads every model
+    file and checks its recorded sha256 (a file changed in place keeps its size)."""
     numbers = _numbers(root, storage)
     records = {v: _version_record(root, v, storage) for v in numbers}
     registered = any(r is not None for r in records.values())
-    return [_info(root, v, records[v], registered, storage) for v in numbers]
+    found = [_info(root, v, records[v], registered, storage) for v in numbers]
+    return [_verified(root, i, storage) for i in found] if verify else found
 
 
 def _event_numbers(root: str, storage: Mapping[str, Any]) -> list[int]:
@@ -357,6 +373,8 @@ def promote(root: str, version: int, alias: str, storage: Mapping[str, Any], *, 
     """Point ``alias`` at a complete ``version``; the event records where it pointed before."""
     _check_alias(alias, root)
     target = {v.version: v for v in versions(root, storage)}.get(version)
+    if target is not None:
+        target = _verified(root, target, storage)
     if target is None or not target.complete:
         why = "does not exist" if target is None else f"is incomplete: {target.problem}"
         raise ModelError(f"cannot promote version {version} to {alias!r}: it {why}", path=root)
@@ -389,21 +407,24 @@ def alias_stack(trail: list[Event], alias: str) -> list[int]:
 
 
 def rollback(root: str, alias: str, storage: Mapping[str, Any], *, actor: str, message: str | None,
-             to: int | None = None, dry_run: bool = False) -> Event:
+             to: int | None = None, dry_run: bool = False, expect: Event | None = None) -> Event:
     """Move ``alias`` back one step through its promotions (or to ``to``, an earlier one of them).
 
-    Compare-and-set on the state read first: if the alias moves between that read and the write
-    (another rollback or promote at the same moment), this one fails with one line instead of
-    stepping back from a state its user never saw. With ``dry_run`` the event is returned unwritten.
+    Compare-and-set: the move is from the alias's state as the caller saw it, ``expect`` (the event that
+    last moved it, from :func:`alias_target`), or else as this call reads it first, before anything
+    slower. The event is created exclusively at the trail's next sequence number, right after the alias's
+    last move is read again: if anything moved it since (another rollback or promote at the same
+    moment), that read sees the move, or the create loses to the mover and the retry sees it; either
+    way this one fails with one line instead of stepping back from a state its user never saw. With ``dry_run`` the event is returned unwritten.
     """
     _check_alias(alias, root)
+    seen = expect if expect is not None else _last_move(root, alias, _event_numbers(root, storage), storage)
     complete = {v.version: v for v in versions(root, storage) if v.complete}
-    seen = _last_move(root, alias, _event_numbers(root, storage), storage)
 
     def make(current: Event | None) -> Event:
         if current is None:
             raise ModelError(f"cannot roll back {alias!r}: it was never promoted", path=root)
-        if seen is not None and current.seq != seen.seq:
+        if seen is None or current.seq != seen.seq:
             raise ModelError(
                 f"cannot roll back {alias!r}: it moved meanwhile ({current.action} {current.from_version} -> "
                 f"{current.to_version} by {current.actor}, event {current.seq}); check `batchserve models history` "
@@ -424,8 +445,10 @@ def rollback(root: str, alias: str, storage: Mapping[str, Any], *, actor: str, m
                 path=root)
         else:
             back = below[-1]
-        if back not in complete:
-            raise ModelError(f"cannot roll back {alias!r} to version {back}: it is no longer complete", path=root)
+        target = _verified(root, complete[back], storage) if back in complete else None
+        if target is None or not target.complete:
+            why = f": {target.problem}" if target is not None else ""
+            raise ModelError(f"cannot roll back {alias!r} to version {back}: it is no longer complete{why}", path=root)
         return Event(0, utc_now(), actor, "rollback", alias, current.to_version, back,
                      complete[back].record.get("sha256"), message)
 

@@ -303,3 +303,85 @@ def test_an_event_the_registry_cannot_interpret_stops_resolution_with_one_line(t
         assert proc.returncode == 1, (args, proc.stderr)
         assert_one_error_line(proc, needle, "00000004.json")
     assert not (tmp_path / "o").exists()
+
+
+def test_rollbacks_released_together_from_one_state_move_the_alias_exactly_one_step(
+        tmp_path: Path, model_dir: dict) -> None:
+    """Issue 26, item 5: two ``registry.rollback`` calls released at the same instant both succeeded in 4 of
+    20 trials (3 -> 2 -> 1): the compare-and-set read the state it compared against after listing the
+    versions, late enough to see the other's move. Each caller here reads the alias's state, waits at a
+    barrier with the other, and rolls back from that state: in every one of 300 trials exactly one
+    succeeds and the alias stands one step back, whatever the scheduler does between the two."""
+    import shutil
+    import threading
+
+    template = tmp_path / "template"
+    data = Path(model_dir["logreg"][0]).read_bytes()
+    for _ in range(3):
+        registry.register(str(template), data, {}, actor="t", message=None)
+    for v in (1, 2, 3):
+        registry.promote(str(template), v, "production", {}, actor="t", message=None)
+    outcomes: dict[str, int] = {}
+    for trial in range(300):
+        repo = str(tmp_path / f"r{trial}")
+        shutil.copytree(template, repo)
+        barrier = threading.Barrier(2)
+        results: list[object] = [None, None]
+
+        def one(i: int, repo: str = repo, barrier: threading.Barrier = barrier,
+                results: list[object] = results) -> None:
+            seen = registry.alias_target(f"{repo}@production", {})
+            barrier.wait()
+            try:
+                results[i] = registry.rollback(repo, "production", {}, actor=f"t{i}", message=None, expect=seen)
+            except ModelError as exc:
+                results[i] = exc
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        won = [r for r in results if isinstance(r, registry.Event)]
+        lost = [r for r in results if isinstance(r, ModelError)]
+        assert len(won) == 1 and len(lost) == 1, (trial, results)
+        assert "moved meanwhile" in str(lost[0]) and "\n" not in str(lost[0])
+        moves = [(e.from_version, e.to_version) for e in registry.events(repo, {}) if e.action == "rollback"]
+        assert moves == [(3, 2)], (trial, moves)
+        assert registry.resolve(f"{repo}@production", {}).version == "2"
+        outcomes[won[0].actor] = outcomes.get(won[0].actor, 0) + 1
+        shutil.rmtree(repo)
+    assert sum(outcomes.values()) == 300
+
+
+def test_a_version_changed_after_registering_is_never_promoted_or_shown_complete(
+        tmp_path: Path, model_dir: dict) -> None:
+    """Issue 26, item 4: ``model.onnx`` changed in place (same size) was promoted, and ``models show`` called
+    it complete; serve then refused it on sha256 and ``score @champion`` failed. Promote, rollback, show, list
+    and validate all check the recorded sha256."""
+    repo = tmp_path / "fraud"
+    data = Path(model_dir["logreg"][0]).read_bytes()
+    for _ in range(2):
+        registry.register(str(repo), data, {}, actor="t", message=None)
+    registry.promote(str(repo), 1, "champion", {}, actor="t", message=None)
+    registry.promote(str(repo), 2, "champion", {}, actor="t", message=None)
+    changed = bytearray(data)
+    changed[-1] ^= 0xFF  # same size, other bytes
+    (repo / "1" / "model.onnx").write_bytes(bytes(changed))
+    assert (repo / "1" / "model.onnx").stat().st_size == len(data)
+    trail = len(registry.events(str(repo), {}))
+    proc = cli("models", "promote", str(repo), "1", "--alias", "candidate")
+    assert proc.returncode == 1
+    assert_one_error_line(proc, "cannot promote version 1", "changed after registering")
+    proc = cli("models", "rollback", str(repo), "--alias", "champion")
+    assert proc.returncode == 1
+    assert_one_error_line(proc, "cannot roll back 'champion' to version 1", "changed after registering")
+    assert len(registry.events(str(repo), {})) == trail
+    shown = json.loads(cli("models", "show", str(repo), "--json").stdout)
+    assert [(r["version"], r["complete"]) for r in shown] == [(1, False), (2, True)]
+    assert "changed after registering" in shown[0]["problem"]
+    assert "versions: 2 " in cli("models", "list", str(tmp_path)).stdout
+    write_dataset(tmp_path / "in", {"a.parquet": make_table(5)})
+    proc = cli("validate", "-m", f"{repo}@1", "-i", str(tmp_path / "in"))
+    assert proc.returncode == 1
+    assert_one_error_line(proc, "does not match the sha256 it was registered with")

@@ -110,7 +110,7 @@ def show(
 ) -> None:
     """Each version: complete or not, sha256, size, created, producer, opset, features, aliases on it."""
     opts = storage_options(storage_option, debug)
-    found = guard(debug, lambda: registry.versions(model, opts))
+    found = guard(debug, lambda: registry.versions(model, opts, verify=True))
     on = registry.aliases(guard(debug, lambda: registry.events(model, opts)))
     rows: list[dict[str, Any]] = [
         {"version": v.version, "complete": v.complete, "problem": v.problem, **dict(v.record),
@@ -144,7 +144,7 @@ def list_models(
 
     for name in guard(debug, lambda: io.list_dir(root, opts)):
         folder = io.join_url(root, name)
-        found = guard(debug, lambda f=folder: registry.versions(f, opts))  # type: ignore[misc]
+        found = guard(debug, lambda f=folder: registry.versions(f, opts, verify=True))  # type: ignore[misc]
         if not found:
             continue
         on = registry.aliases(guard(debug, lambda f=folder: registry.events(f, opts)))  # type: ignore[misc]
