@@ -250,3 +250,33 @@ def test_equal_footer_schemas_are_one_object(tmp_path: Path) -> None:
     assert same[0] is same[1] is same[2] is same[5]
     assert same[3] is not same[0] and same[4] is not same[0] and same[3] is not same[4]
     assert same[3].metadata == {b"k": b"v"} and same[4].field("x").type == pa.float32()
+
+
+@pytest.mark.parametrize("shape", ["same", "shorter"])
+def test_an_input_rewritten_in_place_while_read_is_one_data_error_never_torn_rows(tmp_path: Path, shape: str) -> None:
+    """Issue 26, item 6: a file rewritten in place (same inode, truncated then written) while pyarrow decoded
+    it was read torn: its new rows returned as if they were the file planned, or torn pages decoded until
+    the process died (SIGABRT, SIGSEGV). Every read is checked against the file as opened: the rewrite is
+    one DataError naming the file, before a byte of the new content is decoded."""
+    path = tmp_path / "in.parquet"
+    pq.write_table(make_table(3000, seed=1), path, row_group_size=500)
+    source = io.ParquetInput(str(path), {})
+    first = pq.read_table(path)
+    replacement = make_table(3000 if shape == "same" else 700, seed=2)
+    pq.write_table(replacement, path, row_group_size=500)  # O_TRUNC: the same inode, new bytes
+    with pytest.raises(DataError, match="input file changed while the run was reading it") as info:
+        got = pa.Table.from_batches(list(source.batches(columns=None, batch_size=500)))
+        assert got.equals(first), "new rows were returned as the planned file's"
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    # replaced by a rename: the opened inode's bytes are intact, but the file planned is gone (its link
+    # count, so its ctime, changed): the same one line, not a read of a file nobody can see any more
+    path2 = tmp_path / "in2.parquet"
+    pq.write_table(make_table(3000, seed=1), path2, row_group_size=500)
+    source = io.ParquetInput(str(path2), {})
+    pq.write_table(replacement, tmp_path / "new.parquet")
+    os.replace(tmp_path / "new.parquet", path2)
+    with pytest.raises(DataError, match="input file changed while the run was reading it"):
+        list(source.batches(columns=None, batch_size=500))
+    # untouched, it reads whole through the same checked reads
+    pq.write_table(make_table(3000, seed=1), path, row_group_size=500)
+    assert pa.Table.from_batches(list(io.ParquetInput(str(path), {}).batches(columns=None, batch_size=500))).equals(first)
