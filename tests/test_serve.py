@@ -161,6 +161,18 @@ def _x(**over: object) -> dict:
     (json.dumps(_x(data=[1, 2, "x", 4, 5, 6])).encode(), 400, "not FP32"),
     (json.dumps({**_x(), "outputs": [{"name": "nope"}]}).encode(), 400, "unknown output 'nope'"),
     (json.dumps(_x(shape=[1001, 6], data=[0.0] * 6006)).encode(), 413, "--max-rows 1,000"),
+    # issue 26, item 7: the model's input and per-feature inputs in one request was a 500 (IndexError)
+    (json.dumps({"inputs": [_x()["inputs"][0], {"name": "f0", "datatype": "FP32", "shape": [1], "data": [1]}]}
+                ).encode(), 400, "mixes the model's input 'X' with per-feature inputs ('f0'); send one or the other"),
+    # item 12: data and binary_data_size together was answered from the binary part, silently
+    (json.dumps(_x(parameters={"binary_data_size": 24})).encode(), 400,
+     "input 'X' has both data and parameters.binary_data_size"),
+    # item 14: parameters that are not an object were accepted when falsy
+    (json.dumps({**_x(), "parameters": []}).encode(), 400, "parameters must be an object, got []"),
+    (json.dumps({**_x(), "parameters": ""}).encode(), 400, 'parameters must be an object, got ""'),
+    (json.dumps(_x(parameters=0)).encode(), 400, "input 'X': parameters must be an object, got 0"),
+    (json.dumps({**_x(), "outputs": [{"name": "output_label", "parameters": False}]}).encode(), 400,
+     "output 'output_label': parameters must be an object, got false"),
 ])
 def test_bad_requests_get_a_4xx_naming_the_input_and_the_server_goes_on(
         server: Server, body: bytes, status: int, says: str) -> None:
@@ -270,6 +282,10 @@ def test_startup_failures_are_one_line_and_bad_settings_exit_2(repo: dict, tmp_p
     assert done.returncode == 2 and "--max-rows" in done.stderr
     done = serve("--model", repo["root"], "--tls-cert", "x.pem")
     assert done.returncode == 2 and "--tls-key" in done.stderr
+    for name in ("a/b", "../x", ".."):  # issue 26, item 13: it started, and the model was unreachable
+        done = serve("--model", repo["root"], "--name", name, "--port", "0")
+        assert done.returncode == 2 and "--name must be one URL path segment" in done.stderr, done.stderr
+        assert done.stderr.strip().count("\n") == 0 and "listening" not in done.stderr
     done = serve("--model", f"{repo['root']}@nosuchalias", "--port", "0")
     assert done.returncode == 1 and "unknown alias 'nosuchalias'" in done.stderr
 

@@ -404,3 +404,31 @@ def test_a_logged_column_named_as_a_partition_key_is_refused_at_startup(tmp_path
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
     assert done.returncode == 1 and len(errors) == 1, done.stderr
     assert "'log_hour'" in errors[0] and "partition" in errors[0] and "listening" not in done.stderr
+
+
+def test_nightly_key_errors_name_the_key(setup: dict, nightly: dict) -> None:
+    """Issue 26, items 10 and 11: a prediction column as --key was an internal error; a key alone that the run
+    did not score, or a key of the wrong type, answered "inputs disagree on the number of rows: []"."""
+    out = nightly["dir"] / "out"
+    done = subprocess.run([sys.executable, "-m", "batchserve", "serve", "--model", f"{setup['root']}@champion",
+                           "--port", "0", "--precomputed", str(out), "--key", "probabilities"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert "--key 'probabilities' is a prediction column" in errors[0] and "kept" in errors[0]
+    server = Server(["--model", f"{setup['root']}@champion", "--name", "fraud", "--precomputed", str(out),
+                     "--key", "id", "--no-access-log"])
+    try:
+        status, err = server.json("POST", "/v2/models/fraud/infer", {"inputs": [
+            {"name": "id", "datatype": "BYTES", "shape": [1], "data": ["nobody"]}]})
+        assert status == 404 and "key 'nobody' was not scored by run" in err["error"], err
+        assert "send the features with the key" in err["error"]
+        status, err = server.json("POST", "/v2/models/fraud/infer", {"inputs": [
+            {"name": "id", "datatype": "INT64", "shape": [1], "data": [5]}]})
+        assert status == 400 and err["error"] == ("input 'id' is INT64, but the key column 'id' of the nightly "
+                                                  "scores holds string: send it as BYTES"), err
+        status, _ = server.json("POST", "/v2/models/fraud/infer", {"inputs": [
+            {"name": "id", "datatype": "BYTES", "shape": [1], "data": [nightly["ids"][3]]}]})
+        assert status == 200
+    finally:
+        assert server.stop() == 0

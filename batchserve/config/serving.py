@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from batchserve.jobfile import load_job_file, parse_vars, substitute
 __all__ = ["ServeConfig", "resolve_serve_config", "is_loopback"]
 
 _DEVICES = ("auto", "cpu", "cuda")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 def is_loopback(host: str) -> bool:
@@ -101,6 +103,9 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ConfigError("--model is empty; name an ONNX file or a model repository")
+        if self.name and (not _NAME.match(self.name) or self.name in (".", "..")):
+            raise ConfigError(f"--name must be one URL path segment (letters, digits, _ . -), got {self.name!r}: "
+                              "it is the {name} in /v2/models/{name}/infer")
         kind, _, index = self.device.partition(":")
         if kind not in _DEVICES or (index and (kind != "cuda" or not index.isdigit())):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")

@@ -394,6 +394,7 @@ class ServeApp:
                 raise RequestError(f"request has no {self.precomputed.key!r} input; with --precomputed-only every "
                                    "request names its keys")
             return None
+        nightly.check_type(tensor.name, tensor.datatype)
         keys = [v.decode() if isinstance(v, bytes) else v for v in tensor.data.reshape(-1).tolist()]
         rows = nightly.find(keys)
         if -1 in rows:
@@ -401,6 +402,10 @@ class ServeApp:
             if self.cfg.precomputed_only:
                 self.telemetry.precomputed_lookups.labels("missing").inc()
                 raise RequestError(f"key {missing!r} was not scored by run {nightly.run_id}", status=404)
+            if len(request.inputs) == 1:  # the key alone: nothing to score it with online
+                self.telemetry.precomputed_lookups.labels("missing").inc()
+                raise RequestError(f"key {missing!r} was not scored by run {nightly.run_id}, and the request sends "
+                                   "no features to score it online: send the features with the key", status=404)
             self.telemetry.precomputed_lookups.labels("online").inc()
             return None
         self.telemetry.precomputed_lookups.labels("batch").inc()

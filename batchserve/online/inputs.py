@@ -85,6 +85,12 @@ def to_feeds(tensors: Sequence[Tensor], plan: scoring.FeaturePlan, max_rows: int
     if given == inputs:
         return _native(tensors, plan, n), n
     unknown = [x for x in names if x not in inputs and x not in plan.features]
+    native = sorted(given & (inputs - set(plan.features)))
+    per_feature = sorted(given & (set(plan.features) - inputs))
+    if native and per_feature and not unknown:
+        raise RequestError(f"request mixes the model's input {native[0]!r} with per-feature inputs "
+                           f"({', '.join(repr(f) for f in per_feature[:3])}{', ...' if len(per_feature) > 3 else ''}); "
+                           f"send one or the other: {describe_inputs(plan)}")
     if unknown:
         raise RequestError(f"unknown input {unknown[0]!r}"
                            + closest(unknown[0], sorted(inputs | set(plan.features)), quote=True)

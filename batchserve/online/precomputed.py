@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchserve import io, manifest
-from batchserve.errors import BatchserveError, InputError, SchemaError
+from batchserve.errors import BatchserveError, InputError, RequestError, SchemaError
 from batchserve.layout import MANIFEST_NAME, SUCCESS_NAME
 from batchserve.online.telemetry import Telemetry
 
@@ -60,6 +60,21 @@ class Nightly:
             return [int(p) if h else -1 for p, h in zip(pos, hit, strict=True)]
         return [self._bisect(k) for k in wanted]
 
+    def check_type(self, name: str, datatype: str) -> None:
+        """A request's key input must be of the key column's kind: BYTES for a string key, an integer
+        datatype for an integer key (a string key sent as INT64 used to fall through to online scoring,
+        with no features to score)."""
+        t = self.keys.type
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t):
+            ok, want = datatype == "BYTES", "BYTES"
+        elif pa.types.is_integer(t):
+            ok, want = datatype.startswith(("INT", "UINT")), "INT64"
+        else:
+            return
+        if not ok:
+            raise RequestError(f"input {name!r} is {datatype}, but the key column {name!r} of the nightly scores "
+                               f"holds {t}: send it as {want}")
+
     def _bisect(self, key: Any) -> int:
         lo, hi = 0, len(self.keys)
         while lo < hi:
@@ -90,6 +105,9 @@ def load_nightly(output: str, key: str, storage: Mapping[str, Any]) -> Nightly:
     m = manifest.loads(io.read_text(io.join_url(output, MANIFEST_NAME), storage), source=output)
     prefix = str(m.run.config.get("prefix") or "")
     wanted = [prefix + o["name"] for o in m.model.outputs]
+    if key in wanted:
+        raise InputError(f"--key {key!r} is a prediction column of the scored output; the key must be an input "
+                         "column the run kept (score --keep), such as a customer or transaction id", path=output)
     tables = []
     for entry in m.outputs:
         url = entry.path if "://" in entry.path or entry.path.startswith("/") else io.join_url(output, entry.relpath)

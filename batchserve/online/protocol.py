@@ -82,6 +82,19 @@ def _fail(message: str, status: int = 400) -> RequestError:
     return RequestError(message, status=status)
 
 
+def _parameters(doc: Mapping[str, Any]) -> Any:
+    """A ``parameters`` member: absent or ``null`` (as generated clients send an unset field) is none; any
+    other value that is not an object (``[]``, ``0``, ``false``, ``""``) is the caller's to see refused."""
+    value = doc.get("parameters")
+    return {} if value is None else value
+
+
+def _kind(value: Any) -> str:
+    """How a JSON value that should have been an object is named in an error (``[]``, ``0``, ``null``...)."""
+    shown = orjson.dumps(value).decode()
+    return shown if len(shown) <= 20 else type(value).__name__
+
+
 def load_json(body: bytes | memoryview) -> Any:
     try:
         return orjson.loads(body)
@@ -157,10 +170,12 @@ def _tensor(spec: Any, binary: memoryview, pos: int) -> tuple[Tensor, int]:
     dtype = DATATYPES[datatype]
     shape = _shape(spec, name)
     count = math.prod(shape)
-    params = spec.get("parameters") or {}
+    params = _parameters(spec)
     if not isinstance(params, dict):
-        raise _fail(f"input {name!r}: parameters must be an object")
+        raise _fail(f"input {name!r}: parameters must be an object, got {_kind(params)}")
     size = params.get("binary_data_size")
+    if size is not None and "data" in spec:
+        raise _fail(f"input {name!r} has both data and parameters.binary_data_size; send its values one way")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or pos + size > len(binary):
             raise _fail(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary) - pos} binary "
@@ -193,9 +208,9 @@ def _wanted(outputs: Any, binary_default: bool) -> tuple[tuple[str, bool], ...] 
         raise _fail("outputs must be a list of objects with a name")
     wanted = []
     for o in outputs:
-        params = o.get("parameters") or {}
+        params = _parameters(o)
         if not isinstance(params, dict):
-            raise _fail(f"output {o['name']!r}: parameters must be an object")
+            raise _fail(f"output {o['name']!r}: parameters must be an object, got {_kind(params)}")
         wanted.append((o["name"], bool(params.get("binary_data", binary_default))))
     return tuple(wanted)
 
@@ -216,9 +231,9 @@ def parse_infer(body: bytes | memoryview, header_length: int | None = None) -> I
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise _fail("request has no inputs (a list of tensors)")
-    params = doc.get("parameters") or {}
+    params = _parameters(doc)
     if not isinstance(params, dict):
-        raise _fail("parameters must be an object")
+        raise _fail(f"parameters must be an object, got {_kind(params)}")
     tensors = []
     pos = 0
     for spec in inputs:
