@@ -261,7 +261,7 @@ def test_a_store_that_goes_away_mid_run(setup: dict) -> None:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
                           aws_secret_access_key="testing")
         visible = [o["Key"] for o in s3.list_objects_v2(Bucket="logs")["Contents"] if "/_temporary/" not in o["Key"]]
-        assert visible and all(k.startswith("live/date=") for k in visible)
+        assert visible and all(k.startswith("live/log_date=") for k in visible)
         for k in visible:  # every visible file is whole (a staged one, under _temporary/, readers skip)
             body = s3.get_object(Bucket="logs", Key=k)["Body"].read()
             assert pq.read_table(pa.BufferReader(body)).num_rows > 0

@@ -21,7 +21,7 @@ from batchserve.config.values import SERVE_CONVERTERS, merge_layers, storage_dic
 from batchserve.errors import ConfigError, UsageError
 from batchserve.jobfile import load_job_file, parse_vars, substitute
 
-__all__ = ["ServeConfig", "resolve_serve_config", "is_loopback"]
+__all__ = ["ServeConfig", "resolve_serve_config", "is_loopback", "check_tls"]
 
 _DEVICES = ("auto", "cpu", "cuda")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -75,6 +75,13 @@ class ServeConfig:
     tls_key: str | None = None
     #: On SIGTERM/SIGINT: stop accepting, and give requests in flight this long to finish.
     drain_seconds: float = 30.0
+    #: Seconds a client has to send a request's headers (from its first byte, or from the connection's
+    #: opening) and, once they are in, its body; past either the connection is answered 408 and closed, so a
+    #: slow client cannot hold a connection and its buffers forever.
+    read_timeout: float = 30.0
+    #: Open connections at most; one more is answered 503 and closed at once (idle keep-alive ones close
+    #: after 30 s, slow ones after ``read_timeout``).
+    max_connections: int = 1024
     access_log: bool = True
     #: Hybrid serving. Request logs: a Parquet dataset (date=/hour= folders, a file per flush).
     log_requests: str | None = None
@@ -92,6 +99,9 @@ class ServeConfig:
     drift_threshold: tuple[str, ...] = ()
     #: A second model scored on the same rows after the answer (online shadow).
     challenger: str | None = None
+    #: The share of one core's time the challenger may take after the answer (a token bucket over the time
+    #: its runs take): rows beyond it go unshadowed, counted, so a slow challenger never slows the answers.
+    shadow_budget: float = 0.1
     #: Nightly scores served: the last committed run in this output, looked up by ``key``.
     precomputed: str | None = None
     key: str | None = None
@@ -117,7 +127,8 @@ class ServeConfig:
             raise ConfigError(f"--host must be an address or a host name, got {self.host!r}")
         bounds = {"workers": (1, 256), "max_batch_size": (1, 1 << 20), "max_queue_delay_us": (0, 1_000_000),
                   "inline_rows": (0, 1 << 20),
-                  "max_queue_rows": (1, 1 << 30), "max_body": (1024, 1 << 34), "max_rows": (1, 1 << 26)}
+                  "max_queue_rows": (1, 1 << 30), "max_body": (1024, 1 << 34), "max_rows": (1, 1 << 26),
+                  "max_connections": (1, 1 << 20)}
         for name, (lo, hi) in bounds.items():
             value = getattr(self, name)
             if not lo <= value <= hi:
@@ -125,7 +136,7 @@ class ServeConfig:
         if self.max_queue_rows < self.max_rows:
             raise ConfigError(f"--max-queue-rows ({self.max_queue_rows:,}) must hold at least one request of "
                               f"--max-rows ({self.max_rows:,})")
-        for name in ("poll_seconds", "drain_seconds"):
+        for name in ("poll_seconds", "drain_seconds", "read_timeout"):
             value = getattr(self, name)
             if not 0 < value <= 86_400:
                 raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 86400 seconds, got {value}")
@@ -140,6 +151,8 @@ class ServeConfig:
                               f"got {self.log_flush_rows:,}")
         if not 0 < self.log_flush_seconds <= 86_400:
             raise ConfigError(f"--log-flush-seconds must be between 0 and 86400, got {self.log_flush_seconds}")
+        if not 0 < self.shadow_budget <= 1:
+            raise ConfigError(f"--shadow-budget must be a share of one core above 0 and at most 1, got {self.shadow_budget}")
         if not 0 < self.log_sample <= 1:
             raise ConfigError(f"--log-sample must be a share above 0 and at most 1, got {self.log_sample}")
         window_rows, window_seconds = self.window
@@ -240,4 +253,33 @@ def resolve_serve_config(
     token = env.get("BATCHSERVE_TOKEN") or None
     if merged.get("token_file"):
         token = _read_token(merged["token_file"])
-    return ServeConfig(**merged, token=token)
+    cfg = ServeConfig(**merged, token=token)
+    if cfg.tls_cert is not None and cfg.tls_key is not None:
+        check_tls(cfg.tls_cert, cfg.tls_key)
+    return cfg
+
+
+def _pem(path: str, flag: str, marker: bytes, what: str) -> None:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+    except FileNotFoundError:
+        raise ConfigError(f"{flag} not found", path=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {flag}: {exc.strerror or exc}", path=path) from None
+    if marker not in head:
+        raise ConfigError(f"{flag} is not {what} in PEM form (no {marker.decode()} line)", path=path)
+
+
+def check_tls(cert: str, key: str) -> None:
+    """The certificate and its key load together, or one line naming the file, before anything listens (a bad
+    one used to be found by the first TLS handshake, after "listening on https" was said)."""
+    import ssl
+
+    _pem(cert, "--tls-cert", b"-----BEGIN CERTIFICATE-----", "a certificate")
+    _pem(key, "--tls-key", b"PRIVATE KEY-----", "a private key")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        raise ConfigError(f"--tls-key does not go with --tls-cert, or needs a passphrase ({reason})", path=key) from None

@@ -192,12 +192,22 @@ class ServeApp:
         except _Gone:
             self.telemetry.requests.labels(endpoint, "499").inc()
             return
+        except asyncio.CancelledError:
+            # Only the server cancels a request: when --drain-seconds ran out on SIGTERM. The client gets a
+            # JSON 503 it can retry elsewhere, and the log one line (not a traceback and a text/plain 500).
+            status, body = 503, {"error": "the server stopped before this request was answered (--drain-seconds "
+                                          f"{self.cfg.drain_seconds:g} ran out); retry it"}
+            extra = [(b"retry-after", b"1"), (b"connection", b"close")]
+            log.warning("request %s on %s cut off by the drain: answered 503", rid, path,
+                        extra={"fields": {"event": "drain_cut", "request_id": rid}})
         except BatchserveError as exc:
             status, body = exc.http_status, {"error": str(exc)}
             if status == 401:
                 extra = [(b"www-authenticate", b"Bearer")]
             elif status == 503:
                 extra = [(b"retry-after", b"1")]
+            elif status in (408, 413):  # the rest of the body may still be on its way: not read, so not kept
+                extra = [(b"connection", b"close")]
         except Exception as exc:
             status, body = 500, {"error": f"internal error (a bug in batchserve); request id {rid}"}
             log.error("internal error on %s %s, request id %s: %s: %s", method, path, rid, type(exc).__name__,
@@ -288,17 +298,23 @@ class ServeApp:
             raise RequestError(f"request body of {int(declared):,} bytes is over --max-body {limit:,}", status=413)
         chunks = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Gone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(f"request body is over --max-body {limit:,} bytes", status=413)
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            # A deadline for the whole body, not for each chunk: a byte a second would meet any idle timeout.
+            async with asyncio.timeout(self.cfg.read_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Gone
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestError(f"request body is over --max-body {limit:,} bytes", status=413)
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except TimeoutError:
+            raise RequestError(f"request body did not arrive within --read-timeout {self.cfg.read_timeout:g} s "
+                               f"({size:,} bytes came)", status=408) from None
 
     # --- handlers ------------------------------------------------------------------------------------
 

@@ -15,7 +15,10 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from batchserve import tuning
 from batchserve.config import ServeConfig, resolve_serve_config
@@ -24,7 +27,7 @@ from batchserve.logformat import JsonFormatter, formatter
 from batchserve.online.app import ServeApp
 from batchserve.online.slots import load_model
 
-__all__ = ["run", "app_from_environment", "bind"]
+__all__ = ["run", "app_from_environment", "bind", "GuardedProtocol"]
 
 log = logging.getLogger("batchserve.serve")
 _CONFIG_ENV = "_BATCHSERVE_SERVE_CONFIG"
@@ -45,11 +48,80 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: What the connection guard enforces, set from the settings in this process (the parent, or each worker
+#: process from its own settings: uvicorn hands the protocol class over by name).
+_LIMITS = {"read_timeout": 30.0, "max_connections": 1024}
+_warned: dict[str, float] = {}
+
+
+def _set_limits(cfg: ServeConfig) -> None:
+    _LIMITS.update(read_timeout=cfg.read_timeout, max_connections=cfg.max_connections)
+
+
+def _refuse(transport: Any, status: int, reason: str, message: str) -> None:
+    """Answer a connection that never became a request, and close it: a JSON error as every other."""
+    body = json.dumps({"error": message}).encode()
+    transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                    b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body))
+    transport.close()
+    now = time.monotonic()
+    if now - _warned.get(reason, -60.0) >= 60.0:  # a flood of slow clients is one line a minute
+        _warned[reason] = now
+        log.warning("refused a connection (%d): %s", status, message,
+                    extra={"fields": {"event": "connection_refused", "status": status}})
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with what it lacks against slow clients: a deadline for a request's
+    headers (from the connection's opening, or from the first byte of a request on a kept-alive one) and a
+    cap on open connections. The body's deadline is the app's (``ServeApp._body``). Module level: uvicorn's
+    worker processes receive it by name."""
+
+    _header_timer: Any = None
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        cap = int(_LIMITS["max_connections"])
+        if len(self.connections) > cap:
+            _refuse(transport, 503, "Service Unavailable",
+                    f"the server has --max-connections {cap} open connections; retry shortly")
+            return
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(_LIMITS["read_timeout"], self._headers_late)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            _refuse(self.transport, 408, "Request Timeout",
+                    f"request headers did not arrive within --read-timeout {_LIMITS['read_timeout']:g} s")
+
+
 def _uvicorn_config(cfg: ServeConfig, app: Any, **extra: Any) -> Any:
     import uvicorn
 
+    _set_limits(cfg)
     return uvicorn.Config(
-        app, host=cfg.host, port=cfg.port, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+        app, host=cfg.host, port=cfg.port, loop="uvloop", http=GuardedProtocol, lifespan="on", access_log=False,
         log_config=None, log_level="warning", timeout_graceful_shutdown=int(max(1, cfg.drain_seconds)),
         ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key, server_header=False, date_header=False,
         timeout_keep_alive=30, **extra)
@@ -108,6 +180,7 @@ def app_from_environment() -> ServeApp:
     raw = os.environ.get(_CONFIG_ENV)
     settings = json.loads(raw) if raw else {}
     cfg = resolve_serve_config(settings)
+    _set_limits(cfg)
     if raw:
         _setup_child_logging()
     return ServeApp(cfg, worker_index=os.getpid() % 1024 if cfg.workers > 1 else 0)
