@@ -415,7 +415,8 @@ def rollback(root: str, alias: str, storage: Mapping[str, Any], *, actor: str, m
     slower. The event is created exclusively at the trail's next sequence number, right after the alias's
     last move is read again: if anything moved it since (another rollback or promote at the same
     moment), that read sees the move, or the create loses to the mover and the retry sees it; either
-    way this one fails with one line instead of stepping back from a state its user never saw. With ``dry_run`` the event is returned unwritten.
+    way this one fails with one line instead of stepping back from a state its user never saw. With
+    ``dry_run`` the event is returned unwritten.
     """
     _check_alias(alias, root)
     seen = expect if expect is not None else _last_move(root, alias, _event_numbers(root, storage), storage)

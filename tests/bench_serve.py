@@ -146,6 +146,55 @@ def hybrid(work: Path, seconds: int) -> dict:
     return out
 
 
+def slow_shadow(work: Path, seconds: int, rounds: int = 3) -> dict:
+    """A challenger far slower than the sample model (a dense 8-4096-4096-1 MLP on its features, about 300x its
+    cost per row): with --shadow-budget the answers keep their throughput and p99 whatever the challenger
+    costs. The cases are interleaved over ``rounds`` rounds and the medians printed (single 5 s runs on two
+    cores moved by 10%)."""
+    sample = REPO / "sample_data/model"
+    script = lua(work, bodies(work, "hybrid", "input", 8)["json1"], None)
+    features = ["amount", "hour", "merchant_category", "distance_km", "card_age_days", "n_tx_24h", "is_online",
+                "is_foreign"]
+    slow, _ = models.mlp(len(features), hidden=(4096, 4096), seed=5)
+    (work / "slow-challenger.onnx").write_bytes(models.set_feature_names(slow, features))
+    flags = ["--challenger", str(work / "slow-challenger.onnx")]
+    cases = {"off": [], "slow shadow, --shadow-budget 0.1 (default)": flags,
+             "slow shadow, --shadow-budget 1 (no budget)": [*flags, "--shadow-budget", "1"]}
+    runs: dict[str, list[dict[str, float]]] = {case: [] for case in cases}
+    for _ in range(rounds):
+        for case, extra in cases.items():
+            server = Server(["--model", str(sample), "--no-access-log", *extra])
+            try:
+                url = server.url + "/v2/models/model/infer"
+                wrk(url, script, 32, 1)
+                r = wrk(url, script, 32, seconds)
+                if extra:
+                    r["skipped"] = _metric(server.url, "batchserve_serve_shadow_skipped_rows_total")
+                    r["answered"] = _metric(server.url, "batchserve_serve_rows_total")
+                runs[case].append(r)
+            finally:
+                server.stop()
+    med = {case: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for case, rs in runs.items()}
+    off = med["off"]
+    print(f"\n| slow challenger, 1 row, c=32, median of {rounds} | requests/s | vs off | p99 ms | p99 vs off | "
+          "rows unshadowed |\n|---|---|---|---|---|---|")
+    for case, r in med.items():
+        share = f"{r['skipped'] / r['answered']:.0%}" if "skipped" in r else "-"
+        print(f"| {case} | {r['rps']:,.0f} | {r['rps'] / off['rps']:.2f}x | {r['p99']:.2f} | "
+              f"{r['p99'] / off['p99']:.2f}x | {share} |")
+    return med
+
+
+def _metric(url: str, name: str) -> float:
+    text = urllib.request.urlopen(url + "/metrics", timeout=60).read().decode()
+    return next(float(ln.split()[1]) for ln in text.splitlines() if ln.startswith(name + " "))
+
+
+def _metric(url: str, name: str) -> float:
+    text = urllib.request.urlopen(url + "/metrics", timeout=60).read().decode()
+    return next(float(ln.split()[1]) for ln in text.splitlines() if ln.startswith(name + " "))
+
+
 def nightly(work: Path, rows: int, seconds: int) -> dict:
     """A scored output of ``rows`` keys: memory of the served columns against their Arrow size, and a
     lookup's latency (wrk, one key a request, --precomputed-only)."""
@@ -205,10 +254,17 @@ def main() -> None:
     ap.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure logging, shadow and nightly-score lookups")
     ap.add_argument("--nightly-rows", type=int, default=10_000_000)
+    ap.add_argument("--only-slow-shadow", action="store_true",
+                    help="measure only the slow-challenger cases (the shadow budget)")
+    ap.add_argument("--nightly", action=argparse.BooleanOptionalAction, default=True,
+                    help="with --hybrid, also measure nightly scores (memory at --nightly-rows keys)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install wrk, or make system-deps)")
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    if args.only_slow_shadow:
+        slow_shadow(work, args.seconds)
+        return
     built = build(work)
     report = {}
     print("| model | case | hand-written Starlette | batchserve serve | ratio |\n|---|---|---|---|---|")
@@ -252,7 +308,9 @@ def main() -> None:
         report[name] = results
     if args.hybrid:
         report["hybrid"] = hybrid(work, args.seconds)
-        report["nightly"] = nightly(work, args.nightly_rows, args.seconds)
+        report["slow_shadow"] = slow_shadow(work, args.seconds)
+        if args.nightly:
+            report["nightly"] = nightly(work, args.nightly_rows, args.seconds)
     out = REPO / "bench_out"
     out.mkdir(exist_ok=True)
     (out / "serve.json").write_text(json.dumps(report, indent=1))

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -163,3 +163,32 @@ def test_the_request_log_keeps_the_newest_rows_within_its_bound(tmp_path) -> Non
     rlog.close(timeout=10)
     assert _dropped(telemetry) == 90
     assert not kept or kept == list(range(90 - len(kept), 90))
+
+
+@settings(deadline=None, max_examples=200)
+@given(share=st.floats(0.001, 1.0), per_row=st.floats(1e-6, 0.05), fixed=st.floats(0.0, 0.02),
+       gaps=st.lists(st.floats(0.0, 0.5), min_size=1, max_size=200),
+       sizes=st.lists(st.integers(1, 5000), min_size=1, max_size=200))
+def test_the_shadow_budget_bounds_the_challengers_share_whatever_it_costs(
+        share: float, per_row: float, fixed: float, gaps: list[float], sizes: list[int]) -> None:
+    """Issue 26, item 3: over any run the challenger's time is at most ``share`` of the time passed, plus the
+    bucket's capacity and one chunk's cost (a chunk is priced after it ran). Chunks arrive after random gaps
+    and cost a fixed overhead plus a cost per row, as an ONNX session does."""
+    from batchserve.online.shadow import Budget
+
+    now = [0.0]
+    budget = Budget(share, clock=lambda: now[0])
+    spent, worst, scored = 0.0, 0.0, 0
+    for gap, rows in zip(gaps, sizes, strict=False):
+        now[0] += gap
+        k = budget.rows(rows)
+        assert 0 <= k <= rows
+        if k:
+            cost = fixed + per_row * k
+            budget.spend(k, cost)
+            now[0] += cost  # the after-answer thread is busy meanwhile
+            spent += cost
+            worst = max(worst, cost)
+            scored += k
+        assert spent <= share * now[0] + budget.capacity + worst + 1e-9
+    assert scored >= 1  # the first chunk is always scored: the bound above was about something

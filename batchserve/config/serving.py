@@ -152,7 +152,8 @@ class ServeConfig:
         if not 0 < self.log_flush_seconds <= 86_400:
             raise ConfigError(f"--log-flush-seconds must be between 0 and 86400, got {self.log_flush_seconds}")
         if not 0 < self.shadow_budget <= 1:
-            raise ConfigError(f"--shadow-budget must be a share of one core above 0 and at most 1, got {self.shadow_budget}")
+            raise ConfigError("--shadow-budget must be a share of one core above 0 and at most 1, got "
+                              f"{self.shadow_budget}")
         if not 0 < self.log_sample <= 1:
             raise ConfigError(f"--log-sample must be a share above 0 and at most 1, got {self.log_sample}")
         window_rows, window_seconds = self.window
@@ -282,4 +283,5 @@ def check_tls(cert: str, key: str) -> None:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password=lambda: b"")
     except (ssl.SSLError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or str(exc)
-        raise ConfigError(f"--tls-key does not go with --tls-cert, or needs a passphrase ({reason})", path=key) from None
+        raise ConfigError(f"--tls-key does not go with --tls-cert, or needs a passphrase ({reason})",
+                          path=key) from None

@@ -100,7 +100,7 @@ class ServeApp:
             return
         served = self._preloaded or self.slots.load()
         self._preloaded = None
-        hybrid = hybrid_parts(self.cfg, self.telemetry, self.executor, self._threads, self.slots.name, served)
+        hybrid = hybrid_parts(self.cfg, self.telemetry, self.executor, self.slots.name, served)
         if hybrid.tap is not None:
             self.slots.on_answer = hybrid.hook
         self.slots.start(served)

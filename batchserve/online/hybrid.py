@@ -55,17 +55,20 @@ class Hybrid:
         return on_answer
 
 
-def hybrid_parts(cfg: ServeConfig, telemetry: Telemetry, executor: concurrent.futures.Executor, threads: int,
-                 name: str, served: Served) -> Hybrid:
+def hybrid_parts(cfg: ServeConfig, telemetry: Telemetry, executor: concurrent.futures.Executor, name: str,
+                 served: Served) -> Hybrid:
     """Load and check everything the settings ask for beside ``served`` (blocking)."""
     parts = Hybrid()
     if cfg.challenger:
         ccfg = dataclasses.replace(cfg, model=cfg.challenger, name=model_name(cfg.challenger), features=None,
                                    features_override=False)
         # Its own telemetry: the served model's info and reload metrics stay the served model's.
-        parts.challenger = Slots(ccfg, Telemetry(), executor, threads, role="challenger")
+        # One intra-op thread: the challenger never takes more than one core at a time, and --shadow-budget
+        # bounds the share of that core's time it takes (a challenger ten times slower than the champion
+        # took the cores the answers needed: 0.40-0.64x of the champion's throughput).
+        parts.challenger = Slots(ccfg, Telemetry(), executor, 1, role="challenger")
         parts.challenger.start()
-        parts.shadow = OnlineShadow(parts.challenger, served.plan)
+        parts.shadow = OnlineShadow(parts.challenger, served.plan, budget=cfg.shadow_budget, telemetry=telemetry)
         parts.shadow.check()
     if cfg.reference:
         window_rows, window_seconds = cfg.window

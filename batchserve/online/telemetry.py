@@ -65,6 +65,8 @@ class Telemetry(BatchStats):
         self.tap_dropped = Counter("batchserve_serve_tap_dropped_rows",
                                    "Rows answered but dropped before the challenger, live drift and the request log "
                                    "saw them (the after-answer queue was full).", registry=r)
+        self.shadow_skipped = Counter("batchserve_serve_shadow_skipped_rows",
+                                      "Answered rows the challenger did not score: past --shadow-budget.", registry=r)
         self.log_rows = Counter("batchserve_serve_log_rows", "Rows written to the request log.", registry=r)
         self.log_files = Counter("batchserve_serve_log_files", "Request log files committed.", registry=r)
         self.log_failures = Counter("batchserve_serve_log_write_failures",
