@@ -307,6 +307,7 @@ def profile(
     features: Annotated[str | None, typer.Option(help=H("Columns to profile.", default="the model's features, else every numeric column", setting="features"))] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help=H("Also profile this model's predictions on the data.", setting="model"))] = None,
     model_version: Annotated[int | None, typer.Option(help=H("Version folder in a model repository.", setting="model_version"))] = None,
+    filter: Annotated[list[str] | None, typer.Option("--filter", help=H("Profile only files whose hive key=value folders match, e.g. 'log_date>=2026-11-27' (repeatable, all must hold).", setting="filter"))] = None,
     batch_size: Annotated[int | None, typer.Option(help=H("Rows per batch.", default=DEFAULT_BATCH_SIZE, setting="batch_size"))] = None,
     workers: Annotated[int | None, typer.Option(help=H("Local cluster size.", default="one per GPU, else cores/4", setting="workers"))] = None,
     scheduler: Annotated[str | None, typer.Option(help=H("Address of an existing Dask scheduler.", default="start a local cluster", setting="scheduler"))] = None,
@@ -322,8 +323,8 @@ def profile(
     def resolve() -> Any:
         flags: dict[str, Any] = {
             "input": input, "output": output, "features": columns(features), "model": model,
-            "model_version": model_version, "batch_size": batch_size, "workers": workers, "scheduler": scheduler,
-            "device": device, "prefix": prefix,
+            "model_version": model_version, "filter": filter, "batch_size": batch_size, "workers": workers,
+            "scheduler": scheduler, "device": device, "prefix": prefix,
             "storage_options": storage_flag(storage_option),
         }
         return resolve_config(flags, command="profile")
