@@ -434,6 +434,7 @@ def test_nightly_key_errors_name_the_key(setup: dict, nightly: dict) -> None:
         assert server.stop() == 0
 
 
+@pytest.mark.heavy  # a server with a slow challenger, requests one chunk at a time
 def test_a_slow_challenger_is_held_to_its_budget_and_every_skipped_row_is_counted(setup: dict,
                                                                                    tmp_path: Path) -> None:
     """Issue 26, item 3: a challenger ten times slower than the champion took the CPU the answers needed. The

@@ -18,6 +18,9 @@ import pytest
 from tests import models
 from tests.serving import REPO, Server
 
+#: Six server processes and raw-socket waits: in make test-heavy, which CI runs beside make test.
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+
 GOOD = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 6], "data": [0.1, 0.2, 1, 2, 0, 1.5]}]}
 
 

@@ -38,7 +38,8 @@ class Budget:
     scores as many rows as the tokens pay for at the cost per row measured so far; a chunk that costs more
     than was left drives the bucket below zero and the next chunks wait for it to refill. So over any
     stretch the challenger takes at most ``share`` of one core plus one chunk, whatever it costs per row
-    (and the first chunk, whose cost is not known yet, is a probe of a few rows).
+    (and the first chunk, whose cost is not known yet, is a probe of a few rows). A share of 1 is no
+    budget: every row the thread keeps up with is scored.
 
         >>> t = [0.0]
         >>> b = Budget(0.1, clock=lambda: t[0])
@@ -60,6 +61,8 @@ class Budget:
         self.per_row: float | None = None
 
     def rows(self, wanted: int) -> int:
+        if self.share >= 1:  # a whole core: all the one after-answer thread can take anyway, so no budget
+            return wanted
         now = self._clock()
         self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.share)
         self._last = now
