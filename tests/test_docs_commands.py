@@ -75,7 +75,7 @@ def test_every_documented_command_parses_as_written(where: str, cmd: str) -> Non
     cli = typer.main.get_command(app)
     try:
         parse(cli, words(cmd))
-    except Exception as exc:  # noqa: BLE001 - click's usage errors, or Exit for --help
+    except Exception as exc:  # click's usage errors, or Exit for --help
         if type(exc).__name__ != "Exit":
             pytest.fail(f"{where}: {cmd}\n  {type(exc).__name__}: {exc}")
 
