@@ -120,6 +120,7 @@ def test_requests_cut_off_by_the_drain_get_a_json_503_and_one_line_each(model: s
     assert server.json("POST", "/v2/models/m/infer", GOOD)[0] == 200
     server.proc.send_signal(15)
     answers = [_answer(s) for s in cut]
+    server.proc.wait(120)  # one SIGTERM: a second one during the interpreter's teardown would kill it
     assert server.stop() == 0
     for status, headers, body in answers:
         assert status == 503 and headers["content-type"] == "application/json" and headers["retry-after"] == "1"
