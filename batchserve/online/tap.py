@@ -144,11 +144,13 @@ class Tap:
                     rows += taken[-1].rows
                 self._rows -= rows
             shadow_only = self.live is None and self.request_log is None
-            if shadow_only and self.shadow is not None and not self.shadow.affords(rows):
-                # Only the shadow wants these rows and its budget pays for none: counted, and not merged or
-                # converted (that Python holds the GIL the event loop needs, for nothing).
-                self.shadow.skip(rows)
-                continue
+            if shadow_only and self.shadow is not None:
+                # Only the shadow wants these rows: merge and convert only the answered batches its budget
+                # pays for (a random pick of them), and count the rest. That Python holds the GIL the event
+                # loop needs; merging a whole chunk to score a few rows of it cost the answers' p99.
+                taken = self._affordable(taken, rows)
+                if not taken:
+                    continue
             try:
                 # Everything waiting in one pass: one challenger run, one log table, one summary buffer
                 # entry for many small batches. Per batch, the Python around them cost the server half its
@@ -158,6 +160,23 @@ class Tap:
             except Exception as exc:
                 log.error("after-answer processing failed: %s: %s", type(exc).__name__,
                           " ".join(str(exc).split())[:300], exc_info=log.isEnabledFor(logging.DEBUG))
+
+    def _affordable(self, taken: list[Answered], rows: int) -> list[Answered]:
+        """The answered batches the shadow's budget pays for now (whole ones, in order), the rest counted."""
+        assert self.shadow is not None
+        k = self.shadow.budget.rows(rows)
+        if k >= rows:
+            return taken
+        picked: list[int] = []
+        got = 0
+        for i in self._rng.sample(range(len(taken)), len(taken)) if k else ():
+            if got + taken[i].rows <= k or not picked:
+                picked.append(i)
+                got += taken[i].rows
+            if got >= k:
+                break
+        self.shadow.skip(rows - got)
+        return [taken[i] for i in sorted(picked)]
 
     def process(self, answered: Answered, started: float | None = None) -> None:
         """Shadow, summarise and log one chunk; ``started``: when a pass that is the shadow's alone began (what
