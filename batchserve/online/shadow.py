@@ -115,10 +115,6 @@ class OnlineShadow:
         batch = pa.RecordBatch.from_arrays([columns[f] for f in served.plan.features], names=list(served.plan.features))
         return scoring.batch_to_feeds(batch, served.plan)
 
-    def affords(self, rows: int) -> bool:
-        """Whether the budget pays for any of ``rows`` rows now."""
-        return self.budget.rows(rows) > 0
-
     def skip(self, rows: int) -> None:
         """Count rows the budget left unscored."""
         self.skipped_rows += rows
