@@ -136,6 +136,13 @@ class Tap:
                     if left <= 0:
                         break
                     self._cond.wait(left)
+                if self._shadow_only() and self.shadow is not None and self.shadow.budget.rows(self._rows) == 0:
+                    # Only the shadow wants what is queued and its budget pays for none of it: all of it is
+                    # counted at once, not popped batch by batch under the lock.
+                    skipped, self._rows = self._rows, 0
+                    self._queue.clear()
+                    self.shadow.skip(skipped)
+                    continue
                 taken = [self._queue.popleft()]
                 rows = taken[0].rows
                 while (self._queue and rows + self._queue[0].rows <= _CHUNK_ROWS
@@ -143,7 +150,7 @@ class Tap:
                     taken.append(self._queue.popleft())
                     rows += taken[-1].rows
                 self._rows -= rows
-            shadow_only = self.live is None and self.request_log is None
+            shadow_only = self._shadow_only()
             if shadow_only and self.shadow is not None:
                 # Only the shadow wants these rows: merge and convert only the answered batches its budget
                 # pays for (a random pick of them), and count the rest. That Python holds the GIL the event
@@ -161,18 +168,27 @@ class Tap:
                 log.error("after-answer processing failed: %s: %s", type(exc).__name__,
                           " ".join(str(exc).split())[:300], exc_info=log.isEnabledFor(logging.DEBUG))
 
+    def _shadow_only(self) -> bool:
+        return self.live is None and self.request_log is None
+
     def _affordable(self, taken: list[Answered], rows: int) -> list[Answered]:
-        """The answered batches the shadow's budget pays for now (whole ones, in order), the rest counted."""
+        """The answered batches the shadow's budget pays for now (whole ones, picked at random, in order), the
+        rest counted. Picked one draw at a time: the budget usually pays for a few of thousands, and a shuffle
+        of them all was Python holding the GIL."""
         assert self.shadow is not None
         k = self.shadow.budget.rows(rows)
         if k >= rows:
             return taken
-        picked: list[int] = []
+        picked: set[int] = set()
         got = 0
-        for i in self._rng.sample(range(len(taken)), len(taken)) if k else ():
-            if got + taken[i].rows <= k or not picked:
-                picked.append(i)
-                got += taken[i].rows
+        for _ in range(4 * len(taken) if k else 0):  # bounded: repeats are rare when few are picked
+            i = self._rng.randrange(len(taken))
+            if i in picked:
+                continue
+            if picked and got + taken[i].rows > k:
+                break
+            picked.add(i)
+            got += taken[i].rows
             if got >= k:
                 break
         self.shadow.skip(rows - got)
