@@ -192,3 +192,19 @@ def test_the_shadow_budget_bounds_the_challengers_share_whatever_it_costs(
             scored += k
         assert spent <= share * now[0] + budget.capacity + worst + 1e-9
     assert scored >= 1  # the first chunk is always scored: the bound above was about something
+
+
+@settings(deadline=None, max_examples=200)
+@given(batches=st.lists(st.tuples(st.sampled_from(["1", "2"]), st.integers(1, 9000)), max_size=60))
+def test_after_answer_chunks_keep_every_row_in_order_within_bounds(batches: list[tuple[str, int]]) -> None:
+    """The after-answer thread takes the whole queue at once and cuts it outside the lock: every answered
+    batch in one chunk, in order; a chunk holds one model version and at most 8,192 rows, or one batch."""
+    from batchserve.online.tap import _CHUNK_ROWS, Answered, _chunks
+
+    queued = [Answered(v, ((f"r{i}", 0, n, True),), {}, {}) for i, (v, n) in enumerate(batches)]
+    chunks = list(_chunks(queued))
+    assert [a for taken, _ in chunks for a in taken] == queued
+    for taken, rows in chunks:
+        assert rows == sum(a.rows for a in taken)
+        assert len({a.version for a in taken}) == 1
+        assert rows <= _CHUNK_ROWS or len(taken) == 1

@@ -3,7 +3,8 @@ never on a request's path: the challenger scores them (online shadow), live drif
 and the request log buffers them.
 
 The batcher hands each answered batch over with one append to a bounded queue (rows, not batches:
-``capacity_rows``); past it the oldest batches are dropped and counted
+``capacity_rows``; the thread takes all of it at once, so it holds at most that many rows more while it
+works through them); past it the oldest batches are dropped and counted
 (``batchserve_serve_tap_dropped_rows_total``): a slow challenger or a burst costs the shadow and the
 statistics some rows, never a request its latency.
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -47,7 +49,7 @@ class Answered:
     feeds: Mapping[str, np.ndarray]
     preds: Mapping[str, predictions.Prediction]
 
-    @property
+    @functools.cached_property
     def rows(self) -> int:
         return sum(r[2] for r in self.requests)
 
@@ -71,6 +73,21 @@ def log_columns(plan: scoring.FeaturePlan, prediction_names: list[str], challeng
     if challenger_schema is not None:
         names += ["challenger_version", *("challenger_" + f.name for f in challenger_schema)]
     return names
+
+
+def _chunks(queued: Iterable[Answered]) -> Iterator[tuple[list[Answered], int]]:
+    """Consecutive answered batches cut into chunks of at most ``_CHUNK_ROWS`` rows (a batch larger than that
+    is a chunk of its own) and one model version each (a swap starts a new chunk), with their rows."""
+    taken: list[Answered] = []
+    rows = 0
+    for a in queued:
+        if taken and (rows + a.rows > _CHUNK_ROWS or a.version != taken[0].version):
+            yield taken, rows
+            taken, rows = [], 0
+        taken.append(a)
+        rows += a.rows
+    if taken:
+        yield taken, rows
 
 
 class Tap:
@@ -136,37 +153,35 @@ class Tap:
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                if self._shadow_only() and self.shadow is not None and self.shadow.budget.rows(self._rows) == 0:
-                    # Only the shadow wants what is queued and its budget pays for none of it: all of it is
-                    # counted at once, not popped batch by batch under the lock.
-                    skipped, self._rows = self._rows, 0
-                    self._queue.clear()
-                    self.shadow.skip(skipped)
-                    continue
-                taken = [self._queue.popleft()]
-                rows = taken[0].rows
-                while (self._queue and rows + self._queue[0].rows <= _CHUNK_ROWS
-                       and self._queue[0].version == taken[0].version):  # a swap starts a new chunk
-                    taken.append(self._queue.popleft())
-                    rows += taken[-1].rows
-                self._rows -= rows
-            shadow_only = self._shadow_only()
-            if shadow_only and self.shadow is not None:
-                # Only the shadow wants these rows: merge and convert only the answered batches its budget
-                # pays for (a random pick of them), and count the rest. That Python holds the GIL the event
-                # loop needs; merging a whole chunk to score a few rows of it cost the answers' p99.
-                taken = self._affordable(taken, rows)
-                if not taken:
-                    continue
-            try:
-                # Everything waiting in one pass: one challenger run, one log table, one summary buffer
-                # entry for many small batches. Per batch, the Python around them cost the server half its
-                # throughput under load (make bench-serve, the request-log case). With only the shadow on,
-                # the whole pass is the shadow's, and its budget pays for all of it.
-                self.process(_merged(taken), started=time.perf_counter() if shadow_only else None)
-            except Exception as exc:
-                log.error("after-answer processing failed: %s: %s", type(exc).__name__,
-                          " ".join(str(exc).split())[:300], exc_info=log.isEnabledFor(logging.DEBUG))
+                # Everything queued, taken with one swap: the event loop's put() waits on this lock, so
+                # nothing slower than that happens under it (popping thousands of batches one by one here
+                # stalled the answers).
+                queued, self._queue = self._queue, collections.deque()
+                rows, self._rows = self._rows, 0
+            if self._shadow_only() and self.shadow is not None and self.shadow.budget.rows(rows) == 0:
+                self.shadow.skip(rows)  # only the shadow wants these, and its budget pays for none: counted
+                continue
+            for taken, n in _chunks(queued):
+                self._pass(taken, n)
+
+    def _pass(self, taken: list[Answered], rows: int) -> None:
+        shadow_only = self._shadow_only()
+        if shadow_only and self.shadow is not None:
+            # Only the shadow wants these rows: merge and convert only the answered batches its budget
+            # pays for (a random pick of them), and count the rest. That Python holds the GIL the event
+            # loop needs; merging a whole chunk to score a few rows of it cost the answers' p99.
+            taken = self._affordable(taken, rows)
+            if not taken:
+                return
+        try:
+            # Everything waiting in one pass: one challenger run, one log table, one summary buffer
+            # entry for many small batches. Per batch, the Python around them cost the server half its
+            # throughput under load (make bench-serve, the request-log case). With only the shadow on,
+            # the whole pass is the shadow's, and its budget pays for all of it.
+            self.process(_merged(taken), started=time.perf_counter() if shadow_only else None)
+        except Exception as exc:
+            log.error("after-answer processing failed: %s: %s", type(exc).__name__,
+                      " ".join(str(exc).split())[:300], exc_info=log.isEnabledFor(logging.DEBUG))
 
     def _shadow_only(self) -> bool:
         return self.live is None and self.request_log is None
