@@ -73,11 +73,16 @@ def _refuse(transport: Any, status: int, reason: str, message: str) -> None:
 
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with what it lacks against slow clients: a deadline for a request's
-    headers (from the connection's opening, or from the first byte of a request on a kept-alive one) and a
-    cap on open connections. The body's deadline is the app's (``ServeApp._body``). Module level: uvicorn's
-    worker processes receive it by name."""
+    headers (from the connection's opening, or from the first byte of a request on a kept-alive one), then
+    one for its body, each ``--read-timeout``; and a cap on open connections. Module level: uvicorn's
+    worker processes receive it by name.
 
-    _header_timer: Any = None
+    No timer per request: each connection notes when its current phase began (one attribute), and one
+    sweep per process closes the late ones (``_sweep``). A timer armed and cancelled per request, and an
+    ``asyncio.timeout`` around each body, cost the answers about a tenth of their throughput."""
+
+    _since: float | None = None
+    _phase = "headers"
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -86,34 +91,57 @@ class GuardedProtocol(HttpToolsProtocol):
             _refuse(transport, 503, "Service Unavailable",
                     f"the server has --max-connections {cap} open connections; retry shortly")
             return
-        self._arm()
-
-    def _arm(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(_LIMITS["read_timeout"], self._headers_late)
-
-    def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        _sweep(self.loop, self.connections)
+        self._since = self.loop.time()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm()
+        if self._since is None:  # a kept-alive connection's next request: its headers' deadline starts now
+            self._since = self.loop.time()
+        self._phase = "headers"
 
     def on_headers_complete(self) -> None:
-        self._disarm()
         super().on_headers_complete()
+        self._since, self._phase = self.loop.time(), "body"
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._since = None
 
-    def _headers_late(self) -> None:
-        self._header_timer = None
-        if not self.transport.is_closing():
-            _refuse(self.transport, 408, "Request Timeout",
-                    f"request headers did not arrive within --read-timeout {_LIMITS['read_timeout']:g} s")
+    def late(self) -> None:
+        """Past the deadline of its phase: a 408 if no answer has started, and the connection closed (an
+        app waiting for the body then sees the client gone)."""
+        self._since = None
+        limit = f"--read-timeout {_LIMITS['read_timeout']:g} s"
+        cycle = self.cycle
+        if self._phase == "headers":
+            _refuse(self.transport, 408, "Request Timeout", f"request headers did not arrive within {limit}")
+        elif cycle is None or not cycle.response_started:
+            _refuse(self.transport, 408, "Request Timeout", f"request body did not arrive within {limit}")
+        else:
+            self.transport.close()
+
+
+#: The loops that have a sweep running (one per process, unless a test runs several).
+_swept: set[int] = set()
+
+
+def _sweep(loop: Any, connections: set[Any]) -> None:
+    """Start, once per loop, the check that closes connections past their phase's deadline: every half
+    ``--read-timeout`` and at least every second, so a deadline is kept to within that."""
+    if id(loop) in _swept:
+        return
+    _swept.add(id(loop))
+
+    def check() -> None:
+        now, limit = loop.time(), _LIMITS["read_timeout"]
+        for conn in list(connections):
+            since = getattr(conn, "_since", None)
+            if since is not None and now - since > limit and not conn.transport.is_closing():
+                conn.late()
+        loop.call_later(min(1.0, limit / 2), check)
+
+    loop.call_later(min(1.0, _LIMITS["read_timeout"] / 2), check)
 
 
 def _uvicorn_config(cfg: ServeConfig, app: Any, **extra: Any) -> Any:
