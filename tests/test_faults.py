@@ -559,3 +559,34 @@ def test_an_input_rewritten_in_place_while_scored_always_ends_as_one_line(tmp_pa
             assert len(errors) == 1 and "a.parquet" in errors[0], err
             assert not (tmp_path / f"o{trial}" / "_SUCCESS").exists()
     assert 1 in codes, "no trial saw the rewrite: the test did not test anything"
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_overwrite_of_an_output_holding_a_live_run_is_refused_and_both_runs_stay_whole(
+        tmp_path: Path, slow_job) -> None:
+    """Issue 26, item 1, with real processes: ``score -o X/sub`` still going while ``score -o X --overwrite``
+    starts. Both exited 0, and X/sub's _SUCCESS stood over files the outer run had removed. The outer run
+    is refused (its one line names the live run below it) and the inner one finishes whole."""
+    model_path, inp, tables = slow_job
+    outer = tmp_path / "out"
+    inner_out = outer / "sub"
+    inner = start_cli(model_path, inp, inner_out, None)
+    try:
+        wait_for_commits(inner_out, 1, inner)
+        done = subprocess.run([str(BIN), "score", "--model", str(model_path), "--input", str(inp), "--output",
+                               str(outer), "--overwrite", "--batch-size", "1000"], capture_output=True, text=True,
+                              timeout=300)
+        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+        assert done.returncode == 1 and len(errors) == 1, done.stderr
+        assert "is writing sub/ inside this output" in errors[0], errors[0]
+        _, err = inner.communicate(timeout=300)
+    finally:
+        if inner.poll() is None:
+            inner.kill()
+            inner.communicate()
+    assert inner.returncode == 0, err
+    m = json.loads((inner_out / "_manifest.json").read_text())
+    assert (inner_out / "_SUCCESS").exists() and len(m["outputs"]) == len(tables)
+    assert all((inner_out / e["relpath"]).exists() for e in m["outputs"])
+    assert not (outer / "_SUCCESS").exists()
