@@ -19,7 +19,8 @@ Example::
 """
 
 # Modules: ``paths`` (URLs, globs, overlap, failures), ``reading`` (listing, footers, batches),
-# ``writing`` (staging, commit, atomic text, the lock's exclusive create).
+# ``stable`` (checked reads of a local file that may change underneath), ``writing`` (staging, commit,
+# atomic text, the lock's exclusive create).
 from __future__ import annotations
 
 from batchserve.io.paths import (

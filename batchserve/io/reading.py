@@ -4,7 +4,6 @@ retries, stream row groups, and small text artifacts."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import posixpath
 import random
@@ -32,6 +31,7 @@ from batchserve.io.paths import (
     is_local,
     to_url,
 )
+from batchserve.io.stable import CHANGED, InputChanged, StableLocalFile
 
 __all__ = [
     "isdir",
@@ -40,8 +40,6 @@ __all__ = [
     "Footer",
     "list_partitions",
     "ParquetInput",
-    "StableLocalFile",
-    "InputChanged",
     "read_footer",
     "with_retries",
     "read_footers",
@@ -211,64 +209,6 @@ def _check_utf8_name(rel: str, url: str) -> None:
                          "UTF-8 manifests)", path=url) from None
 
 
-class InputChanged(OSError):
-    """A local input changed (size, mtime or ctime) while it was being read."""
-
-
-_CHANGED = ("input file changed while the run was reading it; nothing of it was committed: re-run to score its "
-            "new content")
-
-
-class StableLocalFile(io.RawIOBase):
-    """A local file whose every read is checked: after each ``pread`` the open file's size, mtime and ctime
-    must still be what they were at open, or :class:`InputChanged` is raised before pyarrow sees the bytes.
-
-    Why: a file rewritten in place (same inode, truncated then written) while pyarrow decoded it gave torn
-    pages, and decoding torn pages ended the process with SIGABRT or SIGSEGV in 2 of 23 trials, with no
-    error line. Bytes that pass the check were read while the file was the one opened, so the decoder only
-    ever sees one version of it. A file replaced by a rename fails the check too (unlinking the opened
-    inode changes its ctime): its bytes are intact, but the file the run planned is gone. Reads are as
-    large as pyarrow's pre-buffered ranges, so the extra ``fstat`` per read is cheap.
-    """
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self._fd = os.open(path, os.O_RDONLY)
-        st = os.fstat(self._fd)
-        self._signature = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        self._size = st.st_size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._size}[whence]
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            size = max(0, self._size - self._pos)
-        data = os.pread(self._fd, size, self._pos)
-        st = os.fstat(self._fd)
-        if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != self._signature:
-            raise InputChanged(_CHANGED)
-        self._pos += len(data)
-        return data
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-        super().close()
-
-
 def _open_parquet(url: str, storage: Mapping[str, Any]) -> pq.ParquetFile:
     fs, path = _fs(url, storage)
     try:
@@ -281,7 +221,7 @@ def _open_parquet(url: str, storage: Mapping[str, Any]) -> pq.ParquetFile:
             return pq.ParquetFile(StableLocalFile(path), memory_map=False, pre_buffer=True)
         return pq.ParquetFile(fs.open(path, "rb"), pre_buffer=True)
     except InputChanged:
-        raise DataError(_CHANGED, path=url) from None
+        raise DataError(CHANGED, path=url) from None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, EOFError) as exc:
         if isinstance(exc, (FileNotFoundError, PermissionError)):
             raise _storage_failure(exc, url, "open the input file") from None
@@ -326,7 +266,7 @@ class ParquetInput:
                 yield from self._pf.iter_batches(batch_size=batch_size, row_groups=run, columns=cols,
                                                  use_threads=use_threads)
         except InputChanged:
-            raise DataError(_CHANGED, path=self.url) from None
+            raise DataError(CHANGED, path=self.url) from None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, EOFError) as exc:
             raise DataError(f"cannot decode Parquet data (corrupt or truncated?): {exc}", path=self.url) from None
         except OSError as exc:
