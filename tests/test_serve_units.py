@@ -208,3 +208,46 @@ def test_after_answer_chunks_keep_every_row_in_order_within_bounds(batches: list
         assert rows == sum(a.rows for a in taken)
         assert len({a.version for a in taken}) == 1
         assert rows <= _CHUNK_ROWS or len(taken) == 1
+
+
+def test_a_live_window_of_rows_holds_at_most_the_rows_asked_for() -> None:
+    """Issue 27, item 1: ``--drift-window 20000`` held 40,000 and then 47,500 rows (a chunk of up to 8,192 rows
+    went into one bucket whole), so a stream that had shifted entirely still read "ok". Rows are cut at
+    bucket boundaries: the window holds between 7/8 of the rows asked for and all of them, never more, and a
+    window of shifted rows alone reads drifted."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from batchserve import drift, manifest, model, predictions, scoring
+    from batchserve.config import ServeConfig
+    from batchserve.online.live_drift import LiveDrift
+    from batchserve.online.slots import load_model
+    from tests.conftest import SAMPLE_DATA, SAMPLE_MODEL
+
+    served = load_model(ServeConfig(model=str(SAMPLE_MODEL)), 1)
+    text = (SAMPLE_MODEL.parent / "reference.json").read_bytes()
+    ref = manifest.load_reference(text.decode(), "reference.json", model.sha256_hex(text))
+    live = LiveDrift(served.plan, ref, drift.parse_policy((), ()), window_rows=20_000, window_seconds=None,
+                     output_order=[o.name for o in served.info.outputs])
+    table = ds.dataset(SAMPLE_DATA, format="parquet", partitioning="hive").to_table().slice(0, 8192 * 6)
+
+    def chunk(i: int, shift: float) -> None:
+        batch = table.slice(8192 * i, 8192).combine_chunks().to_batches()[0]
+        assert batch.num_rows == 8192
+        if shift:
+            amount = batch.schema.get_field_index("amount")
+            batch = batch.set_column(amount, "amount", pc.multiply(batch.column(amount), shift))
+        feeds = scoring.batch_to_feeds(batch, served.plan)
+        preds = {k: predictions.prediction_to_arrow(p) for k, p in served.run(feeds, batch.num_rows).items()}
+        live.add(feeds, preds, batch.num_rows)
+
+    for i in range(3):
+        chunk(i, 0.0)
+    rows = live.section()["rows"]
+    assert 17_500 <= rows <= 20_000, rows
+    for i in range(3, 6):  # 24,576 shifted rows: more than the window
+        chunk(i, 20.0)
+    section = live.section()
+    assert 17_500 <= section["rows"] <= 20_000, section["rows"]
+    assert "amount" in section["drift"]["drifted_features"], section["drift"]["drifted_features"]

@@ -6,8 +6,9 @@ prediction columns; they are summarised with :mod:`batchserve.statistics`, the f
 worker uses, a few thousand rows at a time (a summary costs about 0.5 ms a column whatever its rows).
 A feature counts as categorical when the model's input for it is not a float, which is what ``score``
 decides reading the request logs (they hold the values the model saw). The window is a ring of eight
-buckets (rows: ``window / 8`` each; minutes: an eighth of the span each): the oldest bucket leaves as a
-new one fills, so the figures cover between 7/8 of the window and all of it.
+buckets (rows: ``window / 8`` each, rows cut at bucket boundaries; minutes: an eighth of the span each):
+the oldest bucket leaves as a new one fills, so the figures cover between 7/8 of the window and all of
+it, and never more.
 """
 
 from __future__ import annotations
@@ -57,20 +58,38 @@ class LiveDrift:
         self._lock = threading.Lock()
 
     def add(self, feeds: Mapping[str, np.ndarray], preds: Mapping[str, pa.Array], rows: int) -> None:
-        """Rows answered (the arrays are kept until summarised, not copied)."""
+        """Rows answered (the arrays are kept until summarised, not copied). A window of rows is cut at row
+        boundaries: a chunk larger than what the current bucket has room for fills it and goes on into the
+        next ones, so the ring never holds more rows than the window (a chunk of 8,192 rows used to land in
+        one bucket of a 20,000-row window whole, and the window held twice what was asked)."""
         with self._lock:
-            self._roll(time.monotonic())
-            bucket = self._buckets[-1]
-            bucket.raw.append((feeds, preds, rows))
-            bucket.raw_rows += rows
-            bucket.rows += rows
-            if bucket.raw_rows >= _SUMMARY_ROWS:
-                self._summarise(bucket)
+            start = 0
+            while start < rows:
+                self._roll(time.monotonic())
+                bucket = self._buckets[-1]
+                take = rows - start
+                if self.window_rows is not None:
+                    take = min(take, max(1, self._bucket_rows() - bucket.rows))
+                if start or take < rows:
+                    part = ({k: v[start:start + take] for k, v in feeds.items()},
+                            {k: v.slice(start, take) for k, v in preds.items()}, take)
+                else:
+                    part = (feeds, preds, rows)
+                bucket.raw.append(part)
+                bucket.raw_rows += take
+                bucket.rows += take
+                if bucket.raw_rows >= _SUMMARY_ROWS:
+                    self._summarise(bucket)
+                start += take
+
+    def _bucket_rows(self) -> int:
+        assert self.window_rows is not None
+        return max(1, self.window_rows // _BUCKETS)
 
     def _roll(self, now: float) -> None:
         current = self._buckets[-1]
         if self.window_rows is not None:
-            full = current.rows >= max(1, self.window_rows // _BUCKETS)
+            full = current.rows >= self._bucket_rows()
         else:
             assert self.window_seconds is not None
             full = now - current.started >= self.window_seconds / _BUCKETS
