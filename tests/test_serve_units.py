@@ -215,7 +215,6 @@ def test_a_live_window_of_rows_holds_at_most_the_rows_asked_for() -> None:
     went into one bucket whole), so a stream that had shifted entirely still read "ok". Rows are cut at
     bucket boundaries: the window holds between 7/8 of the rows asked for and all of them, never more, and a
     window of shifted rows alone reads drifted."""
-    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 

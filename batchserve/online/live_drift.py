@@ -70,11 +70,10 @@ class LiveDrift:
                 take = rows - start
                 if self.window_rows is not None:
                     take = min(take, max(1, self._bucket_rows() - bucket.rows))
+                part: tuple[Mapping[str, np.ndarray], Mapping[str, pa.Array], int] = (feeds, preds, rows)
                 if start or take < rows:
                     part = ({k: v[start:start + take] for k, v in feeds.items()},
                             {k: v.slice(start, take) for k, v in preds.items()}, take)
-                else:
-                    part = (feeds, preds, rows)
                 bucket.raw.append(part)
                 bucket.raw_rows += take
                 bucket.rows += take
