@@ -481,3 +481,32 @@ def test_a_slow_challenger_is_held_to_its_budget_and_every_skipped_row_is_counte
             h = np.maximum(h, 0)
         scale = np.abs(h).sum(axis=1) + scale
     np.testing.assert_array_less(np.abs(got[scored].astype(np.float64) - h[:, 0]), 1e-5 * scale + 1e-6)
+
+
+@pytest.mark.heavy  # a server, two promotions and two swaps
+def test_the_nightly_version_gap_is_checked_again_on_every_swap(setup: dict, nightly: dict, tmp_path: Path) -> None:
+    """Issue 27, item 4 (one part): the version-mismatch signal of --precomputed was checked only at start and
+    when a newer run committed; a promotion that swapped the served model left it stale either way."""
+    import shutil
+    import signal
+
+    root = tmp_path / "fraud"
+    shutil.copytree(setup["root"], root)  # this test's own repository: its promotions touch no other test
+    out = nightly["dir"] / "out"
+    scored_by = json.loads((out / "_manifest.json").read_text())["model"]["version"]
+    other = "2" if scored_by == "1" else "1"
+    registry.promote(str(root), int(scored_by), "champion", {}, actor="t", message=None)
+    server = Server(["--model", f"{root}@champion", "--name", "fraud", "--precomputed", str(out), "--key", "id",
+                     "--poll-seconds", "3600", "--no-access-log"])
+    try:
+        assert _metric(server, "batchserve_serve_precomputed_version_mismatch") == 0
+        for version, gap in ((other, 1), (scored_by, 0)):
+            mark = len(server.lines)
+            registry.promote(str(root), int(version), "champion", {}, actor="t", message=None)
+            server.proc.send_signal(signal.SIGHUP)
+            server.wait_for(f'"event": "swapped".*"to": "{version}"', since=mark, timeout=120)
+            assert _metric(server, "batchserve_serve_precomputed_version_mismatch") == gap
+            warned = [ln for ln in server.lines[mark:] if '"event": "precomputed_version_mismatch"' in ln]
+            assert bool(warned) == bool(gap), server.lines[mark:]
+    finally:
+        assert server.stop() == 0

@@ -122,6 +122,10 @@ class ServeApp:
                 self._tasks.append(loop.create_task(slots.follow()))
         if self.precomputed is not None:
             self._tasks.append(loop.create_task(self.precomputed.follow(self.cfg.poll_seconds, self.slots)))
+            nightly = self.precomputed
+            # A swap changes which version answers online: the nightly run's version is compared again
+            # (it used to be only at start and when a newer run committed).
+            self.slots.on_swap = lambda served: nightly.check_version(served.version)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
             loop.add_signal_handler(signal.SIGHUP, self._hup)
 

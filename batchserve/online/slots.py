@@ -118,6 +118,8 @@ class Slots:
         self.hup: asyncio.Event | None = None
         #: Where answered batches go after the answer (shadow, live drift, request log), if anywhere.
         self.on_answer: Callable[[Served], AnswerHook] | None = None
+        #: Told of every version swapped in (what depends on the served version checks itself again).
+        self.on_swap: Callable[[Served], None] | None = None
 
     @property
     def current(self) -> Served:
@@ -202,6 +204,8 @@ class Slots:
         log.info("swapped %s %s from version %s to %s%s", self.role, self.name, old.version, new.version, _moved(new),
                  extra={"fields": {"event": "swapped", "role": self.role, "from": old.version, "to": new.version,
                                    "alias_event": new.alias_event.as_dict() if new.alias_event else None}})
+        if self.on_swap is not None:
+            self.on_swap(new)
         assert old.batcher is not None
         await old.batcher.drained()
         old.loaded.close()
