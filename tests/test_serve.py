@@ -316,3 +316,37 @@ def test_worker_processes_answer_and_log_as_their_parent(repo: dict) -> None:
         assert len({r["message"] for r in server.records() if r.get("event") == "serving"}) >= 1
     finally:
         assert server.stop() == 0
+
+
+def test_invocations_answer_in_the_form_accept_asks_for(server: Server) -> None:
+    """Issue 27, item 7 (one part): /invocations answered JSON whatever Accept said. CSV (a line a row, the
+    fields in order, no header) and JSON Lines carry the same values as JSON; an unserved form is a 406 that
+    scores nothing; q-values and wildcards pick as HTTP says."""
+    _, x = rows(3, seed=21)
+    body = "\n".join(",".join(repr(float(v)) for v in row) for row in x).encode()
+    head = {**AUTH, "Content-Type": "text/csv"}
+    status, got, raw = server.request("POST", "/invocations", body, head)
+    assert status == 200 and got["content-type"] == "application/json"
+    want = json.loads(raw)["predictions"]
+    assert len(want) == 3 and all(len(r) >= 2 for r in want)
+    status, got, raw = server.request("POST", "/invocations", body, {**head, "Accept": "text/csv"})
+    assert status == 200 and got["content-type"].startswith("text/csv") and got["x-model-version"] == "1"
+    lines = raw.decode().splitlines()
+    assert len(lines) == 3
+    for line, row in zip(lines, want, strict=True):
+        assert [float(c) for c in line.split(",")] == [float(v) for v in row.values()]
+    status, got, raw = server.request("POST", "/invocations", body, {**head, "Accept": "application/jsonlines"})
+    assert status == 200 and got["content-type"] == "application/jsonlines"
+    assert [json.loads(ln) for ln in raw.decode().splitlines()] == want
+    status, got, raw = server.request("POST", "/invocations", body, {**head, "Accept": "text/html, */*;q=0.1"})
+    assert status == 200 and json.loads(raw)["predictions"] == want
+    before = server.request("GET", "/metrics", None, AUTH)[2].decode()
+    status, _, raw = server.request("POST", "/invocations", body, {**head, "Accept": "image/png"})
+    assert status == 406 and list(json.loads(raw)) == ["error"]
+    assert "'image/png'" in json.loads(raw)["error"] and "text/csv" in json.loads(raw)["error"]
+    after = server.request("GET", "/metrics", None, AUTH)[2].decode()
+
+    def scored(text: str) -> float:
+        return sum(float(ln.split()[1]) for ln in text.splitlines() if ln.startswith("batchserve_serve_rows_total"))
+
+    assert scored(after) == scored(before)  # the 406 ran no inference

@@ -431,13 +431,14 @@ class ServeApp:
         return columns, len(rows), nightly.model_version, params
 
     async def _invocations(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]) -> Answer:
+        answer_kind = sagemaker.response_kind(headers.get(b"accept", b"").decode("latin-1"))  # a 406 scores nothing
         body = await self._body(receive, headers)
         kind = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
         served = self._served(self.slots.name, None)
         tensors = sagemaker.request_tensors(body, kind.decode("latin-1"), served.plan.features)
         columns, n = await self._predict(served, tensors, scope)
-        rows = sagemaker.prediction_rows(columns, n)
-        return 200, {"predictions": rows, "model_version": served.version}, [], served.version, n
+        payload, content_type = sagemaker.encode_rows(columns, n, served.version, answer_kind)
+        return 200, payload, [(b"content-type", content_type)], served.version, n
 
 
 def create_app(cfg: ServeConfig | None = None, **settings: Any) -> ServeApp:

@@ -1,10 +1,14 @@
 """SageMaker's container contract on top of the same scoring: ``POST /invocations`` with CSV rows
 (the features in order, no header; an empty field is missing) or JSON (``{"instances": [...]}`` as rows
-or as objects by feature name, or a v2 request), answered as one JSON object per row. Pure.
+or as objects by feature name, or a v2 request), answered as the ``Accept`` header asks: JSON (one object
+per row, the default), CSV (one line per row, the fields in order, no header, as Batch Transform joins
+them) or JSON Lines; anything else is a 406. Pure.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +18,42 @@ from batchserve.errors import RequestError, closest
 from batchserve.online import protocol
 from batchserve.predictions import Prediction
 
-__all__ = ["request_tensors", "prediction_rows"]
+__all__ = ["request_tensors", "prediction_rows", "response_kind", "encode_rows", "RESPONSE_KINDS"]
+
+#: What ``Accept`` may ask for (``*/*`` and no header: JSON). SageMaker spells JSON Lines both ways.
+RESPONSE_KINDS = {"application/json": "json", "text/csv": "csv", "application/jsonlines": "jsonl",
+                  "application/x-jsonlines": "jsonl"}
+
+
+def response_kind(accept: str) -> str:
+    """The answer's form for an ``Accept`` header: the first type it names that is served (parameters and
+    q-values aside), or a 406 naming what is."""
+    wanted = [part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()]
+    if not wanted:
+        return "json"
+    for kind in wanted:
+        if kind in RESPONSE_KINDS:
+            return RESPONSE_KINDS[kind]
+        if kind in ("*/*", "application/*"):
+            return "json"
+        if kind == "text/*":
+            return "csv"
+    raise RequestError(f"Accept {accept[:80]!r} names no form this server answers in; ask for "
+                       f"{', '.join(RESPONSE_KINDS)}", status=406)
+
+
+def encode_rows(columns: Mapping[str, Prediction], n: int, version: str | None, kind: str) -> tuple[bytes, bytes]:
+    """The body and its content type, as ``kind`` (from :func:`response_kind`) asks."""
+    rows = prediction_rows(columns, n)
+    if kind == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        for row in rows:
+            writer.writerow(row.values())
+        return out.getvalue().encode(), b"text/csv; charset=utf-8"
+    if kind == "jsonl":
+        return b"".join(protocol.dumps(row) + b"\n" for row in rows), b"application/jsonlines"
+    return protocol.dumps({"predictions": rows, "model_version": version}), b"application/json"
 
 
 def request_tensors(body: bytes, kind: str, features: tuple[str, ...]) -> list[protocol.Tensor]:
