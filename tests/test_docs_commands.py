@@ -80,6 +80,7 @@ def test_every_documented_command_parses_as_written(where: str, cmd: str) -> Non
             pytest.fail(f"{where}: {cmd}\n  {type(exc).__name__}: {exc}")
 
 
+@pytest.mark.heavy  # two real runs; every command above is parsed in make test
 def test_the_recipes_the_red_team_typed_now_run(tmp_path: Path, model_dir: dict) -> None:
     """The two that failed as written, run for real: a rollback with --message, a profile with --filter
     over hive folders (as the request-log recipe profiles a week of logs)."""

@@ -305,6 +305,7 @@ def test_an_event_the_registry_cannot_interpret_stops_resolution_with_one_line(t
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.heavy  # 300 barrier-released trials: a concurrency proof, beside the other races in test-heavy
 def test_rollbacks_released_together_from_one_state_move_the_alias_exactly_one_step(
         tmp_path: Path, model_dir: dict) -> None:
     """Issue 26, item 5: two ``registry.rollback`` calls released at the same instant both succeeded in 4 of

@@ -360,6 +360,7 @@ def test_precomputed_only_and_duplicate_keys(setup: dict, nightly: dict, tmp_pat
     assert "key 'b' appears more than once" in done.stderr
 
 
+@pytest.mark.heavy  # a server process and its log read back
 def test_logs_of_a_model_with_an_hour_feature_read_back_in_every_hive_reader(tmp_path: Path) -> None:
     """Issue 26, item 2: the log's ``hour=HH/`` folders collided with the sample model's ``hour`` feature:
     pyarrow refused the dataset and polars read every logged hour as the hour it was logged. The folders'
@@ -392,6 +393,7 @@ def test_logs_of_a_model_with_an_hour_feature_read_back_in_every_hive_reader(tmp
     assert by_polars["log_hour"].n_unique() >= 1 and "log_date" in by_pyarrow.column_names
 
 
+@pytest.mark.heavy  # a server process refused at start-up
 def test_a_logged_column_named_as_a_partition_key_is_refused_at_startup(tmp_path: Path) -> None:
     """A feature called ``log_hour`` would be read as the folder's key again: one line, before listening."""
     x = frame(200, seed=3)
