@@ -64,8 +64,8 @@ def hybrid_parts(cfg: ServeConfig, telemetry: Telemetry, executor: concurrent.fu
                                    features_override=False)
         # Its own telemetry: the served model's info and reload metrics stay the served model's.
         # One intra-op thread: the challenger never takes more than one core at a time, and --shadow-budget
-        # bounds the share of that core's time it takes (a challenger ten times slower than the champion
-        # took the cores the answers needed: 0.40-0.64x of the champion's throughput).
+        # bounds the share of that core's time it takes (with every core, a challenger much slower than the
+        # champion took the cores the answers needed; make bench-serve's slow-challenger case).
         parts.challenger = Slots(ccfg, Telemetry(), executor, 1, role="challenger")
         parts.challenger.start()
         parts.shadow = OnlineShadow(parts.challenger, served.plan, budget=cfg.shadow_budget, telemetry=telemetry)
