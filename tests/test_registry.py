@@ -355,6 +355,7 @@ def test_rollbacks_released_together_from_one_state_move_the_alias_exactly_one_s
     assert sum(outcomes.values()) == 300
 
 
+@pytest.mark.heavy  # six CLI runs
 def test_a_version_changed_after_registering_is_never_promoted_or_shown_complete(
         tmp_path: Path, model_dir: dict) -> None:
     """Issue 26, item 4: ``model.onnx`` changed in place (same size) was promoted, and ``models show`` called

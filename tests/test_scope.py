@@ -139,6 +139,7 @@ def test_every_run_is_kept_listed_and_diffable_by_id(tmp_path: Path, cluster: st
     assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1 and "no run with id '1999'" in unknown.stderr
 
 
+@pytest.mark.heavy  # three runs on the cluster; the live-lock case below stays in make test
 def test_overwrite_never_empties_another_output_nested_inside(tmp_path: Path, cluster: str) -> None:
     """Issue 26, item 1: ``score -o X/sub`` finished, then ``score -o X --overwrite`` removed every file of
     X/sub ("its input is gone", false) and exited 0, leaving X/sub/_SUCCESS over a manifest of missing files.
