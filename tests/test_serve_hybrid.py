@@ -109,6 +109,7 @@ def _logged(logs: Path, rows: int) -> pa.Table:
         time.sleep(0.1)
 
 
+@pytest.mark.heavy  # a server with a challenger and a reference, then batch runs over its logs
 def test_live_drift_logs_and_shadow_agree_with_batch(live: dict, setup: dict, tmp_path: Path) -> None:
     server, logs = live["server"], live["logs"]
     clean = frame(CLEAN, seed=2)
@@ -296,6 +297,7 @@ def _scored(out: Path) -> dict[str, list[float]]:
     return dict(zip(table.column("id").to_pylist(), table.column("probabilities").to_pylist(), strict=True))
 
 
+@pytest.mark.heavy  # a server and a new batch run picked up
 def test_nightly_scores_are_served_by_key_and_a_new_run_is_picked_up(setup: dict, nightly: dict) -> None:
     import tritonclient.http as httpclient
 
@@ -336,6 +338,7 @@ def test_nightly_scores_are_served_by_key_and_a_new_run_is_picked_up(setup: dict
         assert server.stop() == 0
 
 
+@pytest.mark.heavy  # servers over a batch run's output
 def test_precomputed_only_and_duplicate_keys(setup: dict, nightly: dict, tmp_path: Path) -> None:
     out = nightly["dir"] / "out"
     server = Server(["--model", f"{setup['root']}@champion", "--name", "fraud", "--precomputed", str(out),
@@ -408,6 +411,7 @@ def test_a_logged_column_named_as_a_partition_key_is_refused_at_startup(tmp_path
     assert "'log_hour'" in errors[0] and "partition" in errors[0] and "listening" not in done.stderr
 
 
+@pytest.mark.heavy  # a server over a batch run's output
 def test_nightly_key_errors_name_the_key(setup: dict, nightly: dict) -> None:
     """Issue 26, items 10 and 11: a prediction column as --key was an internal error; a key alone that the run
     did not score, or a key of the wrong type, answered "inputs disagree on the number of rows: []"."""
