@@ -27,8 +27,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pyarrow as pa
-
 from batchserve import tuning
 from batchserve.config import ServeConfig
 from batchserve.errors import BatchserveError, RequestError, closest
@@ -41,7 +39,6 @@ from batchserve.online.shadow import OnlineShadow
 from batchserve.online.slots import Served, Slots
 from batchserve.online.tap import Tap
 from batchserve.online.telemetry import Telemetry, log_request
-from batchserve.predictions import arrow_to_prediction
 from batchserve.version import version
 
 __all__ = ["ServeApp", "create_app"]
@@ -371,7 +368,8 @@ class ServeApp:
             length = int(raw)
         request = protocol.parse_infer(body, length)
         served = self._served(name, pinned)  # picked and queued with no await between: the version answers
-        answered = self._nightly(request) if self.precomputed is not None else None
+        answered = (self.precomputed.answer(request.inputs, self.cfg.precomputed_only)
+                    if self.precomputed is not None else None)
         params: dict[str, Any] | None
         if answered is not None:
             columns, n, version, params = answered
@@ -398,37 +396,6 @@ class ServeApp:
             (b"content-type", b"application/octet-stream"),
             (protocol.HEADER_LENGTH.encode(), str(header_length).encode())]
         return 200, payload, extra, version, n
-
-    def _nightly(self, request: protocol.InferRequest) -> tuple[dict[str, Any], int, str | None, dict[str, Any]] | None:
-        """The answer from the nightly run when the request carries the key and the run scored every key
-        in it; None to score it online (a 404 instead with --precomputed-only)."""
-        assert self.precomputed is not None
-        tensor = next((t for t in request.inputs if t.name == self.precomputed.key), None)
-        nightly = self.precomputed.current
-        if tensor is None or nightly is None:
-            if self.cfg.precomputed_only:
-                raise RequestError(f"request has no {self.precomputed.key!r} input; with --precomputed-only every "
-                                   "request names its keys")
-            return None
-        nightly.check_type(tensor.name, tensor.datatype)
-        keys = [v.decode() if isinstance(v, bytes) else v for v in tensor.data.reshape(-1).tolist()]
-        rows = nightly.find(keys)
-        if -1 in rows:
-            missing = keys[rows.index(-1)]
-            if self.cfg.precomputed_only:
-                self.telemetry.precomputed_lookups.labels("missing").inc()
-                raise RequestError(f"key {missing!r} was not scored by run {nightly.run_id}", status=404)
-            if len(request.inputs) == 1:  # the key alone: nothing to score it with online
-                self.telemetry.precomputed_lookups.labels("missing").inc()
-                raise RequestError(f"key {missing!r} was not scored by run {nightly.run_id}, and the request sends "
-                                   "no features to score it online: send the features with the key", status=404)
-            self.telemetry.precomputed_lookups.labels("online").inc()
-            return None
-        self.telemetry.precomputed_lookups.labels("batch").inc()
-        index = pa.array(rows, pa.int64())
-        columns = {k: arrow_to_prediction(c.take(index)) for k, c in nightly.columns.items()}
-        params = {"source": "batch", "run_id": nightly.run_id, "model_version": nightly.model_version}
-        return columns, len(rows), nightly.model_version, params
 
     async def _invocations(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]) -> Answer:
         answer_kind = sagemaker.response_kind(headers.get(b"accept", b"").decode("latin-1"))  # a 406 scores nothing

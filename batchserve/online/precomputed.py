@@ -24,6 +24,7 @@ from batchserve import io, manifest
 from batchserve.errors import BatchserveError, InputError, RequestError, SchemaError
 from batchserve.layout import MANIFEST_NAME, SUCCESS_NAME
 from batchserve.online.telemetry import Telemetry
+from batchserve.predictions import arrow_to_prediction
 
 __all__ = ["Nightly", "Precomputed"]
 
@@ -157,6 +158,38 @@ class Precomputed:
         log.info("serving nightly scores of run %s (model version %s, %d keys, %.1f MiB) from %s",
                  self.current.run_id, self.current.model_version, self.current.rows, self.current.nbytes() / 2**20,
                  self.output, extra={"fields": {"event": "precomputed", "run_id": self.current.run_id}})
+
+    def answer(self, inputs: Sequence[Any], only: bool,
+               ) -> tuple[dict[str, Any], int, str | None, dict[str, Any]] | None:
+        """A request's answer from the nightly run when it carries the key and the run scored every key in it
+        (prediction columns, rows, the version that scored them, the response's parameters); None to score it
+        online; a 404 instead with ``only`` (--precomputed-only), or when the key alone was sent."""
+        tensor = next((t for t in inputs if t.name == self.key), None)
+        nightly = self.current
+        if tensor is None or nightly is None:
+            if only:
+                raise RequestError(f"request has no {self.key!r} input; with --precomputed-only every request "
+                                   "names its keys")
+            return None
+        nightly.check_type(tensor.name, tensor.datatype)
+        keys = [v.decode() if isinstance(v, bytes) else v for v in tensor.data.reshape(-1).tolist()]
+        rows = nightly.find(keys)
+        if -1 in rows:
+            missing = keys[rows.index(-1)]
+            if only:
+                self.telemetry.precomputed_lookups.labels("missing").inc()
+                raise RequestError(f"key {missing!r} was not scored by run {nightly.run_id}", status=404)
+            if len(inputs) == 1:  # the key alone: nothing to score it with online
+                self.telemetry.precomputed_lookups.labels("missing").inc()
+                raise RequestError(f"key {missing!r} was not scored by run {nightly.run_id}, and the request sends "
+                                   "no features to score it online: send the features with the key", status=404)
+            self.telemetry.precomputed_lookups.labels("online").inc()
+            return None
+        self.telemetry.precomputed_lookups.labels("batch").inc()
+        index = pa.array(rows, pa.int64())
+        columns = {k: arrow_to_prediction(c.take(index)) for k, c in nightly.columns.items()}
+        params = {"source": "batch", "run_id": nightly.run_id, "model_version": nightly.model_version}
+        return columns, len(rows), nightly.model_version, params
 
     def check_version(self, served_version: str | None) -> None:
         """A run scored by another version than the one served online is said, never silent."""
