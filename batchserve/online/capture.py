@@ -49,13 +49,12 @@ _FOLDER_FORMAT = f"{PARTITION_KEYS[0]}=%Y-%m-%d/{PARTITION_KEYS[1]}=%H"
 
 def check_log_columns(names: list[str]) -> None:
     """The columns a log row will have: each named once, none named as a partition key, or one line."""
+    seen: set[str] = set()
     for name in names:
         if name in PARTITION_KEYS:
             raise ConfigError(f"--log-requests: the logged column {name!r} has the name of the log's partition "
                               f"folders ({'=, '.join(PARTITION_KEYS)}=), which hive readers would read in its place; "
                               "rename the feature or output (--features) to log this model")
-    seen: set[str] = set()
-    for name in names:
         if name in seen:
             raise ConfigError(f"--log-requests: two logged columns are named {name!r} (a feature, an output or "
                               "one of request_id, received_at, model_version, challenger_*); one would hide the "

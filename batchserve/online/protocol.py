@@ -82,11 +82,15 @@ def _fail(message: str, status: int = 400) -> RequestError:
     return RequestError(message, status=status)
 
 
-def _parameters(doc: Mapping[str, Any]) -> Any:
+def _parameters(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
     """A ``parameters`` member: absent or ``null`` (as generated clients send an unset field) is none; any
-    other value that is not an object (``[]``, ``0``, ``false``, ``""``) is the caller's to see refused."""
+    other value that is not an object (``[]``, ``0``, ``false``, ``""``) is refused, ``where`` naming whose."""
     value = doc.get("parameters")
-    return {} if value is None else value
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(f"{where}parameters must be an object, got {_kind(value)}")
+    return value
 
 
 def _kind(value: Any) -> str:
@@ -170,9 +174,7 @@ def _tensor(spec: Any, binary: memoryview, pos: int) -> tuple[Tensor, int]:
     dtype = DATATYPES[datatype]
     shape = _shape(spec, name)
     count = math.prod(shape)
-    params = _parameters(spec)
-    if not isinstance(params, dict):
-        raise _fail(f"input {name!r}: parameters must be an object, got {_kind(params)}")
+    params = _parameters(spec, f"input {name!r}: ")
     size = params.get("binary_data_size")
     if size is not None and "data" in spec:
         raise _fail(f"input {name!r} has both data and parameters.binary_data_size; send its values one way")
@@ -208,9 +210,7 @@ def _wanted(outputs: Any, binary_default: bool) -> tuple[tuple[str, bool], ...] 
         raise _fail("outputs must be a list of objects with a name")
     wanted = []
     for o in outputs:
-        params = _parameters(o)
-        if not isinstance(params, dict):
-            raise _fail(f"output {o['name']!r}: parameters must be an object, got {_kind(params)}")
+        params = _parameters(o, f"output {o['name']!r}: ")
         wanted.append((o["name"], bool(params.get("binary_data", binary_default))))
     return tuple(wanted)
 
@@ -231,9 +231,7 @@ def parse_infer(body: bytes | memoryview, header_length: int | None = None) -> I
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise _fail("request has no inputs (a list of tensors)")
-    params = _parameters(doc)
-    if not isinstance(params, dict):
-        raise _fail(f"parameters must be an object, got {_kind(params)}")
+    params = _parameters(doc, "")
     tensors = []
     pos = 0
     for spec in inputs:

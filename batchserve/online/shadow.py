@@ -124,14 +124,13 @@ class OnlineShadow:
     def score(self, feeds: Mapping[str, np.ndarray], rows: int, champion: Mapping[str, pa.Array],
               since: float | None = None) -> tuple[str | None, dict[str, pa.Array] | None]:
         """The challenger's version and prediction columns for these rows: null where the budget left a row
-        unscored (a random sample of the chunk is scored), None after a failure or when none was. The time
-        from ``since`` (the start of a pass that is the shadow's alone) to the end is charged to the budget;
-        without it, the challenger's own run."""
+        unscored (a random sample of the chunk is scored), None after a failure or when none was. ``since``:
+        the start of a pass that is the shadow's alone, already cut to what the budget pays for
+        (``Tap._affordable``), whose whole time is charged; without it, the budget decides here and is
+        charged the challenger's own run."""
         served = self.slots.current
-        k = self.budget.rows(rows)
+        k = rows if since is not None else self.budget.rows(rows)
         if k == 0:
-            if since is not None:
-                self.budget.spend(0, time.perf_counter() - since)
             self.skip(rows)
             return served.version, None
         picked = None if k >= rows else np.sort(self._rng.choice(rows, k, replace=False))

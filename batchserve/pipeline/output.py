@@ -7,6 +7,7 @@ earlier manifest lists or whose Parquet footer carries a run id, the markers and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import getpass
@@ -155,11 +156,8 @@ def _refuse_nested_outputs(cfg: ScoreConfig, content: list[str]) -> None:
     for rel in content:
         if posixpath.basename(rel) != LOCK_NAME or "/" not in rel:
             continue
-        try:
-            other = json.loads(io.read_text(io.join_url(cfg.output, rel), cfg.storage))
-        except (ValueError, BatchserveError):
-            other = {}
-        if isinstance(other, dict) and lock_is_live(other):
+        other = _read_lock(io.join_url(cfg.output, rel), cfg.storage)
+        if lock_is_live(other):
             raise LockedError(
                 f"another batchserve run is writing {posixpath.dirname(rel)}/ inside this output (run "
                 f"{other.get('run_id')}, pid {other.get('pid')} on {other.get('host')}); wait for it, or write "
@@ -266,10 +264,7 @@ def output_lock(cfg: ScoreConfig, run_id: str) -> Iterator[None]:
     me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
           "user": getpass.getuser(), "started_at": utc_now()}
     if io.exists(url, storage):
-        try:
-            other = json.loads(io.read_text(url, storage))
-        except (ValueError, BatchserveError):
-            other = {}
+        other = _read_lock(url, storage)
         if lock_is_live(other):
             raise LockedError(
                 f"another batchserve run is writing this output (run {other.get('run_id')}, pid "
@@ -293,12 +288,9 @@ def output_lock(cfg: ScoreConfig, run_id: str) -> Iterator[None]:
     try:
         yield
     finally:
-        try:
-            current = json.loads(io.read_text(url, storage))
-            if current.get("run_id") == run_id:
+        if _read_lock(url, storage).get("run_id") == run_id:
+            with contextlib.suppress(BatchserveError):
                 io.remove(url, storage)
-        except (ValueError, BatchserveError):
-            pass
 
 
 def _parents(url: str) -> Iterator[str]:
@@ -319,16 +311,23 @@ def _refuse_inside_a_locked_output(cfg: ScoreConfig) -> None:
         lock = io.join_url(parent, LOCK_NAME)
         if not io.exists(lock, cfg.storage):
             continue
-        try:
-            other = json.loads(io.read_text(lock, cfg.storage))
-        except (ValueError, BatchserveError):
-            other = {}
-        if isinstance(other, dict) and lock_is_live(other):
+        other = _read_lock(lock, cfg.storage)
+        if lock_is_live(other):
             raise LockedError(
                 f"the output lies inside {parent}, which another batchserve run is writing (run {other.get('run_id')}, "
                 f"pid {other.get('pid')} on {other.get('host')}); write outside it, or wait for that run",
                 path=cfg.output,
             )
+
+
+def _read_lock(url: str, storage: Mapping[str, Any]) -> dict[str, Any]:
+    """A lock file's content; ``{}`` when it cannot be read or is not a JSON object (a dead or foreign
+    lock, which :func:`lock_is_live` calls not live)."""
+    try:
+        other = json.loads(io.read_text(url, storage))
+    except (ValueError, BatchserveError):
+        return {}
+    return other if isinstance(other, dict) else {}
 
 
 def lock_is_live(lock: Mapping[str, Any]) -> bool:
